@@ -1,0 +1,93 @@
+//! Command-line definitions (clap derive). Each subcommand's options struct
+//! lives here; the work is in `cmd`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Find memory leaks in running OpenResty / LuaJIT processes.
+#[derive(Debug, Parser)]
+#[command(name = "ljleak", version, about, after_help = crate::error::EXIT_CODES_HELP)]
+pub struct Cli {
+    /// More detail on stderr (repeat for debug output).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the LuaJIT GC total (like stap++ lj-gc).
+    Gc(GcArgs),
+    /// Census of GC objects by type (like stap++ lj-gc-objs), exact to the byte.
+    Objs(ObjsArgs),
+}
+
+/// Options shared by every command that attaches to a live process.
+#[derive(Debug, Args, Clone)]
+pub struct TargetArgs {
+    /// Process ID of the nginx worker or LuaJIT process.
+    #[arg(short = 'p', long = "pid", visible_short_alias = 'x', value_name = "PID")]
+    pub pid: i32,
+    /// Address of a lua_State (hex) when ljleak cannot find the VM by itself.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub lua_state: Option<u64>,
+    /// Force a built-in layout (luajit2-gc64, luajit2-nogc64, upstream-gc64, upstream-nogc64).
+    #[arg(long, value_name = "NAME")]
+    pub layout: Option<String>,
+}
+
+/// Output format of gc and objs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CensusFormat {
+    /// Text like stap++.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+/// `ljleak gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CensusFormat,
+}
+
+/// `ljleak objs`.
+#[derive(Debug, Args)]
+pub struct ObjsArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CensusFormat,
+    /// Write the report to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Walk without pausing the target, tolerating inconsistency.
+    #[arg(long)]
+    pub nonblocking: bool,
+    /// How many cdata C types to list in text output.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top_cdata: usize,
+    /// Pause attempts to find the VM thread blocked in a syscall.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub attempts: u32,
+    /// Save the copied heap image to FILE (for offline analysis and bug reports).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub save_image: Option<std::path::PathBuf>,
+    /// Test hook: hold the target paused this many milliseconds.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub debug_hold_pause_ms: Option<u64>,
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let t = s.trim_start_matches("0x").trim_start_matches("0X");
+    u64::from_str_radix(t, 16).map_err(|_| format!("`{s}` is not a hex address like 0x7f12345678"))
+}

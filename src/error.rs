@@ -1,0 +1,78 @@
+//! Exit codes and the error kinds that map to them.
+//!
+//! Every failure a user can cause (a wrong PID, missing privileges, a process
+//! without LuaJIT) has its own exit code, documented in `ljleak --help` and the
+//! README, so scripts can tell them apart.
+
+/// Documented process exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// Any other failure (bad arguments, I/O errors, a target that changed too much).
+    Failure = 1,
+    /// Command-line usage error (clap's own code).
+    Usage = 2,
+    /// A CI gate tripped (`ljleak diff --fail-if`).
+    GateTripped = 3,
+    /// No such process.
+    NoProcess = 4,
+    /// Permission denied (ptrace, /proc/PID/mem, perf_event_open).
+    Permission = 5,
+    /// The process has no LuaJIT VM that ljleak could find.
+    NoVm = 6,
+    /// A LuaJIT VM was found but its memory layout is not one ljleak supports.
+    UnsupportedLayout = 7,
+    /// The target exited while ljleak was working on it.
+    TargetExited = 8,
+}
+
+/// Text for `--help`.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  other failure (I/O error, inconsistent heap, bad input file)
+  2  usage error
+  3  a --fail-if gate tripped (diff)
+  4  no such process
+  5  permission denied (run as root or grant CAP_SYS_PTRACE / CAP_PERFMON)
+  6  no LuaJIT VM found in the process
+  7  LuaJIT VM found but its layout is not supported
+  8  the target exited during the run";
+
+/// An error that carries its own exit code. Commands wrap their failures in
+/// this (through `anyhow`) so that `main` can pick the right code from the
+/// error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct Classified {
+    /// The code `main` exits with.
+    pub code: ExitCode,
+    /// One-line message saying what went wrong and what to do.
+    pub msg: String,
+}
+
+impl Classified {
+    /// Build an error with an exit code and a one-line message.
+    pub fn new(code: ExitCode, msg: impl Into<String>) -> Self {
+        Classified {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Find the exit code for an error chain: the first [`Classified`] in it, or
+/// an errno-based guess for raw I/O errors, or [`ExitCode::Failure`].
+pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    for cause in err.chain() {
+        if let Some(c) = cause.downcast_ref::<Classified>() {
+            return c.code;
+        }
+        if let Some(e) = cause.downcast_ref::<crate::target::TargetError>() {
+            return e.exit_code();
+        }
+    }
+    ExitCode::Failure
+}

@@ -1,0 +1,16 @@
+//! ljleak: find memory leaks in running OpenResty / LuaJIT processes without
+//! SystemTap.
+//!
+//! Layers, bottom up: [`target`] (maps, memory, pausing, ELF files),
+//! [`luajit`] (layouts, finding the VM, object sizes, the heap walk),
+//! [`capture`] (a consistent copy of a live heap), [`report`] (formats), and
+//! [`cmd`] (the commands behind the CLI in [`cli`]).
+#![deny(missing_docs)]
+
+pub mod capture;
+pub mod cli;
+pub mod cmd;
+pub mod error;
+pub mod luajit;
+pub mod report;
+pub mod target;

@@ -1,0 +1,37 @@
+//! The `ljleak` binary: parse, run, print the error chain on one line, exit
+//! with the documented code.
+
+use clap::Parser;
+use ljleak::error::{exit_code_of, ExitCode};
+
+fn main() {
+    let cli = ljleak::cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+    match ljleak::cmd::run(cli) {
+        Ok(()) => {}
+        Err(e) => {
+            let code = exit_code_of(&e);
+            // One line: the outermost message, with causes joined by ": ".
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            let mut line = String::new();
+            for m in msg {
+                if !line.contains(&m) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&m);
+                }
+            }
+            eprintln!("ljleak: {}", line.replace('\n', " "));
+            std::process::exit(if code == ExitCode::Ok { 1 } else { code as i32 });
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! `ljleak gc` and `ljleak objs` reports: lj-gc / lj-gc-objs compatible text
+//! and a stable JSON object.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capture::Capture;
+use crate::luajit::census::{CdataType, Census, CountSum, Stats};
+use crate::luajit::layout::gc_state_name;
+use crate::luajit::walk::Overheads;
+
+/// Which LuaJIT build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LuajitInfo {
+    /// `luajit2` or `upstream`.
+    pub variant: String,
+    /// GC64 build.
+    pub gc64: bool,
+    /// Layout name (`luajit2-gc64`...).
+    pub layout: String,
+    /// `dwarf`, `table` or `forced`.
+    pub layout_source: String,
+    /// How the VM was found.
+    pub method: String,
+    /// `lua_State *` found.
+    pub lua_state: String,
+    /// `global_State *`.
+    pub global_state: String,
+    /// Object file holding LuaJIT.
+    #[serde(default)]
+    pub object: Option<String>,
+}
+
+/// Per-type statistics with the average spelled out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeStats {
+    /// Objects.
+    pub count: u64,
+    /// Bytes.
+    pub sum: u64,
+    /// Smallest.
+    pub min: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean (rounded down).
+    pub avg: u64,
+}
+
+impl From<Stats> for TypeStats {
+    fn from(s: Stats) -> Self {
+        TypeStats {
+            count: s.count,
+            sum: s.sum,
+            min: s.min,
+            max: s.max,
+            avg: s.avg(),
+        }
+    }
+}
+
+/// The `objs` (and `gc`) JSON object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CensusReport {
+    /// Report kind: `census` (or `gc` for the total alone).
+    pub kind: String,
+    /// Target.
+    pub pid: i32,
+    /// Its executable.
+    pub exe: String,
+    /// LuaJIT build.
+    pub luajit: LuajitInfo,
+    /// `g->gc.total`.
+    pub gc_total: u64,
+    /// Sum of every object and fixed allocation the walker found.
+    pub walker_total: Option<u64>,
+    /// GC state name.
+    pub gc_state: String,
+    /// `g->gc.threshold`.
+    #[serde(default)]
+    pub gc_threshold: u64,
+    /// Microseconds the target was paused.
+    pub pause_us: u64,
+    /// `quiescent`, `best-effort`, `nonblocking` or `none` (gc reads one word).
+    pub consistency: String,
+    /// Where the VM thread was when paused.
+    #[serde(default)]
+    pub stopped_in: Option<String>,
+    /// Per type, by name.
+    #[serde(default)]
+    pub types: BTreeMap<String, TypeStats>,
+    /// Dead objects not yet swept.
+    #[serde(default)]
+    pub dead: CountSum,
+    /// cdata by C type, biggest first.
+    #[serde(default)]
+    pub cdata_types: Vec<CdataType>,
+    /// Fixed allocations in gc.total.
+    #[serde(default)]
+    pub overheads: Option<Overheads>,
+    /// JIT machine code area (not in gc.total).
+    #[serde(default)]
+    pub mcode_jit: u64,
+    /// FFI callback machine code (not in gc.total).
+    #[serde(default)]
+    pub mcode_callbacks: u64,
+    /// Objects walked.
+    #[serde(default)]
+    pub objects: u64,
+    /// Bytes copied from the target.
+    #[serde(default)]
+    pub image_bytes: u64,
+    /// Walk time after the pause, microseconds.
+    #[serde(default)]
+    pub walk_us: u64,
+    /// Problems met during the walk.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// LuaJIT info from a found VM.
+pub fn luajit_info(vm: &crate::luajit::FoundVm) -> LuajitInfo {
+    LuajitInfo {
+        variant: vm.layout.variant.name().into(),
+        gc64: vm.layout.gc64,
+        layout: vm.layout.name.clone(),
+        layout_source: vm.layout.source.kind().into(),
+        method: format!("{:?}", vm.method).to_lowercase(),
+        lua_state: format!("{:#x}", vm.roots.l),
+        global_state: format!("{:#x}", vm.roots.g),
+        object: vm.luajit_object.clone(),
+    }
+}
+
+/// Build the census report.
+pub fn census_report(cap: &Capture, c: &Census, walk_us: u64) -> CensusReport {
+    let types = c
+        .by_count()
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), TypeStats::from(s)))
+        .collect();
+    let mut warnings = c.walk.warnings.clone();
+    if c.walker_total() != c.gc_total && warnings.is_empty() {
+        warnings.push(format!(
+            "walker total {} differs from gc.total {} by {}",
+            c.walker_total(),
+            c.gc_total,
+            c.walker_total() as i64 - c.gc_total as i64
+        ));
+    }
+    CensusReport {
+        kind: "census".into(),
+        pid: cap.pid,
+        exe: cap.exe.clone(),
+        luajit: luajit_info(&cap.vm),
+        gc_total: c.gc_total,
+        walker_total: Some(c.walker_total()),
+        gc_state: gc_state_name(c.gc_state).into(),
+        gc_threshold: c.gc_threshold,
+        pause_us: cap.pause_us,
+        consistency: cap.consistency.name().into(),
+        stopped_in: cap.quiescence.map(|q| q.describe()),
+        types,
+        dead: c.dead,
+        cdata_types: c.cdata_types.clone(),
+        overheads: Some(*c.overheads()),
+        mcode_jit: c.mcode_jit,
+        mcode_callbacks: c.mcode_callbacks,
+        objects: c.walk.objects,
+        image_bytes: cap.image.total_bytes(),
+        walk_us,
+        warnings,
+    }
+}
+
+/// lj-gc-objs style text.
+pub fn census_text(r: &CensusReport, top_cdata: usize) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "Start tracing {} ({})", r.pid, r.exe);
+    if r.mcode_jit > 0 {
+        let _ = writeln!(s, "main machine code area size: {} bytes", r.mcode_jit);
+    }
+    if r.mcode_callbacks > 0 {
+        let _ = writeln!(s, "C callback machine code size: {} bytes", r.mcode_callbacks);
+    }
+    let _ = writeln!(s, "GC total size: {} bytes", r.gc_total);
+    let _ = writeln!(s, "GC state: {}", r.gc_state);
+    let _ = writeln!(s);
+    let mut types: Vec<_> = r.types.iter().collect();
+    types.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(b.1.sum.cmp(&a.1.sum)));
+    for (name, t) in types {
+        let _ = writeln!(
+            s,
+            "{} {} objects: max={}, avg={}, min={}, sum={} (in bytes)",
+            t.count, name, t.max, t.avg, t.min, t.sum
+        );
+    }
+    let _ = writeln!(s);
+    if let Some(o) = &r.overheads {
+        let _ = writeln!(s, "JIT state size: {} bytes", o.jit_state);
+        let _ = writeln!(s, "global state tmpbuf size: {} bytes", o.tmpbuf);
+        let _ = writeln!(s, "C type state size: {} bytes", o.ctype_state);
+        let _ = writeln!(
+            s,
+            "global state size: {} bytes, string hash table: {} bytes, light userdata segments: {} bytes",
+            o.global_state, o.string_table, o.lightud_segments
+        );
+    }
+    let _ = writeln!(s);
+    if let Some(w) = r.walker_total {
+        let _ = writeln!(s, "My GC walker detected for total {w} bytes.");
+    }
+    if r.dead.count > 0 || matches!(r.gc_state.as_str(), "sweep" | "sweep-string") {
+        let _ = writeln!(
+            s,
+            "Dead but not yet swept: {} objects, {} bytes (GC state {}).",
+            r.dead.count, r.dead.sum, r.gc_state
+        );
+    }
+    if !r.cdata_types.is_empty() && top_cdata > 0 {
+        let _ = writeln!(s, "\nTop cdata C types by bytes:");
+        for c in r.cdata_types.iter().take(top_cdata) {
+            let _ = writeln!(s, "  {:>12} bytes  {:>9} objects  {}", c.sum, c.count, c.name);
+        }
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{} microseconds elapsed in the probe handler.",
+        r.pause_us
+    );
+    let _ = writeln!(
+        s,
+        "(target paused {} us, {}; walk {} us over {} bytes copied; layout {} from {}, VM found by {})",
+        r.pause_us,
+        r.stopped_in.as_deref().unwrap_or(&r.consistency),
+        r.walk_us,
+        r.image_bytes,
+        r.luajit.layout,
+        r.luajit.layout_source,
+        r.luajit.method
+    );
+    if r.consistency != "quiescent" {
+        let _ = writeln!(
+            s,
+            "WARNING: {} walk: the heap may have been changing; figures can be off.",
+            r.consistency
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(s, "WARNING: {w}");
+    }
+    s
+}
+
+/// lj-gc style text.
+pub fn gc_text(r: &CensusReport) -> String {
+    format!(
+        "Start tracing {} ({})\nTotal GC count: {} bytes\n",
+        r.pid, r.exe, r.gc_total
+    )
+}

@@ -1,0 +1,5 @@
+//! Output formats. Each report is a serializable struct (the JSON form, whose
+//! field names are stable: later commands diff these files) plus a text
+//! rendering compatible with the stap++ tool it replaces.
+
+pub mod census;

@@ -1,0 +1,323 @@
+//! A copy of a process's heap mappings, taken in bulk while the process is
+//! paused and walked after it has been resumed.
+//!
+//! Buffers are allocated and pre-faulted before the pause so that the pause
+//! is spent only in `process_vm_readv`. An image can also be saved to and
+//! loaded from a file, so the walker can be tested on captured memory.
+
+use std::cell::Cell;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use memmap2::{MmapMut, MmapOptions};
+
+use super::maps::{Mapping, Maps};
+use super::mem::{MemError, Memory, ProcessMemory};
+
+/// One copied range.
+pub struct Segment {
+    /// AVMA of `data[0]`.
+    pub start: u64,
+    /// The copied bytes.
+    pub data: MmapMut,
+    /// False when the read failed part-way: the tail is zeros.
+    pub complete: bool,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+}
+
+/// Copied memory, sorted by address.
+#[derive(Default)]
+pub struct HeapImage {
+    segs: Vec<Segment>,
+    last: Cell<usize>,
+}
+
+fn anon_buffer(len: usize, populate: bool) -> std::io::Result<MmapMut> {
+    let mut o = MmapOptions::new();
+    o.len(len.max(1));
+    if populate {
+        o.populate();
+    }
+    o.map_anon()
+}
+
+/// Buffers prepared for a capture, before the target is paused.
+pub struct Prepared {
+    bufs: Vec<(u64, u64, MmapMut)>,
+}
+
+impl HeapImage {
+    /// Pick the mappings a LuaJIT heap can live in and allocate pre-faulted
+    /// buffers for them. Call before pausing.
+    pub fn prepare(maps: &Maps) -> std::io::Result<Prepared> {
+        let mut bufs = Vec::new();
+        for m in maps.list.iter().filter(|m| m.is_anon_heap()) {
+            bufs.push((m.start, m.end, anon_buffer(m.len() as usize, true)?));
+        }
+        Ok(Prepared { bufs })
+    }
+
+    /// Copy the heap mappings listed in `now` (re-read while paused) using
+    /// the prepared buffers where the range is unchanged.
+    pub fn capture(pid: i32, now: &Maps, mut prep: Prepared) -> Result<HeapImage, MemError> {
+        let mem = ProcessMemory::new(pid);
+        let mut segs: Vec<Segment> = Vec::new();
+        for m in now.list.iter().filter(|m| m.is_anon_heap()) {
+            let pos = prep
+                .bufs
+                .iter()
+                .position(|(s, e, _)| *s == m.start && *e == m.end);
+            let data = match pos {
+                Some(i) => prep.bufs.swap_remove(i).2,
+                None => anon_buffer(m.len() as usize, false).map_err(|e| MemError::Os {
+                    addr: m.start,
+                    errno: e.raw_os_error().unwrap_or(0),
+                })?,
+            };
+            segs.push(Segment {
+                start: m.start,
+                data,
+                complete: false,
+            });
+        }
+        // One batched call for everything; on a short read, fall back to the
+        // failing segment alone in 64 KiB pieces so one bad range does not
+        // cost the rest.
+        let mut i = 0;
+        while i < segs.len() {
+            let n = {
+                let mut parts: Vec<(u64, &mut [u8])> = segs[i..]
+                    .iter_mut()
+                    .map(|s| (s.start, &mut s.data[..]))
+                    .collect();
+                mem.read_many(&mut parts)?
+            };
+            for s in &mut segs[i..i + n] {
+                s.complete = true;
+            }
+            i += n;
+            if i < segs.len() {
+                salvage(&mem, &mut segs[i]);
+                i += 1;
+            }
+        }
+        Ok(HeapImage {
+            segs,
+            last: Cell::new(0),
+        })
+    }
+
+    /// Build an image from explicit ranges (tests, fuzzing).
+    pub fn from_parts(parts: Vec<(u64, Vec<u8>)>) -> HeapImage {
+        let mut segs: Vec<Segment> = parts
+            .into_iter()
+            .map(|(start, bytes)| {
+                let mut data = anon_buffer(bytes.len(), false).expect("anonymous mmap");
+                data[..bytes.len()].copy_from_slice(&bytes);
+                Segment {
+                    start,
+                    data,
+                    complete: true,
+                }
+            })
+            .collect();
+        segs.sort_by_key(|s| s.start);
+        HeapImage {
+            segs,
+            last: Cell::new(0),
+        }
+    }
+
+    /// The copied segments.
+    pub fn segments(&self) -> &[Segment] {
+        &self.segs
+    }
+
+    /// Mutable segments (fuzz tests flip bytes in them).
+    pub fn segments_mut(&mut self) -> &mut [Segment] {
+        &mut self.segs
+    }
+
+    /// Bytes copied.
+    pub fn total_bytes(&self) -> u64 {
+        self.segs.iter().map(|s| s.data.len() as u64).sum()
+    }
+
+    /// Whether `[addr, addr+len)` lies inside one copied segment.
+    pub fn contains(&self, addr: u64, len: u64) -> bool {
+        self.borrow(addr, len as usize).is_some()
+    }
+
+    /// Write the image to `path` (format: magic, count, then per segment
+    /// start, length and bytes, all little-endian).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        f.write_all(b"LJLKIMG1")?;
+        f.write_all(&(self.segs.len() as u64).to_le_bytes())?;
+        for s in &self.segs {
+            f.write_all(&s.start.to_le_bytes())?;
+            f.write_all(&(s.data.len() as u64).to_le_bytes())?;
+            f.write_all(&s.data)?;
+        }
+        f.flush()
+    }
+
+    /// Read an image written by [`HeapImage::save`].
+    pub fn load(path: &Path) -> std::io::Result<HeapImage> {
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ljleak heap image");
+        let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+        let mut word = [0u8; 8];
+        f.read_exact(&mut word)?;
+        if &word != b"LJLKIMG1" {
+            return Err(bad());
+        }
+        f.read_exact(&mut word)?;
+        let n = u64::from_le_bytes(word);
+        let mut segs = Vec::new();
+        for _ in 0..n.min(1 << 20) {
+            f.read_exact(&mut word)?;
+            let start = u64::from_le_bytes(word);
+            f.read_exact(&mut word)?;
+            let len = u64::from_le_bytes(word);
+            if len > 1 << 40 {
+                return Err(bad());
+            }
+            let mut data = anon_buffer(len as usize, false)?;
+            f.read_exact(&mut data[..len as usize])?;
+            segs.push(Segment {
+                start,
+                data,
+                complete: true,
+            });
+        }
+        segs.sort_by_key(|s| s.start);
+        Ok(HeapImage {
+            segs,
+            last: Cell::new(0),
+        })
+    }
+
+    #[inline]
+    fn seg_for(&self, addr: u64) -> Option<&Segment> {
+        let last = self.last.get();
+        if let Some(s) = self.segs.get(last) {
+            if addr >= s.start && addr < s.end() {
+                return Some(s);
+            }
+        }
+        let i = self.segs.partition_point(|s| s.end() <= addr);
+        let s = self.segs.get(i)?;
+        if addr >= s.start {
+            self.last.set(i);
+            Some(s)
+        } else {
+            None
+        }
+    }
+}
+
+fn salvage(mem: &ProcessMemory, seg: &mut Segment) {
+    const PIECE: usize = 64 * 1024;
+    let start = seg.start;
+    let mut parts: Vec<(u64, &mut [u8])> = seg
+        .data
+        .chunks_mut(PIECE)
+        .enumerate()
+        .map(|(i, c)| (start + (i * PIECE) as u64, c))
+        .collect();
+    let mut ok = true;
+    let mut i = 0;
+    while i < parts.len() {
+        match mem.read_many(&mut parts[i..]) {
+            Ok(n) if i + n == parts.len() => break,
+            Ok(n) => {
+                ok = false;
+                parts[i + n].1.fill(0);
+                i += n + 1;
+            }
+            Err(_) => {
+                ok = false;
+                break;
+            }
+        }
+    }
+    seg.complete = ok;
+}
+
+impl Memory for HeapImage {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        let s = self.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
+            addr,
+            len: buf.len(),
+        })?;
+        buf.copy_from_slice(s);
+        Ok(())
+    }
+
+    #[inline]
+    fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let s = self.seg_for(addr)?;
+        let off = (addr - s.start) as usize;
+        s.data.get(off..off.checked_add(len)?)
+    }
+}
+
+impl std::fmt::Debug for HeapImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeapImage")
+            .field("segments", &self.segs.len())
+            .field("bytes", &self.total_bytes())
+            .finish()
+    }
+}
+
+/// The mappings an image would copy (for `--verbose`).
+pub fn heap_mappings(maps: &Maps) -> impl Iterator<Item = &Mapping> {
+    maps.list.iter().filter(|m| m.is_anon_heap())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::ReadExt;
+
+    #[test]
+    fn lookup_across_segments() {
+        let img = HeapImage::from_parts(vec![
+            (0x2000, vec![2u8; 0x100]),
+            (0x1000, vec![1u8; 0x100]),
+        ]);
+        assert_eq!(img.u8(0x1000).unwrap(), 1);
+        assert_eq!(img.u8(0x20ff).unwrap(), 2);
+        assert_eq!(img.u8(0x10ff).unwrap(), 1);
+        assert!(img.u8(0x1100).is_err());
+        assert!(img.u64(0x10fc).is_err(), "a read may not straddle a segment end");
+        assert!(img.u8(0).is_err());
+    }
+
+    #[test]
+    fn save_load_roundtrip() {
+        let img = HeapImage::from_parts(vec![(0x1000, (0..=255u8).collect())]);
+        let p = std::env::temp_dir().join(format!("ljleak-img-{}", std::process::id()));
+        img.save(&p).unwrap();
+        let back = HeapImage::load(&p).unwrap();
+        std::fs::remove_file(&p).ok();
+        assert_eq!(back.u8(0x10ff).unwrap(), 255);
+        assert_eq!(back.total_bytes(), 256);
+    }
+
+    #[test]
+    fn captures_own_heap() {
+        let v = vec![0xabu8; 1 << 20];
+        let pid = std::process::id() as i32;
+        let maps = Maps::read(pid).unwrap();
+        let prep = HeapImage::prepare(&maps).unwrap();
+        let img = HeapImage::capture(pid, &Maps::read(pid).unwrap(), prep).unwrap();
+        assert_eq!(img.u8(v.as_ptr() as u64 + 12345).unwrap(), 0xab);
+    }
+}

@@ -1,0 +1,120 @@
+//! Access to a target process: its mappings, its memory, its binaries, and
+//! pausing it safely.
+//!
+//! Vocabulary (as in samply): an *AVMA* is an address in the target process;
+//! an *SVMA* is an address as stated in an ELF file; a *file offset* is a
+//! position in the file (what a uprobe takes).
+
+pub mod elf;
+pub mod image;
+pub mod maps;
+pub mod mem;
+pub mod pause;
+
+pub use image::HeapImage;
+pub use maps::{Mapping, Maps};
+pub use mem::{MemError, Memory, ProcessMemory, ReadExt};
+pub use pause::{Pause, Quiescence};
+
+use crate::error::ExitCode;
+
+/// Errors about the target process as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The PID does not exist.
+    #[error("no such process: {0} (check the PID with `pgrep nginx` or `ps`)")]
+    NoProcess(i32),
+    /// We may not look at or trace it.
+    #[error("permission denied on process {pid} ({what}): run as root or grant CAP_SYS_PTRACE")]
+    Permission {
+        /// The target.
+        pid: i32,
+        /// What was refused.
+        what: String,
+    },
+    /// The target went away while we worked.
+    #[error("process {0} exited during the run")]
+    Exited(i32),
+    /// Anything else from the OS.
+    #[error("{what} for process {pid}: {source}")]
+    Io {
+        /// The target.
+        pid: i32,
+        /// What failed.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl TargetError {
+    /// The exit code this error maps to.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            TargetError::NoProcess(_) => ExitCode::NoProcess,
+            TargetError::Permission { .. } => ExitCode::Permission,
+            TargetError::Exited(_) => ExitCode::TargetExited,
+            TargetError::Io { .. } => ExitCode::Failure,
+        }
+    }
+
+    /// Classify an OS error from a call on `pid`.
+    pub fn from_io(pid: i32, what: &str, e: std::io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(libc::ESRCH) => {
+                if process_exists(pid) {
+                    TargetError::Io {
+                        pid,
+                        what: what.into(),
+                        source: e,
+                    }
+                } else {
+                    TargetError::Exited(pid)
+                }
+            }
+            Some(libc::EPERM) | Some(libc::EACCES) => TargetError::Permission {
+                pid,
+                what: what.into(),
+            },
+            _ if e.kind() == std::io::ErrorKind::NotFound && !process_exists(pid) => {
+                TargetError::NoProcess(pid)
+            }
+            _ => TargetError::Io {
+                pid,
+                what: what.into(),
+                source: e,
+            },
+        }
+    }
+}
+
+/// True when /proc has the process (it may be a zombie).
+pub fn process_exists(pid: i32) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Check that `pid` names a live process, with the right error if not.
+pub fn check_process(pid: i32) -> Result<(), TargetError> {
+    if pid <= 0 || !process_exists(pid) {
+        return Err(TargetError::NoProcess(pid));
+    }
+    Ok(())
+}
+
+/// The executable path of the process as the process sees it.
+pub fn exe_path(pid: i32) -> Result<String, TargetError> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| TargetError::from_io(pid, "reading /proc/PID/exe", e))
+}
+
+/// Thread IDs of the process.
+pub fn threads(pid: i32) -> Result<Vec<i32>, TargetError> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| TargetError::from_io(pid, "listing threads", e))?;
+    let mut tids: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
