@@ -172,17 +172,19 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
         }
     }
 
-    /// Check an object pointer and read its header.
-    fn header(&mut self, o: u64, list: List) -> Option<(u8, u8)> {
+    /// Check an object pointer and read its header: (`nextgc`, `marked`, `gct`).
+    fn header(&mut self, o: u64, list: List) -> Option<(u64, u8, u8)> {
         if o % 4 != 0 {
             self.warn(format!(
                 "{list:?} list: misaligned object pointer {o:#x}; list cut short"
             ));
             return None;
         }
-        match self.vm.header(o) {
-            Ok((marked, t)) if (gct::STR..=gct::UDATA).contains(&t) => Some((marked, t)),
-            Ok((_, t)) => {
+        match self.vm.head(o) {
+            Ok((next, marked, t)) if (gct::STR..=gct::UDATA).contains(&t) => {
+                Some((next, marked, t))
+            }
+            Ok((_, _, t)) => {
                 self.warn(format!(
                     "{list:?} list: object {o:#x} has bad type tag {t}; list cut short"
                 ));
@@ -242,7 +244,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             if in_sweep && link == self.sweep.cursor {
                 unswept = true;
             }
-            let Some((marked, t)) = self.header(o, List::Root) else {
+            let Some((next, marked, t)) = self.header(o, List::Root) else {
                 return;
             };
             if !self.emit(o, t, marked, List::Root, unswept) {
@@ -252,10 +254,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 self.open_upvalues(o, unswept);
             }
             link = o + f.hdr_next.off;
-            o = match self.vm.gcref(link) {
-                Ok(x) => x,
-                Err(e) => return self.warn(format!("root list: {e}; cut short")),
-            };
+            o = next;
         }
     }
 
@@ -272,7 +271,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                     "thread {th:#x}: open upvalue chain cyclic; cut short"
                 ));
             }
-            let Some((marked, t)) = self.header(o, List::OpenUpvalues) else {
+            let Some((next, marked, t)) = self.header(o, List::OpenUpvalues) else {
                 return;
             };
             if t != gct::UPVAL {
@@ -283,10 +282,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             if !self.emit(o, t, marked, List::OpenUpvalues, unswept) {
                 return;
             }
-            o = match self.vm.next(o) {
-                Ok(x) => x,
-                Err(e) => return self.warn(format!("open upvalues: {e}")),
-            };
+            o = next;
         }
     }
 
@@ -321,7 +317,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                         .warn("string chains longer than the heap can hold; cut short".into());
                 }
                 left -= 1;
-                let Some((marked, t)) = self.header(o, List::Strings) else {
+                let Some((next, marked, t)) = self.header(o, List::Strings) else {
                     break;
                 };
                 if t != gct::STR {
@@ -332,13 +328,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                     break;
                 }
                 self.rep.strings_found += 1;
-                o = match self.vm.next(o) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        self.warn(format!("string bucket {i}: {e}"));
-                        break;
-                    }
-                };
+                o = next;
             }
         }
     }
@@ -362,7 +352,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             if n > self.lim.max_objects || o == 0 {
                 return self.warn("finalizer list broken or not circular; cut short".into());
             }
-            let Some((marked, t)) = self.header(o, List::Finalizers) else {
+            let Some((next, marked, t)) = self.header(o, List::Finalizers) else {
                 return;
             };
             if !self.emit(o, t, marked, List::Finalizers, false) {
@@ -371,10 +361,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             if o == anchor {
                 return;
             }
-            o = match self.vm.next(o) {
-                Ok(x) => x,
-                Err(e) => return self.warn(format!("mmudata: {e}")),
-            };
+            o = next;
         }
     }
 
