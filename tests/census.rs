@@ -45,9 +45,7 @@ fn sizes(gc64: bool) -> Sizes {
 
 /// Run the populations script under `interp` and check every phase.
 fn populations(interp: &Path, want_layout: &str, want_source: &str, want_method: &str) {
-    let script = testdata("lua/census_populations.lua");
-    let td = testdata("");
-    let mut p = LuaProc::spawn(interp, &script, &[td.to_str().unwrap()]);
+    let mut p = spawn_script(interp, "census_populations.lua", &[]);
     let mut phases: Vec<(String, Value)> = Vec::new();
     loop {
         let line = p.expect("");
@@ -57,17 +55,7 @@ fn populations(interp: &Path, want_layout: &str, want_source: &str, want_method:
         let Some(name) = line.strip_prefix("ready ") else {
             continue;
         };
-        let c = census(p.pid);
-        let total = p.resume_total();
-        assert_eq!(
-            c["gc_total"].as_u64().unwrap(),
-            total,
-            "{name}: gc.total read by ljleak vs the VM's own count"
-        );
-        assert_eq!(
-            c["walker_total"], c["gc_total"],
-            "{name}: walker total must equal gc.total: {c:#}"
-        );
+        let c = census_at_checkpoint(&mut p);
         assert_eq!(c["consistency"], "quiescent", "{name}");
         assert!(
             c["warnings"].as_array().unwrap().is_empty(),
@@ -225,18 +213,11 @@ fn populations_upstream_nogc64() {
 
 #[test]
 fn finalize_state_with_pending_finalizers() {
-    let Some(lj) = luajit() else { return };
-    let td = testdata("");
-    let mut p = LuaProc::spawn(
-        &lj,
-        &testdata("lua/census_finalize.lua"),
-        &[td.to_str().unwrap()],
-    );
+    let Some(mut p) = luajit_script("census_finalize.lua", &[]) else {
+        return;
+    };
     assert_eq!(p.ready(), "finalizing");
-    let c = census(p.pid);
-    let total = p.resume_total();
-    assert_eq!(c["gc_total"].as_u64().unwrap(), total);
-    assert_eq!(c["walker_total"], c["gc_total"], "{c:#}");
+    let c = census_at_checkpoint(&mut p);
     assert_eq!(c["gc_state"], "finalize");
     // 49 of the 50 finalizable objects still wait on mmudata (one is running).
     assert!(ty(&c, "userdata", "count") >= 24, "{c:#}");
@@ -246,13 +227,9 @@ fn finalize_state_with_pending_finalizers() {
 
 #[test]
 fn every_gc_state_is_exact() {
-    let Some(lj) = luajit() else { return };
-    let td = testdata("");
-    let mut p = LuaProc::spawn(
-        &lj,
-        &testdata("lua/census_churn.lua"),
-        &[td.to_str().unwrap(), "40"],
-    );
+    let Some(mut p) = luajit_script("census_churn.lua", &["40"]) else {
+        return;
+    };
     let mut states = std::collections::BTreeSet::new();
     let mut dead_seen = false;
     for _ in 0..40 {
@@ -288,13 +265,9 @@ fn every_gc_state_is_exact() {
 
 #[test]
 fn gc_command_matches_vm_count() {
-    let Some(lj) = luajit() else { return };
-    let td = testdata("");
-    let mut p = LuaProc::spawn(
-        &lj,
-        &testdata("lua/census_populations.lua"),
-        &[td.to_str().unwrap()],
-    );
+    let Some(mut p) = luajit_script("census_populations.lua", &[]) else {
+        return;
+    };
     assert_eq!(p.ready(), "base");
     let pid = p.pid.to_string();
     let j = run_json(&["gc", "-x", &pid, "--format", "json"]);
@@ -315,13 +288,9 @@ fn gc_command_matches_vm_count() {
 
 #[test]
 fn objs_text_is_lj_gc_objs_shaped() {
-    let Some(lj) = luajit() else { return };
-    let td = testdata("");
-    let mut p = LuaProc::spawn(
-        &lj,
-        &testdata("lua/census_populations.lua"),
-        &[td.to_str().unwrap()],
-    );
+    let Some(mut p) = luajit_script("census_populations.lua", &[]) else {
+        return;
+    };
     p.ready();
     let out = run(&["objs", "-p", &p.pid.to_string()]);
     assert!(out.status.success());
@@ -478,13 +447,9 @@ fn bad_input_gives_one_line_errors_and_exit_codes() {
     one_line_error(&out, 6, "no LuaJIT VM found");
     // Usage errors are clap's code 2.
     assert_eq!(run(&["objs", "-p", "abc"]).status.code(), Some(2));
-    let Some(lj) = luajit() else { return };
-    let td = testdata("");
-    let mut p = LuaProc::spawn(
-        &lj,
-        &testdata("lua/census_populations.lua"),
-        &[td.to_str().unwrap()],
-    );
+    let Some(mut p) = luajit_script("census_populations.lua", &[]) else {
+        return;
+    };
     p.ready();
     let pid = p.pid.to_string();
     // Garbage --lua-state.
@@ -527,13 +492,9 @@ fn walker_survives_corrupted_heaps() {
     use ljleak::luajit::{Layout, Vm};
     use ljleak::target::HeapImage;
 
-    let Some(lj) = luajit() else { return };
-    let td = testdata("");
-    let mut p = LuaProc::spawn(
-        &lj,
-        &testdata("lua/census_populations.lua"),
-        &[td.to_str().unwrap()],
-    );
+    let Some(mut p) = luajit_script("census_populations.lua", &[]) else {
+        return;
+    };
     for _ in 0..4 {
         p.ready();
         p.resume_total();
@@ -617,8 +578,9 @@ fn walker_survives_corrupted_heaps() {
 
 #[test]
 fn busy_target_gets_best_effort_or_nonblocking_walks() {
-    let Some(lj) = luajit() else { return };
-    let mut p = LuaProc::spawn(&lj, &testdata("lua/busy.lua"), &[]);
+    let Some(mut p) = luajit_script("busy.lua", &[]) else {
+        return;
+    };
     p.ready();
     let pid = p.pid.to_string();
     // It never blocks in a syscall: after the attempts, a best-effort walk
@@ -653,14 +615,15 @@ fn busy_target_gets_best_effort_or_nonblocking_walks() {
 
 #[test]
 fn permission_denied_has_its_exit_code() {
-    let Some(lj) = luajit() else { return };
     if !require(
         "setpriv (util-linux)",
         Path::new("/usr/bin/setpriv").exists(),
     ) {
         return;
     }
-    let mut p = LuaProc::spawn(&lj, &testdata("lua/busy.lua"), &[]);
+    let Some(mut p) = luajit_script("busy.lua", &[]) else {
+        return;
+    };
     p.ready();
     let out = std::process::Command::new("/usr/bin/setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])

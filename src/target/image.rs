@@ -317,12 +317,7 @@ fn salvage_pages(mem: &ProcessMemory, addr: u64, buf: &mut [u8]) -> bool {
 
 impl Memory for HeapImage {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let s = self.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
-            addr,
-            len: buf.len(),
-        })?;
-        buf.copy_from_slice(s);
-        Ok(())
+        super::mem::read_borrowed(self, addr, buf)
     }
 
     #[inline]

@@ -248,14 +248,19 @@ pub struct BytesAt {
     pub data: Vec<u8>,
 }
 
+/// `read` for memory that lives in this process: copy what `borrow` lends.
+pub fn read_borrowed<M: Memory + ?Sized>(m: &M, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+    let s = m.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
+        addr,
+        len: buf.len(),
+    })?;
+    buf.copy_from_slice(s);
+    Ok(())
+}
+
 impl Memory for BytesAt {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let s = self.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
-            addr,
-            len: buf.len(),
-        })?;
-        buf.copy_from_slice(s);
-        Ok(())
+        read_borrowed(self, addr, buf)
     }
     fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let off = addr.checked_sub(self.base)? as usize;

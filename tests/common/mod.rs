@@ -179,6 +179,42 @@ impl Drop for LuaProc {
     }
 }
 
+/// Start `testdata/lua/SCRIPT` under `interp`, passing the testdata folder
+/// as its first argument (the scripts find checkpoint.lua through it).
+pub fn spawn_script(interp: &Path, script: &str, args: &[&str]) -> LuaProc {
+    let td = testdata("");
+    let mut all = vec![td.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    LuaProc::spawn(interp, &testdata(&format!("lua/{script}")), &all)
+}
+
+/// Same, under Debian's luajit2; None (a skip, or a failure in CI) when it
+/// is not installed.
+pub fn luajit_script(script: &str, args: &[&str]) -> Option<LuaProc> {
+    let Some(lj) = luajit() else {
+        require("/usr/bin/luajit (Debian luajit2)", false);
+        return None;
+    };
+    Some(spawn_script(&lj, script, args))
+}
+
+/// At a checkpoint: take a census, wake the script, and check that ljleak's
+/// gc.total is the VM's own figure and that the walker agrees to the byte.
+pub fn census_at_checkpoint(p: &mut LuaProc) -> serde_json::Value {
+    let c = census(p.pid);
+    let total = p.resume_total();
+    assert_eq!(
+        c["gc_total"].as_u64().expect("gc_total"),
+        total,
+        "gc.total read by ljleak vs the VM's own count"
+    );
+    assert_eq!(
+        c["walker_total"], c["gc_total"],
+        "walker total must equal gc.total: {c:#}"
+    );
+    c
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
