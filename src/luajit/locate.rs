@@ -60,7 +60,7 @@ pub struct FoundVm {
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
     /// Nothing found by any method.
-    #[error("no LuaJIT VM found in process {pid}: tried {tried}")]
+    #[error("no LuaJIT VM found in process {pid} (tried {tried}); if it does run LuaJIT, pass --lua-state ADDR")]
     NotFound {
         /// Target.
         pid: i32,
