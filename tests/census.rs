@@ -625,12 +625,17 @@ fn permission_denied_has_its_exit_code() {
         return;
     };
     p.ready();
+    // A copy in /tmp, so that uid nobody can execute it wherever the
+    // checkout lives.
+    let exe = std::env::temp_dir().join(format!("ljleak-nobody-{}", std::process::id()));
+    std::fs::copy(ljleak(), &exe).unwrap();
     let out = std::process::Command::new("/usr/bin/setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(ljleak())
+        .arg(&exe)
         .args(["objs", "-p", &p.pid.to_string()])
         .output()
         .unwrap();
+    std::fs::remove_file(&exe).ok();
     one_line_error(&out, 5, "permission denied");
     assert!(String::from_utf8_lossy(&out.stderr).contains("run as root"));
 }
