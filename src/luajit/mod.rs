@@ -5,6 +5,7 @@ pub mod census;
 pub mod ctype;
 pub mod dwarf;
 pub mod fields;
+pub mod frames;
 pub mod layout;
 pub mod locate;
 pub mod vm;

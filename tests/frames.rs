@@ -1,0 +1,125 @@
+//! Lua frames on live luajit2 processes (GC64 and non-GC64): PC → line
+//! lookups agree with each prototype's first line, and the backtrace of
+//! every suspended coroutine is exactly what `debug.traceback(co)` printed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::{luajit, require, testdata, variant, LuaProc};
+use ljleak::capture::{capture, CaptureOpts};
+use ljleak::luajit::frames::{lua_backtrace, FuncKind, ProtoIndex};
+use ljleak::luajit::vm::gct;
+use ljleak::luajit::walk::{walk, Limits};
+use ljleak::luajit::Vm;
+
+/// `debug.traceback` flattened by the script (`|` for newlines) → the
+/// location of each level (`file.lua:12` or `[C]`).
+fn traceback_locs(flat: &str) -> Vec<String> {
+    flat.split('|')
+        .filter(|l| !l.is_empty() && *l != "stack traceback:")
+        .map(|l| l.split_once(": ").map(|x| x.0).unwrap_or(l).to_string())
+        .collect()
+}
+
+fn check(interp: &Path, n: usize, m: usize) {
+    let script = testdata("lua/threads.lua");
+    let mut p = LuaProc::spawn(interp, &script, &[&n.to_string(), &m.to_string()]);
+    let tb_a = traceback_locs(&p.expect("tb a "));
+    let tb_b = traceback_locs(&p.expect("tb b "));
+    let tb_main = traceback_locs(&p.expect("tb main "));
+    assert_eq!(p.ready(), "threads");
+    let cap = capture(p.pid, &CaptureOpts::default()).expect("capture");
+    let vm = Vm::new(
+        &cap.image,
+        &cap.vm.layout,
+        cap.vm.roots.g,
+        cap.vm.roots.main,
+    );
+    let lim = Limits {
+        max_objects: cap.image.total_bytes() / 16 + 16,
+    };
+    let index = ProtoIndex::build(&vm, lim);
+    assert!(index.skipped.is_empty(), "{:?}", index.skipped);
+
+    // Every proto: the first instruction after the header maps to firstline,
+    // and the script's functions are there with their known first lines.
+    let chunk = format!("@{}", script.display());
+    let mut firstlines = Vec::new();
+    for pr in index.protos() {
+        let loc = index.lookup(pr.bc + 4).expect("pc in proto");
+        let want = if pr.has_lineinfo() { pr.firstline } else { 0 };
+        assert_eq!(loc.line, want, "proto {:#x} {}", pr.addr, pr.chunk);
+        assert_eq!(loc.proto, pr.addr);
+        if *pr.chunk == *chunk {
+            firstlines.push(pr.firstline);
+        }
+    }
+    firstlines.sort_unstable();
+    // main chunk 0, inner 11, mid 16, outer_a 20, __index 26, outer_b 32, flat 38.
+    assert_eq!(
+        firstlines,
+        vec![0, 11, 16, 20, 26, 32, 38],
+        "protos of {chunk}"
+    );
+
+    // Every thread's backtrace, grouped.
+    let mut threads = Vec::new();
+    walk(&vm, lim, |o| {
+        if o.gct == gct::THREAD && !o.dead {
+            threads.push(o.addr);
+        }
+    });
+    let mut groups: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    let mut main_locs = None;
+    for &t in &threads {
+        let bt = lua_backtrace(&vm, &index, t, 100);
+        let locs: Vec<String> = bt.iter().map(|f| f.traceback_loc()).collect();
+        if t == vm.main {
+            // Innermost is io.read (a fast function), then what traceback
+            // printed from the same line.
+            assert!(matches!(bt[0].what, FuncKind::Fast { .. }), "{:?}", bt[0]);
+            main_locs = Some(locs[1..].to_vec());
+        } else {
+            *groups.entry(locs).or_default() += 1;
+        }
+    }
+    assert_eq!(main_locs.as_ref(), Some(&tb_main), "main thread");
+    let rel = |v: &[String]| {
+        v.iter()
+            .map(|s| s.replace(&script.display().to_string(), "F"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rel(&tb_a), ["[C]", "F:12", "F:17", "[C]", "F:21"]);
+    assert_eq!(rel(&tb_b), ["[C]", "F:27", "F:34"]);
+    assert_eq!(groups.get(&tb_a), Some(&n), "group a in {groups:?}");
+    assert_eq!(groups.get(&tb_b), Some(&m), "group b in {groups:?}");
+    assert_eq!(
+        groups.values().sum::<usize>(),
+        n + m,
+        "no other threads: {groups:?}"
+    );
+    drop(p);
+}
+
+#[test]
+fn frames_luajit2_gc64() {
+    let Some(lj) = luajit() else {
+        require("/usr/bin/luajit (luajit2)", false);
+        return;
+    };
+    check(&lj, 5, 3);
+}
+
+#[test]
+fn frames_luajit2_nogc64() {
+    let Some(lj) = variant("luajit2-nogc64", false) else {
+        require(
+            "luajit2-nogc64 variant (scripts/build-luajit-variants.sh)",
+            false,
+        );
+        return;
+    };
+    check(&lj, 4, 2);
+}
