@@ -8,7 +8,9 @@ pub mod fields;
 pub mod frames;
 pub mod layout;
 pub mod locate;
+pub mod names;
 pub mod vm;
+pub mod threads;
 pub mod walk;
 
 pub use census::Census;
