@@ -123,3 +123,99 @@ fn frames_luajit2_nogc64() {
     };
     check(&lj, 4, 2);
 }
+
+#[test]
+fn frames_upstream_gc64_and_nogc64() {
+    for name in ["upstream-gc64", "upstream-nogc64"] {
+        let Some(lj) = variant(name, false) else {
+            require(
+                &format!("{name} variant (scripts/build-luajit-variants.sh)"),
+                false,
+            );
+            continue;
+        };
+        check(&lj, 3, 2);
+    }
+}
+
+#[test]
+fn frames_stripped_luajit2_nogc64() {
+    // No DWARF: layout from the built-in tables.
+    let Some(lj) = variant("luajit2-nogc64", true) else {
+        require("luajit2-nogc64 stripped variant", false);
+        return;
+    };
+    check(&lj, 2, 5);
+}
+
+/// Overwrite one byte of a copied heap.
+fn poke(img: &mut ljleak::target::HeapImage, addr: u64, val: u8) {
+    for s in img.segments_mut() {
+        if addr >= s.start && addr < s.start + s.data.len() as u64 {
+            s.data[(addr - s.start) as usize] = val;
+        }
+    }
+}
+
+#[test]
+fn frames_survive_corrupt_stacks() {
+    let Some(lj) = luajit() else {
+        require("/usr/bin/luajit (luajit2)", false);
+        return;
+    };
+    let mut p = LuaProc::spawn(&lj, &testdata("lua/threads.lua"), &["3", "3"]);
+    assert_eq!(p.ready(), "threads");
+    let mut cap = capture(p.pid, &CaptureOpts::default()).expect("capture");
+    drop(p);
+    let lay = cap.vm.layout.clone();
+    let (g, main) = (cap.vm.roots.g, cap.vm.roots.main);
+    let lim = Limits {
+        max_objects: cap.image.total_bytes() / 16 + 16,
+    };
+    // Each thread's stack range and its lua_State header.
+    let mut targets = Vec::new();
+    {
+        let vm = Vm::new(&cap.image, &lay, g, main);
+        let mut threads = Vec::new();
+        walk(&vm, lim, |o| {
+            if o.gct == gct::THREAD {
+                threads.push(o.addr);
+            }
+        });
+        for t in threads {
+            let stack = vm.gcref(t + lay.f.l_stack.off).unwrap();
+            let n = lay.f.l_stacksize.get(&cap.image, t).unwrap();
+            targets.push((t, stack, n * 8));
+        }
+    }
+    assert_eq!(targets.len(), 7);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut frames_seen = 0;
+    for round in 0..400 {
+        let (t, stack, len) = targets[round % targets.len()];
+        // Mostly the live part of the stack, sometimes the lua_State header.
+        for _ in 0..4 {
+            let addr = if rnd() % 4 == 0 {
+                t + rnd() % lay.f.l_size.off
+            } else {
+                stack + rnd() % len.min(64 * 8)
+            };
+            poke(&mut cap.image, addr, rnd() as u8);
+        }
+        let vm = Vm::new(&cap.image, &lay, g, main);
+        let index = ProtoIndex::build(&vm, lim);
+        for &(t, _, _) in &targets {
+            let bt = lua_backtrace(&vm, &index, t, 50);
+            assert!(bt.len() <= 50);
+            frames_seen += bt.len();
+        }
+    }
+    // Corruption cuts stacks short but does not wipe them all at once.
+    assert!(frames_seen > 0);
+}
