@@ -9,18 +9,33 @@ use std::path::Path;
 
 use common::{luajit, require, testdata, variant, LuaProc};
 use ljleak::capture::{capture, CaptureOpts};
-use ljleak::luajit::frames::{lua_backtrace, FuncKind, ProtoIndex};
+use ljleak::luajit::frames::{lua_backtrace, FuncKind, LuaFrame, ProtoIndex};
 use ljleak::luajit::vm::gct;
 use ljleak::luajit::walk::{walk, Limits};
 use ljleak::luajit::Vm;
 
 /// `debug.traceback` flattened by the script (`|` for newlines) → the
-/// location of each level (`file.lua:12` or `[C]`).
+/// location of each level (`file.lua:12` or `[C]`) and, when it printed
+/// `in function 'name'`, the name.
 fn traceback_locs(flat: &str) -> Vec<String> {
     flat.split('|')
         .filter(|l| !l.is_empty() && *l != "stack traceback:")
-        .map(|l| l.split_once(": ").map(|x| x.0).unwrap_or(l).to_string())
+        .map(|l| {
+            let loc = l.split_once(": ").map(|x| x.0).unwrap_or(l);
+            match l.split_once("in function '") {
+                Some((_, rest)) => format!("{loc} '{}'", rest.trim_end_matches('\'')),
+                None => loc.to_string(),
+            }
+        })
         .collect()
+}
+
+/// A frame the way `traceback_locs` reads a traceback line.
+fn frame_key(f: &LuaFrame) -> String {
+    match &f.called {
+        Some(c) => format!("{} '{}'", f.traceback_loc(), c.name),
+        None => f.traceback_loc(),
+    }
 }
 
 fn check(interp: &Path, n: usize, m: usize) {
@@ -75,7 +90,7 @@ fn check(interp: &Path, n: usize, m: usize) {
     let mut main_locs = None;
     for &t in &threads {
         let bt = lua_backtrace(&vm, &index, t, 100);
-        let locs: Vec<String> = bt.iter().map(|f| f.traceback_loc()).collect();
+        let locs: Vec<String> = bt.iter().map(frame_key).collect();
         if t == vm.main {
             // Innermost is io.read (a fast function), then what traceback
             // printed from the same line.
@@ -91,8 +106,11 @@ fn check(interp: &Path, n: usize, m: usize) {
             .map(|s| s.replace(&script.display().to_string(), "F"))
             .collect::<Vec<_>>()
     };
-    assert_eq!(rel(&tb_a), ["[C]", "F:12", "F:17", "[C]", "F:21"]);
-    assert_eq!(rel(&tb_b), ["[C]", "F:27", "F:34"]);
+    assert_eq!(
+        rel(&tb_a),
+        ["[C] 'yield'", "F:12 'inner'", "F:17", "[C] 'pcall'", "F:21"]
+    );
+    assert_eq!(rel(&tb_b), ["[C] 'yield'", "F:27 '__index'", "F:34"]);
     assert_eq!(groups.get(&tb_a), Some(&n), "group a in {groups:?}");
     assert_eq!(groups.get(&tb_b), Some(&m), "group b in {groups:?}");
     assert_eq!(

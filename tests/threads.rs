@@ -68,6 +68,10 @@ fn threads_luajit_groups_by_line() {
             (s("lua"), s(f), 21, s("")),
         ]
     );
+    // Call-site names as debug.traceback prints them.
+    assert_eq!(groups[0]["stack"][1]["called"], "inner");
+    assert_eq!(groups[0]["stack"][2].get("called"), None);
+    assert_eq!(groups[1]["stack"][1]["called"], "__index");
     assert_eq!(groups[1]["count"], m as u64);
     assert_eq!(
         frames(&groups[1]),
@@ -101,7 +105,7 @@ fn threads_luajit_groups_by_line() {
         "{text}"
     );
     assert!(
-        first.contains("threads.lua:12 ← ") && first.ends_with("threads.lua:21"),
+        first.contains("threads.lua:12 (inner) ← ") && first.ends_with("threads.lua:21"),
         "{first}"
     );
 
@@ -111,7 +115,7 @@ fn threads_luajit_groups_by_line() {
             .into_owned();
     let line = folded
         .lines()
-        .find(|l| l.ends_with("coroutine.yield 7"))
+        .find(|l| l.ends_with("(inner);coroutine.yield 7"))
         .expect("group a folded");
     assert!(
         line.starts_with("suspended;") && line.contains("threads.lua:21;pcall;"),

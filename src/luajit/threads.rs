@@ -65,12 +65,16 @@ pub struct NamedFrame {
     /// Line where the Lua function is defined.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub defined: Option<i32>,
+    /// The name its caller used (`'inner'` in `debug.traceback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub called: Option<String>,
 }
 
 impl NamedFrame {
     /// Build from a raw frame.
     pub fn new(f: &LuaFrame, names: &FuncNames) -> NamedFrame {
         let name = names.get(f.func).map(str::to_string);
+        let called = f.called.as_ref().map(|c| c.name.clone());
         match f.what {
             FuncKind::Lua { .. } => NamedFrame {
                 kind: "lua",
@@ -81,6 +85,7 @@ impl NamedFrame {
                 line: f.loc.as_ref().map(|l| l.line).filter(|&l| l > 0),
                 name,
                 defined: f.defined.as_ref().map(|d| d.line),
+                called,
             },
             FuncKind::C { .. } => NamedFrame {
                 kind: "c",
@@ -88,6 +93,7 @@ impl NamedFrame {
                 line: None,
                 name,
                 defined: None,
+                called,
             },
             FuncKind::Fast { ffid, .. } => NamedFrame {
                 kind: "builtin",
@@ -95,13 +101,20 @@ impl NamedFrame {
                 line: None,
                 name: name.or_else(|| Some(format!("builtin#{ffid}"))),
                 defined: None,
+                called,
             },
         }
     }
 
-    /// `app.lua:12 (mod.fn)`, `app.lua:12`, `ngx.sleep`, `[C]`.
+    /// `app.lua:12 (mod.fn)`, `app.lua:12 (inner)`, `app.lua:12`,
+    /// `ngx.sleep`, `[C]`: the module name when the function has one, else
+    /// the name its caller used.
     pub fn label(&self) -> String {
-        match (&self.source, self.line, &self.name) {
+        match (
+            &self.source,
+            self.line,
+            self.name.as_ref().or(self.called.as_ref()),
+        ) {
             (Some(s), Some(l), Some(n)) => format!("{s}:{l} ({n})"),
             (Some(s), Some(l), None) => format!("{s}:{l}"),
             (Some(s), None, Some(n)) => format!("{s} ({n})"),
