@@ -11,7 +11,7 @@ use common::{luajit, require, testdata, variant, LuaProc};
 use ljleak::capture::{capture, CaptureOpts};
 use ljleak::luajit::frames::{lua_backtrace, FuncKind, LuaFrame, ProtoIndex};
 use ljleak::luajit::vm::gct;
-use ljleak::luajit::walk::{walk, Limits};
+use ljleak::luajit::walk::walk;
 use ljleak::luajit::Vm;
 
 /// `debug.traceback` flattened by the script (`|` for newlines) → the
@@ -46,15 +46,8 @@ fn check(interp: &Path, n: usize, m: usize) {
     let tb_main = traceback_locs(&p.expect("tb main "));
     assert_eq!(p.ready(), "threads");
     let cap = capture(p.pid, &CaptureOpts::default()).expect("capture");
-    let vm = Vm::new(
-        &cap.image,
-        &cap.vm.layout,
-        cap.vm.roots.g,
-        cap.vm.roots.main,
-    );
-    let lim = Limits {
-        max_objects: cap.image.total_bytes() / 16 + 16,
-    };
+    let vm = cap.heap_vm();
+    let lim = cap.walk_limits();
     let index = ProtoIndex::build(&vm, lim);
     assert!(index.skipped.is_empty(), "{:?}", index.skipped);
 
@@ -187,9 +180,7 @@ fn frames_survive_corrupt_stacks() {
     drop(p);
     let lay = cap.vm.layout.clone();
     let (g, main) = (cap.vm.roots.g, cap.vm.roots.main);
-    let lim = Limits {
-        max_objects: cap.image.total_bytes() / 16 + 16,
-    };
+    let lim = cap.walk_limits();
     // Each thread's stack range and its lua_State header.
     let mut targets = Vec::new();
     {

@@ -8,8 +8,7 @@ use anyhow::Result;
 use crate::capture::{self, CaptureOpts};
 use crate::cli::{ThreadsArgs, ThreadsFormat, ThreadsWeight};
 use crate::luajit::threads::threads;
-use crate::luajit::walk::Limits;
-use crate::luajit::{LocateOpts, Vm};
+use crate::luajit::LocateOpts;
 use crate::report::threads::{self as rep, Weight};
 
 /// Run `ljleak threads`.
@@ -25,17 +24,7 @@ pub fn run(a: ThreadsArgs) -> Result<()> {
     };
     let cap = capture::capture(a.target.pid, &opts)?;
     let t0 = Instant::now();
-    let vm = Vm::new(
-        &cap.image,
-        &cap.vm.layout,
-        cap.vm.roots.g,
-        cap.vm.roots.main,
-    );
-    // No list can hold more objects than the copy has room for.
-    let lim = Limits {
-        max_objects: cap.image.total_bytes() / 16 + 16,
-    };
-    let t = threads(&vm, lim, a.max_depth.max(1));
+    let t = threads(&cap.heap_vm(), cap.walk_limits(), a.max_depth.max(1));
     log::info!("{} threads analysed in {:?}", t.threads.len(), t0.elapsed());
     let r = rep::report(cap.pid, &cap.exe, &t, cap.pause_us, cap.consistency.name());
     // Retained bytes need the dominator tree (ljleak refs); a thread's own

@@ -172,13 +172,17 @@ impl ProtoIndex {
             }
         }
         ix.protos.sort_by_key(|p| p.bc);
-        ix.by_addr = ix
+        ix.reindex();
+        ix
+    }
+
+    fn reindex(&mut self) {
+        self.by_addr = self
             .protos
             .iter()
             .enumerate()
             .map(|(i, p)| (p.addr, i))
             .collect();
-        ix
     }
 
     /// Number of prototypes.
@@ -229,12 +233,7 @@ impl ProtoIndex {
         let p = read_proto(vm, addr, &mut chunks, &mut self.lines)?;
         let i = self.protos.partition_point(|q| q.bc < p.bc);
         self.protos.insert(i, p);
-        self.by_addr = self
-            .protos
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.addr, i))
-            .collect();
+        self.reindex();
         Ok(())
     }
 
