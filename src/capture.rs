@@ -80,6 +80,21 @@ pub struct Capture {
     pub maps: Maps,
 }
 
+impl Capture {
+    /// The VM as seen in the copied heap.
+    pub fn heap_vm(&self) -> crate::luajit::Vm<'_, HeapImage> {
+        crate::luajit::Vm::new(&self.image, &self.vm.layout, self.vm.roots.g, self.vm.roots.main)
+    }
+
+    /// Walk limits for the copy: no list can hold more objects than the
+    /// copy has room for.
+    pub fn walk_limits(&self) -> crate::luajit::walk::Limits {
+        crate::luajit::walk::Limits {
+            max_objects: self.image.total_bytes() / 16 + 16,
+        }
+    }
+}
+
 /// Turn a locate error into a classified one.
 pub fn classify_locate(e: LocateError) -> anyhow::Error {
     match e {

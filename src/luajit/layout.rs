@@ -211,6 +211,8 @@ layout_struct! {
     tr_mcode = "GCtrace.mcode",
     tr_spadjust = "GCtrace.spadjust",
     tr_traceno = "GCtrace.traceno",
+    tr_startpc = "GCtrace.startpc",
+    tr_startins = "GCtrace.startins",
     tr_size = "GCtrace.SIZEOF",
 
     ct_info = "CType.info",
