@@ -83,7 +83,12 @@ pub struct Capture {
 impl Capture {
     /// The VM as seen in the copied heap.
     pub fn heap_vm(&self) -> crate::luajit::Vm<'_, HeapImage> {
-        crate::luajit::Vm::new(&self.image, &self.vm.layout, self.vm.roots.g, self.vm.roots.main)
+        crate::luajit::Vm::new(
+            &self.image,
+            &self.vm.layout,
+            self.vm.roots.g,
+            self.vm.roots.main,
+        )
     }
 
     /// Walk limits for the copy: no list can hold more objects than the

@@ -241,7 +241,7 @@ impl<M: Memory + ?Sized> Frames<'_, '_, M> {
     /// The Lua prototype of function `func`, or None for C functions.
     fn lua_proto(&self, func: u64) -> Result<Option<u64>, MemError> {
         let f = &self.vm.lay.f;
-        if self.vm.header(func)?.1 != gct::FUNC {
+        if self.vm.head(func)?.2 != gct::FUNC {
             return Err(MemError::Unmapped { addr: func, len: 0 });
         }
         if f.f_ffid.get(self.vm.m, func)? != 0 {

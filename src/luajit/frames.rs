@@ -278,7 +278,7 @@ fn read_proto<M: Memory + ?Sized>(
     let f = &vm.lay.f;
     let m = vm.m;
     let bad = MemError::Unmapped { addr: a, len: 0 };
-    if vm.header(a)?.1 != gct::PROTO {
+    if vm.head(a)?.2 != gct::PROTO {
         return Err(bad);
     }
     let sizebc = f.p_sizebc.get(m, a)?;

@@ -207,7 +207,7 @@ fn kgc_str<M: Memory + ?Sized>(
     let k = vm.lay.f.p_k.get(vm.m, p.addr)?;
     let r = vm.lay.gcref();
     let s = vm.gcref(k.wrapping_sub(r * (idx as u64 + 1)))?;
-    if vm.header(s)?.1 != super::vm::gct::STR {
+    if vm.head(s)?.2 != super::vm::gct::STR {
         return Ok(None);
     }
     Ok(Some(vm.string(s, 256)?))

@@ -11,8 +11,8 @@ pub mod funcname;
 pub mod layout;
 pub mod locate;
 pub mod names;
-pub mod vm;
 pub mod threads;
+pub mod vm;
 pub mod walk;
 
 pub use census::Census;
