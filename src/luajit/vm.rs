@@ -143,6 +143,13 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
         self.gcref(o + self.lay.f.hdr_next.off)
     }
 
+    /// Object header: (`marked`, `gct`).
+    #[inline]
+    pub fn header(&self, o: u64) -> Result<(u8, u8), MemError> {
+        let (_, marked, t) = self.head(o)?;
+        Ok((marked, t))
+    }
+
     /// Header of object `o`: (`nextgc`, `marked`, `gct`), in one lookup.
     #[inline]
     pub fn head(&self, o: u64) -> Result<(u64, u8, u8), MemError> {
