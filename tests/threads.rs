@@ -207,3 +207,16 @@ fn threads_nginx_requests_parked_in_sleep() {
     );
     drop(held);
 }
+
+#[test]
+fn threads_bad_targets_have_documented_exit_codes() {
+    let out = run(&["threads", "-p", "999999"]);
+    assert_eq!(out.status.code(), Some(4), "no such process");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no such process"), "{err}");
+    // A process without LuaJIT: the test binary itself.
+    let out = run(&["threads", "-p", &std::process::id().to_string()]);
+    assert_eq!(out.status.code(), Some(6), "no VM");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no LuaJIT VM"));
+}
