@@ -110,7 +110,8 @@ pub enum ThreadsFormat {
 pub enum ThreadsWeight {
     /// One per thread.
     Count,
-    /// Bytes of the thread object, its stack and open upvalues.
+    /// Bytes of the thread object, its stack and open upvalues (what a
+    /// thread alone retains beyond that needs the dominator tree of `refs`).
     Bytes,
 }
 

@@ -163,16 +163,27 @@ fn hold(port: u16, path: &str) -> TcpStream {
 }
 
 #[test]
-fn threads_nginx_requests_parked_in_sleep() {
+fn threads_nginx_requests_parked_in_sleep_and_receive() {
     let Some(ngx) = Nginx::start("threads.conf", 1) else {
         return;
     };
-    let k = 9;
-    let held: Vec<TcpStream> = (0..k).map(|_| hold(ngx.port, "/hold")).collect();
+    // A peer that accepts and never sends: /recv requests stay in receive.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let peer_port = peer.local_addr().unwrap().port();
+    let (k, k2) = (9, 4);
+    let accepted = std::thread::spawn(move || {
+        (0..k2)
+            .map(|_| peer.accept().expect("accept").0)
+            .collect::<Vec<_>>()
+    });
+    let mut held: Vec<TcpStream> = (0..k).map(|_| hold(ngx.port, "/hold")).collect();
+    let recv_path = format!("/recv?port={peer_port}");
+    held.extend((0..k2).map(|_| hold(ngx.port, &recv_path)));
+    let _peers = accepted.join().expect("peer connections");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (_, body) = ngx.get("/waiting");
-        if body.trim() == k.to_string() {
+        if body.trim() == (k + k2).to_string() {
             break;
         }
         assert!(Instant::now() < deadline, "requests did not park: {body}");
@@ -185,25 +196,53 @@ fn threads_nginx_requests_parked_in_sleep() {
         "--format",
         "json",
     ]);
+    assert_eq!(r["by_status"]["suspended"], k + k2, "{r}");
     let g = &r["groups"][0];
     assert_eq!(g["count"], k, "{r}");
     assert_eq!(g["status"], "suspended");
     let fr = frames(g);
     assert_eq!(fr.len(), 3, "{fr:?}");
     assert_eq!(fr[0], (s("c"), s(""), -1, s("ngx.sleep")));
-    assert_eq!(fr[1], (s("lua"), s("sleeper.lua"), 6, s("sleeper.hold")));
+    assert_eq!(fr[1], (s("lua"), s("sleeper.lua"), 8, s("sleeper.hold")));
     assert_eq!(fr[2].0, "lua");
-    // The content_by_lua_block of /hold is on line 23 of the config.
-    assert_eq!(g["stack"][2]["source"], "content_by_lua(nginx.conf:23)");
+    // The content_by_lua_block of /hold is on line 24 of the config.
+    assert_eq!(g["stack"][2]["source"], "content_by_lua(nginx.conf:24)");
     assert_eq!(fr[2].2, 1, "line 1 of the block");
+    // The receive group: whatever implements receive (C or resty.core Lua),
+    // the frame of sleeper.recv is at line 18, under the /recv block.
+    let g2 = &r["groups"][1];
+    assert_eq!(g2["count"], k2, "{r}");
+    let fr2 = frames(g2);
+    let at = fr2
+        .iter()
+        .position(|f| f.1 == "sleeper.lua")
+        .unwrap_or_else(|| panic!("no sleeper.lua frame in {fr2:?}"));
+    assert_eq!(fr2[at], (s("lua"), s("sleeper.lua"), 18, s("sleeper.recv")));
+    assert_eq!(
+        g2["stack"][at + 1]["source"],
+        "content_by_lua(nginx.conf:25)"
+    );
+    assert_eq!(g2["stack"][at - 1]["called"], "receive", "{g2}");
     // The worker's main thread is idle between requests.
+    let groups = r["groups"].as_array().unwrap();
     assert!(
-        r["groups"]
-            .as_array()
-            .unwrap()
+        groups
             .iter()
             .any(|g| g["main"] == true && g["status"] == "idle"),
         "{r}"
     );
     drop(held);
+}
+
+#[test]
+fn threads_bad_targets_have_documented_exit_codes() {
+    let out = run(&["threads", "-p", "999999"]);
+    assert_eq!(out.status.code(), Some(4), "no such process");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no such process"), "{err}");
+    // A process without LuaJIT: the test binary itself.
+    let out = run(&["threads", "-p", &std::process::id().to_string()]);
+    assert_eq!(out.status.code(), Some(6), "no VM");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no LuaJIT VM"));
 }

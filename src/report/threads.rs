@@ -202,3 +202,100 @@ pub fn svg(r: &ThreadsReport, w: Weight) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua(src: &str, line: i32, called: Option<&str>) -> NamedFrame {
+        NamedFrame {
+            kind: "lua",
+            source: Some(src.into()),
+            line: Some(line),
+            name: None,
+            defined: Some(1),
+            called: called.map(str::to_string),
+        }
+    }
+
+    fn c(name: &str) -> NamedFrame {
+        NamedFrame {
+            kind: "c",
+            source: None,
+            line: None,
+            name: Some(name.into()),
+            defined: None,
+            called: None,
+        }
+    }
+
+    fn th(addr: u64, status: Status, frames: Vec<NamedFrame>) -> ThreadInfo {
+        ThreadInfo {
+            addr,
+            status,
+            main: addr == 1,
+            stack_bytes: 100,
+            frames,
+        }
+    }
+
+    fn sample() -> ThreadsReport {
+        let stuck = vec![
+            c("ngx.socket.tcp.receive"),
+            lua("resty/http.lua", 310, Some("receive")),
+            lua("content_by_lua(nginx.conf:40)", 3, None),
+        ];
+        let mut threads = vec![th(1, Status::Idle, vec![])];
+        threads.extend((0..3).map(|i| th(10 + i, Status::Suspended, stuck.clone())));
+        threads.push(th(
+            20,
+            Status::Suspended,
+            vec![c("ngx.sleep"), lua("a;b.lua", 7, None)],
+        ));
+        let t = Threads {
+            threads,
+            warnings: vec![],
+        };
+        report(7, "/usr/sbin/nginx", &t, 1200, "quiescent")
+    }
+
+    #[test]
+    fn groups_biggest_first_go_style() {
+        let r = sample();
+        assert_eq!(r.total, 5);
+        assert_eq!(r.by_status["suspended"], 4);
+        let counts: Vec<u64> = r.groups.iter().map(|g| g.count).collect();
+        assert_eq!(counts, [3, 1, 1]);
+        assert_eq!(
+            r.groups[0].label(),
+            "ngx.socket.tcp.receive ← resty/http.lua:310 (receive) ← content_by_lua(nginx.conf:40):3"
+        );
+        assert_eq!(r.groups[0].stack_bytes, 300);
+        let text = text(&r);
+        assert!(
+            text.contains("\n3 @ ngx.socket.tcp.receive ← resty/http.lua:310 (receive) ← "),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 @ (no Lua frames)\n    [idle, main thread, 100 bytes]"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn folded_is_root_first_and_escapes_semicolons() {
+        let r = sample();
+        let f = folded(&r, Weight::Count);
+        let lines: Vec<&str> = f.lines().collect();
+        assert_eq!(
+            lines[0],
+            "suspended;content_by_lua(nginx.conf:40):3;resty/http.lua:310 (receive);ngx.socket.tcp.receive 3"
+        );
+        assert!(lines.contains(&"suspended;a:b.lua:7;ngx.sleep 1"), "{f}");
+        assert!(lines.contains(&"idle 1"), "{f}");
+        let b = folded(&r, Weight::StackBytes);
+        assert!(b.lines().next().unwrap().ends_with(" 300"), "{b}");
+        let svg = svg(&r, Weight::Count).unwrap();
+        assert!(svg.starts_with("<?xml") && svg.contains("ngx.sleep"));
+    }
+}
