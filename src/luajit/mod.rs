@@ -7,6 +7,8 @@ pub mod dwarf;
 pub mod fields;
 pub mod layout;
 pub mod locate;
+pub mod names;
+pub mod refs;
 pub mod vm;
 pub mod walk;
 
