@@ -7,7 +7,7 @@
 //! bytes, per edge 4 bytes.
 
 use crate::luajit::refs::{Label, Refs};
-use crate::luajit::vm::Vm;
+use crate::luajit::vm::{mark, Vm};
 use crate::luajit::walk::{self, Limits, List, WalkReport};
 use crate::target::Memory;
 
@@ -33,6 +33,8 @@ pub struct Graph {
     pub roots: Vec<NodeId>,
     /// Objects on `g->gc.mmudata` (roots labelled "pending finalizer").
     pub pending: Vec<NodeId>,
+    /// Fixed objects (never collected; roots labelled "fixed").
+    pub fixed: Vec<NodeId>,
     /// References to addresses that are no object the walk found.
     pub dangling: u64,
     /// The heap walk's report (totals, warnings).
@@ -82,9 +84,11 @@ impl Graph {
 
     /// Walk the heap of `vm` and read every object's references.
     pub fn build<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits) -> Graph {
-        let mut objs: Vec<(u64, u64, u8, bool)> = Vec::new();
+        // (addr, size, gct, pending finalizer, fixed)
+        let mut objs: Vec<(u64, u64, u8, bool, bool)> = Vec::new();
         let rep = walk::walk(vm, lim, |o| {
-            objs.push((o.addr, o.size, o.gct, o.list == List::Finalizers));
+            let fixed = o.marked & (mark::FIXED | mark::SFIXED) != 0;
+            objs.push((o.addr, o.size, o.gct, o.list == List::Finalizers, fixed));
         });
         objs.sort_unstable_by_key(|o| o.0);
         objs.dedup_by_key(|o| o.0);
@@ -101,6 +105,12 @@ impl Graph {
             .filter(|(_, o)| o.3)
             .map(|(i, _)| i as NodeId)
             .collect();
+        let fixed: Vec<NodeId> = objs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.4)
+            .map(|(i, _)| i as NodeId)
+            .collect();
         drop(objs);
         let mut refs = Refs::new(vm);
         let mut roots = Vec::new();
@@ -112,7 +122,9 @@ impl Graph {
             g.warn(format!("GC roots: {e}"));
         }
         roots.extend_from_slice(&pending);
+        roots.extend_from_slice(&fixed);
         g.pending = pending;
+        g.fixed = fixed;
         g.roots = roots;
         let n = g.addr.len();
         let mut off = Vec::with_capacity(n + 1);
@@ -167,6 +179,9 @@ impl Graph {
                     found = Some(l);
                 }
             });
+            if found.is_none() && self.fixed.binary_search(&v).is_ok() {
+                return Some(Label::Fixed);
+            }
             return found;
         }
         let (a, t) = (self.addr[u as usize], self.gct[u as usize]);

@@ -30,6 +30,7 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
             Label::CurrentThread => "current thread".into(),
             Label::FfiFinalizer => "ffi finalizers".into(),
             Label::PendingFinalizer => "pending finalizer".into(),
+            Label::Fixed => "fixed".into(),
             Label::Array(i) => format!("[{i}]"),
             Label::HashVal(i) => self.key_name(src, i).unwrap_or_else(|| format!("[node {i}]")),
             Label::HashKey(i) => {

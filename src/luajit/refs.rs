@@ -35,6 +35,9 @@ pub enum Label {
     FfiFinalizer,
     /// An object on `g->gc.mmudata` (its finalizer has not run yet).
     PendingFinalizer,
+    /// A fixed object, never collected (lj_gc.h LJ_GC_FIXED: reserved words,
+    /// metamethod names, C type keywords).
+    Fixed,
     /// Table array slot.
     Array(u32),
     /// Value of hash node `i`.
@@ -280,16 +283,19 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         if mt != 0 {
             f(Label::Metatable, mt);
         }
+        // A weak side still holds strings: lj_gc.c gc_mayclear marks them,
+        // strings cannot be weak references.
         let mode = self.weak_mode(mt);
-        if mode & weak::VAL == 0 {
-            let asize = fl.t_asize.get(m, o)?.min(MAX_ELEMS);
-            if asize > 0 {
-                let arr = self.vm.gcref(o + fl.t_array.off)?;
-                self.tvalues(arr, asize, 0, Label::Array, f)?;
-            }
-        }
-        if mode & (weak::KEY | weak::VAL) == weak::KEY | weak::VAL {
-            return Ok(());
+        let keep = |weak: bool, t: u8| !weak || t == gct::STR;
+        let asize = fl.t_asize.get(m, o)?.min(MAX_ELEMS);
+        if asize > 0 {
+            let arr = self.vm.gcref(o + fl.t_array.off)?;
+            let wv = mode & weak::VAL != 0;
+            self.tvalues(arr, asize, 0, Label::Array, &mut |l, t, p| {
+                if keep(wv, t) {
+                    f(l, p)
+                }
+            })?;
         }
         let hmask = fl.t_hmask.get(m, o)?.min(MAX_ELEMS);
         let node = fl.t_node.get(m, o)?;
@@ -303,18 +309,19 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
             Some(b) => std::borrow::Cow::Borrowed(b),
             None => std::borrow::Cow::Owned(m.vec(node, total as usize)?),
         };
+        let (wk, wv) = (mode & weak::KEY != 0, mode & weak::VAL != 0);
         for (i, n) in bytes.chunks_exact(nsz as usize).enumerate() {
             let val = decode_tv(le64(&n[vo..]), self.gc64);
             if val == Tv::Nil {
                 continue;
             }
-            if mode & weak::KEY == 0 {
-                if let Tv::Gc(_, p) = decode_tv(le64(&n[ko..]), self.gc64) {
+            if let Tv::Gc(t, p) = decode_tv(le64(&n[ko..]), self.gc64) {
+                if keep(wk, t) {
                     f(Label::HashKey(i as u32), p);
                 }
             }
-            if mode & weak::VAL == 0 {
-                if let Tv::Gc(_, p) = val {
+            if let Tv::Gc(t, p) = val {
+                if keep(wv, t) {
                     f(Label::HashVal(i as u32), p);
                 }
             }
@@ -329,7 +336,7 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         n: u64,
         first: u32,
         label: fn(u32) -> Label,
-        f: &mut impl FnMut(Label, u64),
+        f: &mut impl FnMut(Label, u8, u64),
     ) -> Result<(), MemError> {
         let m = self.vm.m;
         let len = (n * TVALUE) as usize;
@@ -338,8 +345,8 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
             None => std::borrow::Cow::Owned(m.vec(at, len)?),
         };
         for (i, c) in bytes.chunks_exact(TVALUE as usize).enumerate() {
-            if let Tv::Gc(_, p) = decode_tv(le64(c), self.gc64) {
-                f(label(first + i as u32), p);
+            if let Tv::Gc(t, p) = decode_tv(le64(c), self.gc64) {
+                f(label(first + i as u32), t, p);
             }
         }
         Ok(())
@@ -428,7 +435,9 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         if top >= stack && (top - stack) / TVALUE <= size {
             let n = (top - stack) / TVALUE;
             if n > first {
-                self.tvalues(stack + first * TVALUE, n - first, first as u32, Label::Stack, f)?;
+                self.tvalues(stack + first * TVALUE, n - first, first as u32, Label::Stack, &mut |l, _, p| {
+                    f(l, p)
+                })?;
             }
             if !self.gc64 {
                 self.frames(o, stack, top, f)?;
