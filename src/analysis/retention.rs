@@ -12,6 +12,7 @@
 use super::dominators::{dominators, DomTree, NONE};
 use super::graph::{Graph, NodeId};
 use crate::luajit::refs::Refs;
+use crate::luajit::vm::gct;
 use crate::target::Memory;
 
 /// A dominator child holding more than 1/BIG_CHILD of its parent's
@@ -128,11 +129,15 @@ impl Retention {
         Some(names)
     }
 
-    /// Up to `k` leak suspects, biggest accumulation first, each holding at
-    /// least `min_bytes` in small pieces.
+    /// Up to `k` leak suspects, biggest accumulation first: objects holding
+    /// at least `min_bytes`, and at least half of what they retain, in small
+    /// pieces.
     pub fn suspects(&self, k: usize, min_bytes: u64) -> Vec<NodeId> {
         let mut v: Vec<usize> = (1..self.dom.order.len())
-            .filter(|&i| self.accumulated[i] >= min_bytes.max(1) && self.count[i] > 1)
+            .filter(|&i| {
+                let a = self.accumulated[i];
+                a >= min_bytes.max(1) && a * 2 >= self.retained[i] && self.count[i] > 1
+            })
             .collect();
         v.sort_unstable_by(|&a, &b| {
             self.accumulated[b]
@@ -148,39 +153,65 @@ impl Retention {
     /// tree node retaining at least `min_bytes`, its frames the named steps
     /// of the dominator tree path, its weight what it retains minus what its
     /// printed children retain, so the widths add up without double
-    /// counting and the root is as wide as everything reachable.
+    /// counting and the whole graph is as wide as everything reachable
+    /// (roots too small for a frame of their own share one `(other roots)`
+    /// line). Upvalue objects get no frame of their own: the step through
+    /// them reads `upvalue name` and lands on the value.
     pub fn folded<M: Memory + ?Sized>(&self, g: &Graph, refs: &mut Refs<'_, '_, M>, min_bytes: u64) -> Vec<String> {
         let m = self.dom.order.len();
         let keep = |k: usize| k > 0 && self.retained[k] >= min_bytes.max(1);
-        let mut weight: Vec<(usize, u64)> = Vec::new();
+        let transparent = |k: usize| g.gct.get(self.dom.order[k] as usize) == Some(&gct::UPVAL);
+        let eff_parent = |k: usize| {
+            let mut p = self.dom.idom[k] as usize;
+            while p != 0 && transparent(p) {
+                p = self.dom.idom[p] as usize;
+            }
+            p
+        };
+        let kept: Vec<usize> = (1..m).filter(|&k| keep(k)).collect();
         let mut slot = vec![NONE; m];
-        for k in 1..m {
-            if keep(k) {
-                slot[k] = weight.len() as u32;
-                weight.push((k, self.retained[k]));
+        let mut weight: Vec<u64> = Vec::with_capacity(kept.len());
+        for (i, &k) in kept.iter().enumerate() {
+            slot[k] = i as u32;
+            weight.push(self.retained[k]);
+        }
+        let mut rest = self.retained[0];
+        for &k in &kept {
+            match self.dom.idom[k] as usize {
+                0 => rest -= self.retained[k],
+                p => weight[slot[p] as usize] -= self.retained[k],
             }
         }
-        for &(k, r) in &weight.clone() {
-            let p = self.dom.idom[k] as usize;
-            if p != 0 {
-                weight[slot[p] as usize].1 -= r;
+        for &k in kept.iter().rev() {
+            if transparent(k) {
+                let w = std::mem::take(&mut weight[slot[k] as usize]);
+                match eff_parent(k) {
+                    0 => rest += w,
+                    p => weight[slot[p] as usize] += w,
+                }
             }
         }
         // Stacks in preorder: a parent's stack is built before its children's.
-        let mut stacks: Vec<String> = Vec::with_capacity(weight.len());
-        let mut lines = Vec::with_capacity(weight.len());
-        for &(k, w) in &weight {
-            let p = self.dom.idom[k] as usize;
+        let mut stacks: Vec<String> = vec![String::new(); kept.len()];
+        let mut lines = Vec::with_capacity(kept.len() + 1);
+        for (i, &k) in kept.iter().enumerate() {
+            if transparent(k) {
+                continue;
+            }
+            let p = eff_parent(k);
             let frame = self.step_name(g, refs, p, k).replace(';', ",");
             let stack = if p == 0 {
                 frame
             } else {
                 format!("{};{frame}", stacks[slot[p] as usize])
             };
-            if w > 0 {
-                lines.push(format!("{stack} {w}"));
+            if weight[i] > 0 {
+                lines.push(format!("{stack} {}", weight[i]));
             }
-            stacks.push(stack);
+            stacks[i] = stack;
+        }
+        if rest > 0 {
+            lines.push(format!("(other roots) {rest}"));
         }
         lines
     }

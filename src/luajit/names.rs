@@ -47,7 +47,10 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
             Label::CUpvalue(i) => format!("upvalue #{i}"),
             Label::UpvalValue => String::new(),
             Label::OpenUpvalue => "open upvalue".into(),
-            Label::Const(i) => format!("constant #{i}"),
+            Label::Const(i) => match self.vm().header(target) {
+                Ok((_, gct::PROTO)) => format!("inner function {}", self.proto_where(target).unwrap_or_default()),
+                _ => format!("constant #{i}"),
+            },
             Label::ChunkName => "chunkname".into(),
             Label::Trace => "trace".into(),
             Label::Stack(i) | Label::Frame(i) => {
