@@ -128,7 +128,11 @@ pub fn dominators<'a>(n: usize, start: u32, succ: impl Fn(u32) -> &'a [u32]) -> 
         bucket_head[p as usize] = NONE;
         while b != NONE {
             let u = eval(b, &mut ancestor, &mut label, &semi);
-            idom[b as usize] = if semi[u as usize] < semi[b as usize] { u } else { p };
+            idom[b as usize] = if semi[u as usize] < semi[b as usize] {
+                u
+            } else {
+                p
+            };
             b = bucket_next[b as usize];
         }
     }
@@ -183,7 +187,10 @@ mod tests {
                 if !all[v] || v as u32 == start {
                     return None;
                 }
-                doms[v].iter().copied().max_by_key(|&d| doms[d as usize].len())
+                doms[v]
+                    .iter()
+                    .copied()
+                    .max_by_key(|&d| doms[d as usize].len())
             })
             .collect()
     }
@@ -208,13 +215,13 @@ mod tests {
             }
             let t = dominators(n, 0, |v| &adj[v as usize]);
             let want = brute(n, 0, &adj);
-            for v in 0..n {
+            for (v, want_v) in want.iter().enumerate() {
                 let got = match t.pre[v] {
                     NONE => None,
                     0 => None,
                     k => Some(t.order[t.idom[k as usize] as usize]),
                 };
-                assert_eq!(got, want[v], "round {round} node {v} adj {adj:?}");
+                assert_eq!(got, *want_v, "round {round} node {v} adj {adj:?}");
             }
         }
     }

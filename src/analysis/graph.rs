@@ -140,7 +140,10 @@ impl Graph {
             });
             if let Err(e) = res {
                 if warnings.len() < MAX_WARNINGS {
-                    warnings.push(format!("references of {} at {a:#x}: {e}", crate::luajit::vm::type_name(t)));
+                    warnings.push(format!(
+                        "references of {} at {a:#x}: {e}",
+                        crate::luajit::vm::type_name(t)
+                    ));
                 }
             }
             if dst.len() > u32::MAX as usize - (1 << 24) {
@@ -167,7 +170,12 @@ impl Graph {
 
     /// The label of the first reference from `u` to `v` (either may be the
     /// super-root), found by enumerating `u`'s references again.
-    pub fn edge_label<M: Memory + ?Sized>(&self, refs: &mut Refs<'_, '_, M>, u: NodeId, v: NodeId) -> Option<Label> {
+    pub fn edge_label<M: Memory + ?Sized>(
+        &self,
+        refs: &mut Refs<'_, '_, M>,
+        u: NodeId,
+        v: NodeId,
+    ) -> Option<Label> {
         let target = *self.addr.get(v as usize)?;
         let mut found = None;
         if u == self.super_root() {
@@ -194,7 +202,12 @@ impl Graph {
     }
 
     /// The name of the reference from `u` to `v`.
-    pub fn edge_name<M: Memory + ?Sized>(&self, refs: &mut Refs<'_, '_, M>, u: NodeId, v: NodeId) -> String {
+    pub fn edge_name<M: Memory + ?Sized>(
+        &self,
+        refs: &mut Refs<'_, '_, M>,
+        u: NodeId,
+        v: NodeId,
+    ) -> String {
         let src = self.addr.get(u as usize).copied().unwrap_or(0);
         match self.edge_label(refs, u, v) {
             Some(l) => refs.name(src, l, self.addr[v as usize]),

@@ -115,7 +115,12 @@ impl Retention {
 
     /// Names of the edges along the shortest path to `v`, starting with
     /// the root's name; empty names (an upvalue's value) are left out.
-    pub fn path_names<M: Memory + ?Sized>(&self, g: &Graph, refs: &mut Refs<'_, '_, M>, v: NodeId) -> Option<Vec<String>> {
+    pub fn path_names<M: Memory + ?Sized>(
+        &self,
+        g: &Graph,
+        refs: &mut Refs<'_, '_, M>,
+        v: NodeId,
+    ) -> Option<Vec<String>> {
         let p = self.path(g, v)?;
         let mut prev = g.super_root();
         let mut names = Vec::with_capacity(p.len());
@@ -157,7 +162,12 @@ impl Retention {
     /// (roots too small for a frame of their own share one `(other roots)`
     /// line). Upvalue objects get no frame of their own: the step through
     /// them reads `upvalue name` and lands on the value.
-    pub fn folded<M: Memory + ?Sized>(&self, g: &Graph, refs: &mut Refs<'_, '_, M>, min_bytes: u64) -> Vec<String> {
+    pub fn folded<M: Memory + ?Sized>(
+        &self,
+        g: &Graph,
+        refs: &mut Refs<'_, '_, M>,
+        min_bytes: u64,
+    ) -> Vec<String> {
         let m = self.dom.order.len();
         let keep = |k: usize| k > 0 && self.retained[k] >= min_bytes.max(1);
         let transparent = |k: usize| g.gct.get(self.dom.order[k] as usize) == Some(&gct::UPVAL);
@@ -219,7 +229,13 @@ impl Retention {
     /// Name of the dominator-tree step from preorder `p` down to `k`: the
     /// edges of the shortest path between them (every path to `k` passes
     /// through its dominator), or the object's type when they are unnamed.
-    fn step_name<M: Memory + ?Sized>(&self, g: &Graph, refs: &mut Refs<'_, '_, M>, p: usize, k: usize) -> String {
+    fn step_name<M: Memory + ?Sized>(
+        &self,
+        g: &Graph,
+        refs: &mut Refs<'_, '_, M>,
+        p: usize,
+        k: usize,
+    ) -> String {
         let top = self.dom.order[p];
         let v = self.dom.order[k];
         let mut steps = Vec::new();
@@ -340,6 +356,9 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        assert_eq!(join_path(&p), "registry._LOADED[\"a.b\"] → upvalue cache[3]");
+        assert_eq!(
+            join_path(&p),
+            "registry._LOADED[\"a.b\"] → upvalue cache[3]"
+        );
     }
 }

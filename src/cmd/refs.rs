@@ -26,13 +26,15 @@ use crate::target::Memory;
 pub fn refs(a: RefsArgs) -> Result<()> {
     let want_type = match &a.ty {
         None => None,
-        Some(t) => Some(type_index(t).ok_or_else(|| {
-            Classified::new(
-                ExitCode::Usage,
-                format!("unknown --type `{t}`: use one of {}", TYPE_NAMES.join(", ")),
-            )
-        })? as u8
-            + crate::luajit::vm::gct::STR),
+        Some(t) => Some(
+            type_index(t).ok_or_else(|| {
+                Classified::new(
+                    ExitCode::Usage,
+                    format!("unknown --type `{t}`: use one of {}", TYPE_NAMES.join(", ")),
+                )
+            })? as u8
+                + crate::luajit::vm::gct::STR,
+        ),
     };
     let opts = CaptureOpts {
         locate: locate_opts(&a.target),
@@ -48,7 +50,12 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         cap.image.total_bytes()
     );
     let t0 = Instant::now();
-    let vm = Vm::new(&cap.image, &cap.vm.layout, cap.vm.roots.g, cap.vm.roots.main);
+    let vm = Vm::new(
+        &cap.image,
+        &cap.vm.layout,
+        cap.vm.roots.g,
+        cap.vm.roots.main,
+    );
     let lim = Limits {
         max_objects: cap.image.total_bytes() / 16 + 16,
     };
@@ -70,7 +77,10 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         .map(|v| held(&graph, &ret, &mut refs, v))
         .collect();
     let (picked, omitted) = matches(&graph, &a, want_type);
-    let matches = picked.into_iter().map(|v| held(&graph, &ret, &mut refs, v)).collect();
+    let matches = picked
+        .into_iter()
+        .map(|v| held(&graph, &ret, &mut refs, v))
+        .collect();
     if a.flamegraph.is_some() || a.folded.is_some() {
         let (reach_bytes, _) = ret.reachable();
         let min = a.min_frame.unwrap_or(reach_bytes / 2000).max(1);
@@ -116,7 +126,12 @@ pub fn refs(a: RefsArgs) -> Result<()> {
 }
 
 /// The retention facts of node `v`.
-fn held<M: Memory + ?Sized>(g: &Graph, ret: &Retention, refs: &mut Refs<'_, '_, M>, v: NodeId) -> HeldObject {
+fn held<M: Memory + ?Sized>(
+    g: &Graph,
+    ret: &Retention,
+    refs: &mut Refs<'_, '_, M>,
+    v: NodeId,
+) -> HeldObject {
     let k = ret.pre(v);
     let path = ret.path_names(g, refs, v);
     HeldObject {
@@ -162,7 +177,9 @@ fn matches(g: &Graph, a: &RefsArgs, ty: Option<u8>) -> (Vec<NodeId>, usize) {
 fn flamegraph(lines: &[String], pid: i32) -> Result<String> {
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = "Retention flame graph".into();
-    opts.subtitle = Some(format!("pid {pid}: width = bytes retained; each frame a reference path from a GC root"));
+    opts.subtitle = Some(format!(
+        "pid {pid}: width = bytes retained; each frame a reference path from a GC root"
+    ));
     opts.count_name = "bytes".into();
     opts.deterministic = true;
     let mut svg = Vec::new();
@@ -183,7 +200,13 @@ fn dump_graph(g: &Graph) -> String {
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(s, "[{},\"{}\",{}]", g.addr[i], type_name(g.gct[i]), g.size[i]);
+        let _ = write!(
+            s,
+            "[{},\"{}\",{}]",
+            g.addr[i],
+            type_name(g.gct[i]),
+            g.size[i]
+        );
     }
     s.push_str("],\"edges\":[");
     let mut first = true;

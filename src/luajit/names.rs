@@ -32,9 +32,13 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
             Label::PendingFinalizer => "pending finalizer".into(),
             Label::Fixed => "fixed".into(),
             Label::Array(i) => format!("[{i}]"),
-            Label::HashVal(i) => self.key_name(src, i).unwrap_or_else(|| format!("[node {i}]")),
+            Label::HashVal(i) => self
+                .key_name(src, i)
+                .unwrap_or_else(|| format!("[node {i}]")),
             Label::HashKey(i) => {
-                let k = self.key_name(src, i).unwrap_or_else(|| format!("[node {i}]"));
+                let k = self
+                    .key_name(src, i)
+                    .unwrap_or_else(|| format!("[node {i}]"));
                 format!("(key){k}")
             }
             Label::Metatable => "metatable".into(),
@@ -48,13 +52,20 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
             Label::UpvalValue => String::new(),
             Label::OpenUpvalue => "open upvalue".into(),
             Label::Const(i) => match self.vm().header(target) {
-                Ok((_, gct::PROTO)) => format!("inner function {}", self.proto_where(target).unwrap_or_default()),
+                Ok((_, gct::PROTO)) => format!(
+                    "inner function {}",
+                    self.proto_where(target).unwrap_or_default()
+                ),
                 _ => format!("constant #{i}"),
             },
             Label::ChunkName => "chunkname".into(),
             Label::Trace => "trace".into(),
             Label::Stack(i) | Label::Frame(i) => {
-                let what = if label == Label::Frame(i) { "frame" } else { "stack" };
+                let what = if label == Label::Frame(i) {
+                    "frame"
+                } else {
+                    "stack"
+                };
                 match self.func_where(target) {
                     Some(w) => format!("{what}[{i}] function {w}"),
                     None => format!("{what}[{i}]"),
@@ -124,15 +135,14 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
         if i as u64 >= f.p_sizeuv.get(vm.m, pt).ok()? {
             return None;
         }
-        let mut p = vm.gcref(pt + f.p_uvinfo.off).ok()?;
-        if p == 0 {
+        let info = vm.gcref(pt + f.p_uvinfo.off).ok()?;
+        if info == 0 {
             return None;
         }
         let mut left = i;
         let mut name = Vec::new();
-        for _ in 0..(1 << 16) {
-            let c = vm.m.u8(p).ok()?;
-            p += 1;
+        for off in 0..(1u64 << 16) {
+            let c = vm.m.u8(info + off).ok()?;
             if c == 0 {
                 if left == 0 {
                     return Some(String::from_utf8_lossy(&name).into_owned());
@@ -151,7 +161,9 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
         let vm = self.vm();
         let f = &vm.lay.f;
         let node = f.t_node.get(vm.m, t).ok()?;
-        let raw = vm.m.u64(node + i as u64 * f.n_size.off + f.n_key.off).ok()?;
+        let raw =
+            vm.m.u64(node + i as u64 * f.n_size.off + f.n_key.off)
+                .ok()?;
         Some(match decode_tv(raw, vm.lay.gc64) {
             Tv::Gc(gct::STR, s) => {
                 let b = self.str_bytes(s, MAX_KEY + 1).ok()?;
@@ -194,9 +206,28 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
 /// Lua identifier that is not a reserved word.
 fn is_ident(b: &[u8]) -> bool {
     const RESERVED: &[&[u8]] = &[
-        b"and", b"break", b"do", b"else", b"elseif", b"end", b"false", b"for", b"function", b"goto",
-        b"if", b"in", b"local", b"nil", b"not", b"or", b"repeat", b"return", b"then", b"true",
-        b"until", b"while",
+        b"and",
+        b"break",
+        b"do",
+        b"else",
+        b"elseif",
+        b"end",
+        b"false",
+        b"for",
+        b"function",
+        b"goto",
+        b"if",
+        b"in",
+        b"local",
+        b"nil",
+        b"not",
+        b"or",
+        b"repeat",
+        b"return",
+        b"then",
+        b"true",
+        b"until",
+        b"while",
     ];
     !b.is_empty()
         && b.len() <= MAX_KEY
@@ -225,8 +256,20 @@ fn truncate(s: &str, max: usize) -> String {
 /// default io input and output).
 fn gcroot_name(i: u16) -> String {
     const BASE: [&str; GCROOT_BASEMTS as usize] = [
-        "nil", "false", "true", "lightuserdata", "string", "upvalue", "thread", "proto", "function",
-        "trace", "cdata", "table", "userdata", "number",
+        "nil",
+        "false",
+        "true",
+        "lightuserdata",
+        "string",
+        "upvalue",
+        "thread",
+        "proto",
+        "function",
+        "trace",
+        "cdata",
+        "table",
+        "userdata",
+        "number",
     ];
     if i < GCROOT_MMNAMES {
         format!("metamethod name #{i}")

@@ -162,7 +162,12 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
     }
 
     #[inline]
-    fn emit_tv(&self, addr: u64, label: Label, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
+    fn emit_tv(
+        &self,
+        addr: u64,
+        label: Label,
+        f: &mut impl FnMut(Label, u64),
+    ) -> Result<(), MemError> {
         if let Tv::Gc(_, p) = self.tv(addr)? {
             f(label, p);
         }
@@ -170,7 +175,12 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
     }
 
     #[inline]
-    fn emit_ref(&self, addr: u64, label: Label, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
+    fn emit_ref(
+        &self,
+        addr: u64,
+        label: Label,
+        f: &mut impl FnMut(Label, u64),
+    ) -> Result<(), MemError> {
         let p = self.vm.gcref(addr)?;
         if p != 0 {
             f(label, p);
@@ -188,7 +198,11 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         self.emit_tv(g + fl.g_registrytv.off, Label::Registry, &mut f)?;
         let n = fl.g_gcroot.size / self.gcref;
         for i in 0..n.min(256) {
-            self.emit_ref(g + fl.g_gcroot.off + i * self.gcref, Label::GcRoot(i as u16), &mut f)?;
+            self.emit_ref(
+                g + fl.g_gcroot.off + i * self.gcref,
+                Label::GcRoot(i as u16),
+                &mut f,
+            )?;
         }
         self.emit_ref(g + fl.g_cur_l.off, Label::CurrentThread, &mut f)?;
         let cts = self.vm.ctype_state()?;
@@ -360,11 +374,19 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         if fl.f_ffid.get(m, o)? == 0 {
             f(Label::Proto, self.proto_of(o)?);
             for i in 0..n {
-                self.emit_ref(o + fl.fl_uvptr.off + i * self.gcref, Label::Upvalue(i as u16), f)?;
+                self.emit_ref(
+                    o + fl.fl_uvptr.off + i * self.gcref,
+                    Label::Upvalue(i as u16),
+                    f,
+                )?;
             }
         } else {
             for i in 0..n {
-                self.emit_tv(o + fl.fc_upvalue.off + i * TVALUE, Label::CUpvalue(i as u16), f)?;
+                self.emit_tv(
+                    o + fl.fc_upvalue.off + i * TVALUE,
+                    Label::CUpvalue(i as u16),
+                    f,
+                )?;
             }
         }
         Ok(())
@@ -374,7 +396,10 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
     /// follows the GCproto header.
     pub fn proto_of(&self, func: u64) -> Result<u64, MemError> {
         let fl = &self.vm.lay.f;
-        Ok(self.vm.gcref(func + fl.f_pc.off)?.wrapping_sub(fl.p_size.off))
+        Ok(self
+            .vm
+            .gcref(func + fl.f_pc.off)?
+            .wrapping_sub(fl.p_size.off))
     }
 
     fn proto(&self, o: u64, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
@@ -385,7 +410,11 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         let n = fl.p_sizekgc.get(m, o)?.min(MAX_ELEMS);
         for i in 0..n {
             // GC constants sit below pt->k (lj_obj.h proto_kgc).
-            self.emit_ref(k.wrapping_sub((i + 1) * self.gcref), Label::Const(i as u32), f)?;
+            self.emit_ref(
+                k.wrapping_sub((i + 1) * self.gcref),
+                Label::Const(i as u32),
+                f,
+            )?;
         }
         let tr = fl.p_trace.get(m, o)?;
         if let Some(t) = self.trace_ref(tr)? {
@@ -435,9 +464,13 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         if top >= stack && (top - stack) / TVALUE <= size {
             let n = (top - stack) / TVALUE;
             if n > first {
-                self.tvalues(stack + first * TVALUE, n - first, first as u32, Label::Stack, &mut |l, _, p| {
-                    f(l, p)
-                })?;
+                self.tvalues(
+                    stack + first * TVALUE,
+                    n - first,
+                    first as u32,
+                    Label::Stack,
+                    &mut |l, _, p| f(l, p),
+                )?;
             }
             if !self.gc64 {
                 self.frames(o, stack, top, f)?;
@@ -457,7 +490,13 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
     /// Non-GC64 frames keep their function in the low word of the frame
     /// link slot, which is not a valid TValue: lj_gc.c gc_traverse_frames
     /// marks them explicitly.
-    fn frames(&self, th: u64, stack: u64, top: u64, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
+    fn frames(
+        &self,
+        th: u64,
+        stack: u64,
+        top: u64,
+        f: &mut impl FnMut(Label, u64),
+    ) -> Result<(), MemError> {
         let m = self.vm.m;
         let base = self.vm.gcref(th + self.vm.lay.f.l_base.off)?;
         let mut frame = base.wrapping_sub(TVALUE);

@@ -100,9 +100,16 @@ fn held_text(out: &mut String, n: usize, h: &HeldObject) {
         h.size
     );
     if h.reachable {
-        let _ = writeln!(out, "    held by: {}", crate::analysis::retention::join_path(&h.path));
+        let _ = writeln!(
+            out,
+            "    held by: {}",
+            crate::analysis::retention::join_path(&h.path)
+        );
     } else {
-        let _ = writeln!(out, "    unreachable: garbage awaiting the sweep, or held only by weak references");
+        let _ = writeln!(
+            out,
+            "    unreachable: garbage awaiting the sweep, or held only by weak references"
+        );
     }
 }
 
