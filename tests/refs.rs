@@ -26,6 +26,20 @@ fn addrs(p: &mut LuaProc, names: &[&str]) -> HashMap<String, String> {
     m
 }
 
+/// `ljleak refs -p PID --format json ARGS...`.
+fn refs_json(pid: &str, args: &[&str]) -> Value {
+    let mut v = vec!["refs", "-p", pid, "--format", "json"];
+    v.extend_from_slice(args);
+    run_json(&v)
+}
+
+/// Debian's luajit2, or a skip (a failure in CI).
+fn luajit2() -> Option<PathBuf> {
+    let lj = common::luajit();
+    common::require("/usr/bin/luajit (luajit2)", lj.is_some());
+    lj
+}
+
 fn path(o: &Value) -> Vec<String> {
     o["path"]
         .as_array()
@@ -81,21 +95,19 @@ fn known_graph(interp: &Path, gc64: bool) {
     );
     let folded = tmp(&format!("known-{gc64}.folded"));
     let svg = tmp(&format!("known-{gc64}.svg"));
-    let r = run_json(&[
-        "refs",
-        "-p",
+    let r = refs_json(
         &pid,
-        "--format",
-        "json",
-        "--top",
-        "3",
-        "--min-frame",
-        "1000",
-        "--folded",
-        folded.to_str().unwrap(),
-        "-o",
-        svg.to_str().unwrap(),
-    ]);
+        &[
+            "--top",
+            "3",
+            "--min-frame",
+            "1000",
+            "--folded",
+            folded.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ],
+    );
     assert_eq!(r["kind"], "refs");
     assert_eq!(r["pid"].as_i64(), Some(p.pid as i64));
     // After two full collections nothing is garbage: every object the walk
@@ -149,19 +161,17 @@ fn known_graph(interp: &Path, gc64: bool) {
     );
 
     // lgcpath mode: every cdata of at least the payload size, no 16 cap.
-    let r = run_json(&[
-        "refs",
-        "-p",
+    let r = refs_json(
         &pid,
-        "--format",
-        "json",
-        "--size",
-        &SIZE.to_string(),
-        "--type",
-        "cdata",
-        "--limit",
-        "5000",
-    ]);
+        &[
+            "--size",
+            &SIZE.to_string(),
+            "--type",
+            "cdata",
+            "--limit",
+            "5000",
+        ],
+    );
     let m = r["matches"].as_array().unwrap();
     assert_eq!(m.len() as u64, N);
     assert_eq!(r["matches_omitted"], 0);
@@ -174,9 +184,7 @@ fn known_graph(interp: &Path, gc64: bool) {
         );
         assert!(pth[5].starts_with('[') && pth.len() == 6, "{pth:?}");
     }
-    let r = run_json(&[
-        "refs", "-p", &pid, "--format", "json", "--size", "1", "--type", "cdata", "--limit", "7",
-    ]);
+    let r = refs_json(&pid, &["--size", "1", "--type", "cdata", "--limit", "7"]);
     assert_eq!(r["matches"].as_array().unwrap().len(), 7);
     assert_eq!(r["matches_omitted"].as_u64(), Some(N - 7));
     assert_eq!(p.resume_total(), census["gc_total"].as_u64().unwrap());
@@ -184,10 +192,7 @@ fn known_graph(interp: &Path, gc64: bool) {
 
 #[test]
 fn known_graph_cache_is_the_top_suspect() {
-    let Some(lj) = common::luajit() else {
-        common::require("/usr/bin/luajit (luajit2)", false);
-        return;
-    };
+    let Some(lj) = luajit2() else { return };
     known_graph(&lj, true);
 }
 
@@ -205,10 +210,7 @@ fn known_graph_on_non_gc64_build() {
 
 #[test]
 fn kong_pattern_shows_the_holder_chain_and_no_weak_retention() {
-    let Some(lj) = common::luajit() else {
-        common::require("/usr/bin/luajit (luajit2)", false);
-        return;
-    };
+    let Some(lj) = luajit2() else { return };
     if !common::require(
         "lua-resty-lrucache",
         Path::new("/usr/share/lua/5.1/resty/lrucache.lua").exists(),
@@ -223,17 +225,7 @@ fn kong_pattern_shows_the_holder_chain_and_no_weak_retention() {
     );
     let conf = addrs(&mut p, &["conf"])["conf"].clone();
     p.ready();
-    let r = run_json(&[
-        "refs",
-        "-p",
-        &p.pid.to_string(),
-        "--format",
-        "json",
-        "--top",
-        "5",
-        "--addr",
-        &conf,
-    ]);
+    let r = refs_json(&p.pid.to_string(), &["--top", "5", "--addr", &conf]);
     let top = &r["suspects"][0];
     assert_eq!(
         path(top),
@@ -336,10 +328,7 @@ impl Dump {
 
 #[test]
 fn retained_sizes_match_brute_force_on_small_graphs() {
-    let Some(lj) = common::luajit() else {
-        common::require("/usr/bin/luajit (luajit2)", false);
-        return;
-    };
+    let Some(lj) = luajit2() else { return };
     let names = [
         "weakv", "lonely", "shared", "weakk", "key1", "weakkv", "cycle_a", "cycle_b", "selfref",
         "thread",
@@ -348,19 +337,17 @@ fn retained_sizes_match_brute_force_on_small_graphs() {
     let a = addrs(&mut p, &names);
     p.ready();
     let dump = tmp("small.graph.json");
-    let r = run_json(&[
-        "refs",
-        "-p",
+    let r = refs_json(
         &p.pid.to_string(),
-        "--format",
-        "json",
-        "--size",
-        "0",
-        "--limit",
-        "1000000",
-        "--dump-graph",
-        dump.to_str().unwrap(),
-    ]);
+        &[
+            "--size",
+            "0",
+            "--limit",
+            "1000000",
+            "--dump-graph",
+            dump.to_str().unwrap(),
+        ],
+    );
     let g = Dump::load(&dump);
     std::fs::remove_file(&dump).ok();
     let all = g.reachable_without(usize::MAX);

@@ -99,18 +99,14 @@ impl Graph {
             walk: rep,
             ..Default::default()
         };
-        let pending: Vec<NodeId> = objs
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.3)
-            .map(|(i, _)| i as NodeId)
-            .collect();
-        let fixed: Vec<NodeId> = objs
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.4)
-            .map(|(i, _)| i as NodeId)
-            .collect();
+        let select = |pick: fn(&(u64, u64, u8, bool, bool)) -> bool| -> Vec<NodeId> {
+            (0..objs.len())
+                .filter(|&i| pick(&objs[i]))
+                .map(|i| i as NodeId)
+                .collect()
+        };
+        let pending = select(|o| o.3);
+        let fixed = select(|o| o.4);
         drop(objs);
         let mut refs = Refs::new(vm);
         let mut roots = Vec::new();

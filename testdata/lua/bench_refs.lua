@@ -3,6 +3,9 @@
 -- (5 objects each), grouped 100 to a bucket table under a module, so the
 -- graph has depth and many holders. Checkpoint protocol of
 -- tests/common/mod.rs.
+-- Scripts find checkpoint.lua next to themselves.
+package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
+local checkpoint = require "checkpoint"
 local ffi = require "ffi"
 local OBJECTS = tonumber(arg[1]) or 1000000
 
@@ -24,11 +27,4 @@ local function build()
     package.loaded["bench"] = M
 end
 build()
-collectgarbage()
-collectgarbage()
-io.write("ready bench\n")
-io.flush()
-io.read(0)
-io.write(string.format("total %d\n", collectgarbage("count") * 1024))
-io.flush()
-io.read("*l")
+checkpoint("bench", true)

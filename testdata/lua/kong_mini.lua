@@ -3,6 +3,9 @@
 -- per call, each value an lrucache (lua-resty-lrucache) holding cdata.
 -- The plugin iterator module keeps every conf alive, so no entry is ever
 -- cleared: the caches pile up. Checkpoint protocol of tests/common/mod.rs.
+-- Scripts find checkpoint.lua next to themselves.
+package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
+local checkpoint = require "checkpoint"
 package.path = "/usr/share/lua/5.1/?.lua;" .. package.path
 -- Outside nginx: lrucache only needs ngx.now.
 ngx = { now = os.time }
@@ -46,15 +49,4 @@ local function run()
 end
 run()
 
-local function checkpoint(name)
-    collectgarbage()
-    collectgarbage()
-    io.write("ready ", name, "\n")
-    io.flush()
-    io.read(0)
-    io.write(string.format("total %d\n", collectgarbage("count") * 1024))
-    io.flush()
-    io.read("*l")
-end
-
-checkpoint("kong")
+checkpoint("kong", true)

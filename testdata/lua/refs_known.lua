@@ -2,6 +2,9 @@
 -- is a module table whose function `get` has an upvalue `cache`, a table
 -- holding N fixed-size cdata of SIZE bytes each. Nothing else refers to
 -- the cache. Checkpoint protocol of tests/common/mod.rs.
+-- Scripts find checkpoint.lua next to themselves.
+package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
+local checkpoint = require "checkpoint"
 local ffi = require "ffi"
 local N = tonumber(arg[1]) or 1000
 local SIZE = tonumber(arg[2]) or 100
@@ -21,15 +24,4 @@ local function build()
 end
 build()
 
-local function checkpoint(name)
-    collectgarbage()
-    collectgarbage()
-    io.write("ready ", name, "\n")
-    io.flush()
-    io.read(0)
-    io.write(string.format("total %d\n", collectgarbage("count") * 1024))
-    io.flush()
-    io.read("*l")
-end
-
-checkpoint("known")
+checkpoint("known", true)

@@ -4,6 +4,9 @@
 -- interest, then follows the checkpoint protocol of tests/common/mod.rs.
 -- The collector is stopped so that `lonely`, held only by a weak table,
 -- is still in the heap (unreachable) when ljleak looks.
+-- Scripts find checkpoint.lua next to themselves.
+package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
+local checkpoint = require "checkpoint"
 collectgarbage()
 collectgarbage("stop")
 
@@ -65,13 +68,4 @@ local function build()
 end
 build()
 
-local function checkpoint(name)
-    io.write("ready ", name, "\n")
-    io.flush()
-    io.read(0)
-    io.write(string.format("total %d\n", collectgarbage("count") * 1024))
-    io.flush()
-    io.read("*l")
-end
-
-checkpoint("small")
+checkpoint("small", false)
