@@ -425,3 +425,27 @@ fn bad_input_gives_documented_exit_codes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn nginx_worker_leak_cache_is_the_top_suspect() {
+    let Some(ng) = common::Nginx::start("app.conf", 1) else {
+        return;
+    };
+    const REQS: u64 = 50;
+    for _ in 0..REQS {
+        assert_eq!(ng.get("/leak?n=4").0, 200);
+    }
+    let w = ng.worker().to_string();
+    let r = refs_json(&w, &["--top", "3"]);
+    let top = &r["suspects"][0];
+    let p = path(top);
+    assert_eq!(p[..3], ["registry", "._LOADED", ".app"], "{top}");
+    assert_eq!(p.last().map(String::as_str), Some("upvalue cache"), "{top}");
+    // REQS entries, each a table of 4 cdata of 4096 bytes, keyed by a
+    // fresh table.
+    assert!(top["retained"].as_u64().unwrap() > REQS * 4 * 4096, "{top}");
+    assert!(top["retained_objects"].as_u64().unwrap() > REQS * 6, "{top}");
+    assert!(r["warnings"].as_array().unwrap().is_empty(), "{}", r["warnings"]);
+    // The worker keeps serving.
+    assert_eq!(ng.get("/hello").0, 200);
+}
