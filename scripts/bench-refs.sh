@@ -40,7 +40,9 @@ print(f"gc total         {r['gc_total']} bytes")
 print(f"pause            {r['pause_us'] / 1000:.1f} ms ({r['consistency']})")
 print(f"analysis         {r['analysis_us'] / 1e6:.3f} s (graph + dominators + BFS; goal <= 2 s for 1M objects)")
 print(f"whole command    {wall} (locate + pause + copy + analysis + reports + flame graph)")
-print(f"peak RSS         {rss / 1024:.1f} MiB ({rss * 1024 / max(r['objects'], 1):.0f} bytes per object, heap copy included)")
+img = r["image_bytes"]
+print(f"peak RSS         {rss / 1024:.1f} MiB, of which heap copy {img / 2**20:.1f} MiB")
+print(f"                 rest {(rss * 1024 - img) / max(r['objects'], 1):.0f} bytes per object (graph, dominators, paths, binary)")
 s = r["suspects"][0]
 print(f"top suspect      {s['desc']} retains {s['retained']} bytes via {' '.join(s['path'])}")
 PY

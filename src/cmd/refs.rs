@@ -110,6 +110,7 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         edges: graph.edges() as u64,
         reachable_objects,
         reachable_bytes,
+        image_bytes: cap.image.total_bytes(),
         pause_us: cap.pause_us,
         consistency: cap.consistency.name().into(),
         analysis_us,

@@ -57,6 +57,8 @@ pub struct RefsReport {
     pub reachable_objects: u64,
     /// Their bytes.
     pub reachable_bytes: u64,
+    /// Bytes of heap mappings copied.
+    pub image_bytes: u64,
     /// How long the target was held, microseconds.
     pub pause_us: u64,
     /// `quiescent`, `best-effort` or `nonblocking`.
