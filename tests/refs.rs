@@ -449,3 +449,14 @@ fn nginx_worker_leak_cache_is_the_top_suspect() {
     // The worker keeps serving.
     assert_eq!(ng.get("/hello").0, 200);
 }
+
+#[test]
+fn known_graph_on_upstream_builds() {
+    for (name, gc64) in [("upstream-gc64", true), ("upstream-nogc64", false)] {
+        let Some(lj) = common::variant(name, true) else {
+            common::require(&format!("{name} variant (scripts/build-luajit-variants.sh)"), false);
+            continue;
+        };
+        known_graph(&lj, gc64);
+    }
+}
