@@ -56,6 +56,7 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
                     "inner function {}",
                     self.proto_where(target).unwrap_or_default()
                 ),
+                Ok((_, gct::STR)) => format!("constant {}", self.quoted(target)),
                 _ => format!("constant #{i}"),
             },
             Label::ChunkName => "chunkname".into(),
