@@ -9,6 +9,11 @@
 //! Lua programmer reads (`._LOADED`, `["a.b"]`, `[3]`, `upvalue cache`) and
 //! is meant to be called only for the few edges a report prints.
 //!
+//! LuaJIT has no ephemerons: a weak-keyed table marks its values strongly
+//! (they are cleared only once their key is dead), so its values are strong
+//! references here too, and a value that refers to its own key keeps both
+//! alive for good, as in the VM.
+//!
 //! Not modelled: GC constants inside trace IR (`IR_KGC`), string.buffer
 //! dictionaries, and the trace being recorded (`J->cur`); heaps are copied
 //! at a quiescent point, where no trace is being recorded.
