@@ -444,8 +444,15 @@ fn nginx_worker_leak_cache_is_the_top_suspect() {
     // REQS entries, each a table of 4 cdata of 4096 bytes, keyed by a
     // fresh table.
     assert!(top["retained"].as_u64().unwrap() > REQS * 4 * 4096, "{top}");
-    assert!(top["retained_objects"].as_u64().unwrap() > REQS * 6, "{top}");
-    assert!(r["warnings"].as_array().unwrap().is_empty(), "{}", r["warnings"]);
+    assert!(
+        top["retained_objects"].as_u64().unwrap() > REQS * 6,
+        "{top}"
+    );
+    assert!(
+        r["warnings"].as_array().unwrap().is_empty(),
+        "{}",
+        r["warnings"]
+    );
     // The worker keeps serving.
     assert_eq!(ng.get("/hello").0, 200);
 }
@@ -454,7 +461,10 @@ fn nginx_worker_leak_cache_is_the_top_suspect() {
 fn known_graph_on_upstream_builds() {
     for (name, gc64) in [("upstream-gc64", true), ("upstream-nogc64", false)] {
         let Some(lj) = common::variant(name, true) else {
-            common::require(&format!("{name} variant (scripts/build-luajit-variants.sh)"), false);
+            common::require(
+                &format!("{name} variant (scripts/build-luajit-variants.sh)"),
+                false,
+            );
             continue;
         };
         known_graph(&lj, gc64);
