@@ -24,6 +24,8 @@ pub enum Command {
     Objs(ObjsArgs),
     /// Every Lua thread (coroutine) with its status and backtrace, grouped by stack.
     Threads(ThreadsArgs),
+    /// Who holds the memory: leak suspects, retained sizes, retention paths and flame graph.
+    Refs(RefsArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -139,6 +141,50 @@ pub struct ThreadsArgs {
     /// Pause attempts to find the VM thread blocked in a syscall.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub attempts: u32,
+}
+
+/// `ljleak refs`.
+#[derive(Debug, Args)]
+pub struct RefsArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CensusFormat,
+    /// How many leak suspects to report.
+    #[arg(long, default_value_t = 10, value_name = "K")]
+    pub top: usize,
+    /// Report the path to every object of at least N bytes (own size).
+    #[arg(long, value_name = "N")]
+    pub size: Option<u64>,
+    /// With --size: only objects of this type (cdata, table, string, function, userdata...).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub ty: Option<String>,
+    /// Report the object at this address (hex, as `tostring(t)` prints it); repeatable.
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    pub addr: Vec<u64>,
+    /// Most objects listed for --size / --addr.
+    #[arg(long, default_value_t = 100, value_name = "K")]
+    pub limit: usize,
+    /// Write the retention flame graph (SVG) to FILE.
+    #[arg(short = 'o', long = "flamegraph", value_name = "FILE")]
+    pub flamegraph: Option<std::path::PathBuf>,
+    /// Write the retention flame graph's folded stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
+    /// Smallest retained size drawn as its own flame graph frame (default: 1/2000 of the reachable heap).
+    #[arg(long, value_name = "BYTES")]
+    pub min_frame: Option<u64>,
+    /// Walk without pausing the target, tolerating inconsistency.
+    #[arg(long)]
+    pub nonblocking: bool,
+    /// Pause attempts to find the VM thread blocked in a syscall.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub attempts: u32,
+    /// Test hook: write the strong object graph (nodes, edges, roots) as JSON to FILE.
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub dump_graph: Option<std::path::PathBuf>,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

@@ -7,6 +7,7 @@
 //! [`cmd`] (the commands behind the CLI in [`cli`]).
 #![deny(missing_docs)]
 
+pub mod analysis;
 pub mod capture;
 pub mod cli;
 pub mod cmd;

@@ -2,6 +2,7 @@
 //! returning errors that `main` maps to exit codes.
 
 pub mod census;
+pub mod refs;
 pub mod threads;
 
 use crate::cli::{Cli, Command};
@@ -12,6 +13,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
         Command::Threads(a) => threads::run(a),
+        Command::Refs(a) => refs::refs(a),
     }
 }
 

@@ -187,6 +187,7 @@ layout_struct! {
     p_uvinfo = "GCproto.uvinfo",
     p_varinfo = "GCproto.varinfo",
     p_size = "GCproto.SIZEOF",
+    p_trace = "GCproto.trace",
 
     f_ffid = "GCfuncL.ffid",
     f_nupvalues = "GCfuncL.nupvalues",
@@ -214,6 +215,9 @@ layout_struct! {
     tr_startpc = "GCtrace.startpc",
     tr_startins = "GCtrace.startins",
     tr_size = "GCtrace.SIZEOF",
+    tr_link = "GCtrace.link",
+    tr_nextroot = "GCtrace.nextroot",
+    tr_nextside = "GCtrace.nextside",
 
     ct_info = "CType.info",
     ct_size = "CType.size",
