@@ -247,6 +247,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let Some((next, marked, t)) = self.header(o, List::Root) else {
                 return;
             };
+            self.vm.m.prefetch(next);
             if !self.emit(o, t, marked, List::Root, unswept) {
                 return;
             }
@@ -274,6 +275,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let Some((next, marked, t)) = self.header(o, List::OpenUpvalues) else {
                 return;
             };
+            self.vm.m.prefetch(next);
             if t != gct::UPVAL {
                 return self.warn(format!(
                     "thread {th:#x}: non-upvalue {o:#x} on open upvalue chain"
@@ -310,6 +312,10 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 Ok(x) => x & !1,
                 Err(e) => return self.warn(format!("string bucket {i}: {e}")),
             };
+            // Chains are short: the next miss is the next bucket's head.
+            if let Ok(ahead) = self.vm.gcref(tab + (i + 2) * gcref) {
+                self.vm.m.prefetch(ahead & !1);
+            }
             let unswept = self.sweep.state == 3 && i >= self.sweep.strcursor;
             while o != 0 {
                 if left == 0 {
@@ -320,6 +326,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 let Some((next, marked, t)) = self.header(o, List::Strings) else {
                     break;
                 };
+                self.vm.m.prefetch(next);
                 if t != gct::STR {
                     self.warn(format!("string bucket {i}: non-string {o:#x}"));
                     break;
@@ -355,6 +362,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let Some((next, marked, t)) = self.header(o, List::Finalizers) else {
                 return;
             };
+            self.vm.m.prefetch(next);
             if !self.emit(o, t, marked, List::Finalizers, false) {
                 return;
             }

@@ -114,6 +114,9 @@ pub struct CensusReport {
     /// Walk time after the pause, microseconds.
     #[serde(default)]
     pub walk_us: u64,
+    /// CPU time of the walk, microseconds.
+    #[serde(default)]
+    pub walk_cpu_us: u64,
     /// Problems met during the walk.
     #[serde(default)]
     pub warnings: Vec<String>,
@@ -134,7 +137,11 @@ pub fn luajit_info(vm: &crate::luajit::FoundVm) -> LuajitInfo {
 }
 
 /// Build the census report.
-pub fn census_report(cap: &Capture, c: &Census, walk_us: u64) -> CensusReport {
+pub fn census_report(
+    cap: &Capture,
+    c: &Census,
+    walk: crate::cmd::census::WalkTime,
+) -> CensusReport {
     let types = c
         .by_count()
         .into_iter()
@@ -169,7 +176,8 @@ pub fn census_report(cap: &Capture, c: &Census, walk_us: u64) -> CensusReport {
         mcode_callbacks: c.mcode_callbacks,
         objects: c.walk.objects,
         image_bytes: cap.image.total_bytes(),
-        walk_us,
+        walk_us: walk.wall_us,
+        walk_cpu_us: walk.cpu_us,
         warnings,
     }
 }

@@ -321,6 +321,21 @@ impl Memory for HeapImage {
     }
 
     #[inline]
+    fn prefetch(&self, addr: u64) {
+        if let Some(b) = self.borrow(addr, 1) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: PREFETCHT0 is a hint: it never faults and changes no
+            // state visible to the program; the pointer is into our own copy.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = b;
+        }
+    }
+
+    #[inline]
     fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let s = self.seg_for(addr)?;
         let off = (addr - s.start) as usize;

@@ -34,6 +34,11 @@ pub trait Memory {
     fn borrow(&self, _addr: u64, _len: usize) -> Option<&[u8]> {
         None
     }
+
+    /// Hint that `addr` will be read soon (list walks chase pointers, so
+    /// fetching the next object while sizing this one hides a cache miss).
+    #[inline]
+    fn prefetch(&self, _addr: u64) {}
 }
 
 /// Little-endian typed reads on any [`Memory`].
@@ -99,6 +104,9 @@ impl<M: Memory + ?Sized> Memory for &M {
     }
     fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
         (**self).borrow(addr, len)
+    }
+    fn prefetch(&self, addr: u64) {
+        (**self).prefetch(addr)
     }
 }
 
