@@ -64,10 +64,10 @@ pub struct ObjsArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: CensusFormat,
-    /// Write the report to FILE instead of stdout.
+    /// Output format [default: text, or json (a snapshot for `ljleak diff`) with -o].
+    #[arg(long, value_enum)]
+    pub format: Option<CensusFormat>,
+    /// Write the report to FILE instead of stdout (atomically, mode 0600).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
     /// Walk without pausing the target, tolerating inconsistency.

@@ -29,7 +29,7 @@ pub fn gc(a: GcArgs) -> Result<()> {
     let total = v
         .gc_total()
         .map_err(|e| crate::target::TargetError::from_io(pid, "reading gc.total", std::io::Error::other(e)))?;
-    let r = CensusReport {
+    let mut r = CensusReport {
         kind: "gc".into(),
         pid,
         exe,
@@ -51,7 +51,9 @@ pub fn gc(a: GcArgs) -> Result<()> {
         image_bytes: 0,
         walk_us: 0,
         warnings: Vec::new(),
+        ..Default::default()
     };
+    r.stamp(crate::report::envelope::Stamp::now(pid, &r.exe));
     let text = match a.format {
         CensusFormat::Text => gc_text(&r),
         CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
@@ -100,7 +102,8 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
         cap.image.save(p)?;
     }
     let r = census_report(&cap, &c, walk_us);
-    let text = match a.format {
+    let format = a.format.unwrap_or(if a.output.is_some() { CensusFormat::Json } else { CensusFormat::Text });
+    let text = match format {
         CensusFormat::Text => census_text(&r, a.top_cdata),
         CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
     };
