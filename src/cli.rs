@@ -22,6 +22,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Census of GC objects by type (like stap++ lj-gc-objs), exact to the byte.
     Objs(ObjsArgs),
+    /// Compare two snapshots (objs -o JSON, or folded stacks); gate CI on growth.
+    #[command(after_help = DIFF_HELP)]
+    Diff(DiffArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -90,4 +93,51 @@ pub struct ObjsArgs {
 fn parse_addr(s: &str) -> Result<u64, String> {
     let t = s.trim_start_matches("0x").trim_start_matches("0X");
     u64::from_str_radix(t, 16).map_err(|_| format!("`{s}` is not a hex address like 0x7f12345678"))
+}
+
+/// Output format of diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    /// Aligned text.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Markdown tables (for a CI comment).
+    Markdown,
+}
+
+const DIFF_HELP: &str = "\
+Gates (--fail-if, repeatable): METRIC OP VALUE, OP one of > >= < <=.
+  A signed VALUE compares the change B-A (`table.count>+1000`, `cdata.bytes>+10MB`);
+  `%` compares the change relative to A (`total>+5%`); an unsigned VALUE compares B
+  itself (`total>100MB`). Units: B, KB/MB/GB (powers of 1000), KiB/MiB/GiB (1024).
+  Census metrics: total, walker_total, objects, TYPE.count, TYPE.bytes (TYPE: string,
+  table, cdata, function, proto, upvalue, thread, trace, userdata, dead).
+  Folded metrics: total, stacks.
+  A tripped gate exits with code 3; bad input files exit with 9.";
+
+/// `ljleak diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier snapshot (census JSON from `objs -o`, or folded stacks).
+    #[arg(value_name = "A")]
+    pub a: std::path::PathBuf,
+    /// The later snapshot, of the same kind.
+    #[arg(value_name = "B")]
+    pub b: std::path::PathBuf,
+    /// Fail (exit 3) when EXPR holds, e.g. `total>+5%` (repeatable; see below).
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    pub fail_if: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+    /// Write the report to FILE; a name ending in .svg gets a differential flame graph instead (report to stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Rows per list (cdata types, stacks).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+    /// Compare snapshots of different LuaJIT builds anyway.
+    #[arg(long)]
+    pub allow_build_mismatch: bool,
 }

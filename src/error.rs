@@ -26,6 +26,9 @@ pub enum ExitCode {
     UnsupportedLayout = 7,
     /// The target exited while ljleak was working on it.
     TargetExited = 8,
+    /// An input file is not usable: malformed snapshot, unsupported schema
+    /// version, or two snapshots that cannot be compared (`ljleak diff`).
+    BadInput = 9,
 }
 
 /// Text for `--help`.
@@ -39,7 +42,8 @@ Exit codes:
   5  permission denied (run as root or grant CAP_SYS_PTRACE / CAP_PERFMON)
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
-  8  the target exited during the run";
+  8  the target exited during the run
+  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)";
 
 /// An error that carries its own exit code. Commands wrap their failures in
 /// this (through `anyhow`) so that `main` can pick the right code from the

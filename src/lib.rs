@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod compare;
 pub mod error;
 pub mod luajit;
 pub mod report;

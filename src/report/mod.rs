@@ -4,3 +4,4 @@
 
 pub mod census;
 pub mod envelope;
+pub mod diff;
