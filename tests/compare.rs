@@ -1,0 +1,231 @@
+//! Comparison workflow tests: `ljleak diff` on real and hand-written
+//! snapshots, gates at their exact thresholds, input errors, differential
+//! flame graphs, pprof output, `watch` verdicts and `--master`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{json, Value};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ljleak-compare-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn diff(a: &Path, b: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["diff", a.to_str().unwrap(), b.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// A minimal census snapshot as an older ljleak would have written it
+/// (no envelope fields: they must default).
+fn census_json(total: u64, tables: u64, table_bytes: u64, cdata_bytes: u64) -> Value {
+    json!({
+        "kind": "census", "pid": 1, "exe": "/usr/bin/luajit",
+        "luajit": {"variant": "luajit2", "gc64": true, "layout": "luajit2-gc64", "layout_source": "table",
+                   "method": "scan", "lua_state": "0x1", "global_state": "0x2"},
+        "gc_total": total, "walker_total": total, "gc_state": "pause", "pause_us": 10,
+        "consistency": "quiescent",
+        "types": {
+            "table": {"count": tables, "sum": table_bytes, "min": 64, "max": 64, "avg": 64},
+            "cdata": {"count": cdata_bytes / 100, "sum": cdata_bytes, "min": 100, "max": 100, "avg": 100}
+        },
+        "cdata_types": [{"name": "uint8_t[92]", "count": cdata_bytes / 100, "sum": cdata_bytes}],
+        "table_classes": [{"le": 64, "count": tables, "sum": table_bytes}]
+    })
+}
+
+fn write(dir: &Path, name: &str, v: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, v).unwrap();
+    p
+}
+
+#[test]
+fn gates_trip_exactly_at_their_thresholds() {
+    let d = tmpdir("gates");
+    let a = write(&d, "a.json", &census_json(1_000_000, 1000, 64_000, 1_000_000).to_string());
+    // +5% total exactly, +1000 tables exactly, +10 MB cdata exactly.
+    let b = write(&d, "b.json", &census_json(1_050_000, 2000, 128_000, 11_000_000).to_string());
+    let b1 = write(&d, "b1.json", &census_json(1_050_001, 2001, 128_064, 11_000_001).to_string());
+    for (expr, at, above) in [
+        ("total>+5%", 0, 3),
+        ("table.count>+1000", 0, 3),
+        ("cdata.bytes>+10MB", 0, 3),
+        ("total>=+5%", 3, 3),
+        ("table.count>=+1000", 3, 3),
+        ("total>1050000", 0, 3),
+        ("total>1.05MB", 0, 3),
+    ] {
+        let o = diff(&a, &b, &["--fail-if", expr]);
+        assert_eq!(code(&o), at, "{expr} at the threshold: {}", stderr(&o));
+        let o = diff(&a, &b1, &["--fail-if", expr]);
+        assert_eq!(code(&o), above, "{expr} one above: {}", stderr(&o));
+        if above == 3 {
+            assert!(stderr(&o).contains(expr), "the tripped gate is named: {}", stderr(&o));
+        }
+    }
+    // Shrinking: B -> A is -1000 tables; `<-1000` does not trip at -1000, `<=-1000` does.
+    assert_eq!(code(&diff(&b, &a, &["--fail-if", "table.count<-1000"])), 0);
+    assert_eq!(code(&diff(&b, &a, &["--fail-if", "table.count<=-1000"])), 3);
+    assert_eq!(code(&diff(&b1, &a, &["--fail-if", "table.count<-1000"])), 3);
+    // Several gates: tripped ones printed last.
+    let o = diff(&a, &b1, &["--fail-if", "total>+5%", "--fail-if", "string.count>+1"]);
+    assert_eq!(code(&o), 3);
+    let out = stdout(&o);
+    let pass = out.find("pass  string.count>+1").expect("passed gate listed");
+    let trip = out.find("TRIPPED  total>+5%").expect("tripped gate listed");
+    assert!(pass < trip, "tripped gates come last:\n{out}");
+    // JSON: exact deltas and gate results.
+    let o = diff(&a, &b1, &["--format", "json", "--fail-if", "total>+5%"]);
+    assert_eq!(code(&o), 3);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["census"]["total"]["delta"], 50_001);
+    assert_eq!(v["tripped"], 1);
+    let types = v["census"]["types"].as_array().unwrap();
+    assert_eq!(types[0]["name"], "cdata", "sorted by byte growth");
+    assert_eq!(types[0]["bytes"]["delta"], 10_000_001);
+    assert_eq!(types[1]["count"]["delta"], 1001);
+    assert_eq!(v["census"]["table_classes"][0]["bytes"]["delta"], 64_064);
+    // Markdown renders tables.
+    let o = diff(&a, &b, &["--format", "markdown"]);
+    assert_eq!(code(&o), 0);
+    assert!(stdout(&o).contains("| table | 1000 | 2000 | +1000 |"), "{}", stdout(&o));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn bad_inputs_give_clear_errors_and_exit_codes() {
+    let d = tmpdir("bad");
+    let good = write(&d, "good.json", &census_json(1000, 1, 64, 0).to_string());
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write(&d, "garbage.json", "{ \"kind\": \"census\", "), "is not a ljleak snapshot"),
+        (write(&d, "garbage.txt", "hello world\n"), "neither a ljleak snapshot"),
+        (write(&d, "missing.json", r#"{"schema": 1, "kind": "census", "pid": 1}"#), "missing field"),
+        (write(&d, "new.json", r#"{"schema": 2, "kind": "census"}"#), "schema 2"),
+        (write(&d, "leaks.json", r#"{"schema": 1, "kind": "nonsense"}"#), "`nonsense` snapshot"),
+        (write(&d, "stacks.folded", "main;f 10\n"), "cannot compare"),
+        (d.join("does-not-exist.json"), "cannot read"),
+    ];
+    for (file, msg) in &cases {
+        let o = diff(&good, file, &[]);
+        assert_eq!(code(&o), 9, "{}: {}", file.display(), stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(msg) && e.contains(file.file_name().unwrap().to_str().unwrap()), "{}: {e}", file.display());
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    }
+    let mut gc = census_json(1000, 1, 64, 0);
+    gc["kind"] = "gc".into();
+    let gc = write(&d, "gc.json", &gc.to_string());
+    assert!(stderr(&diff(&good, &gc, &[])).contains("cannot compare"));
+    let mut other = census_json(1000, 1, 64, 0);
+    other["luajit"]["variant"] = "upstream".into();
+    let other = write(&d, "upstream.json", &other.to_string());
+    let o = diff(&good, &other, &[]);
+    assert_eq!(code(&o), 9);
+    assert!(stderr(&o).contains("luajit2 GC64") && stderr(&o).contains("upstream GC64"), "{}", stderr(&o));
+    assert_eq!(code(&diff(&good, &other, &["--allow-build-mismatch"])), 0);
+    // Bad gates are usage errors.
+    for g in ["total>>5", "total>+5XB", "nosuch.count>1", "table.count>+1MB"] {
+        let o = diff(&good, &good, &["--fail-if", g]);
+        assert_eq!(code(&o), 2, "{g}: {}", stderr(&o));
+        assert!(stderr(&o).contains(g), "{}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn diff_of_two_live_censuses_has_exact_deltas() {
+    let Some(lj) = luajit() else {
+        require("luajit2 at /usr/bin/luajit", false);
+        return;
+    };
+    let d = tmpdir("live");
+    let mut p = LuaProc::spawn(&lj, &testdata("lua/compare_pop.lua"), &[]);
+    let pid = p.pid.to_string();
+    let (a, b) = (d.join("a.json"), d.join("b.json"));
+    assert_eq!(p.ready(), "before");
+    let o = run(&["objs", "-p", &pid, "-o", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    p.resume_total();
+    assert_eq!(p.ready(), "after");
+    let o = run(&["objs", "-p", &pid, "-o", b.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The snapshot is private and self-describing.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&b).unwrap().permissions().mode() & 0o777, 0o600);
+    let snap: Value = serde_json::from_str(&std::fs::read_to_string(&b).unwrap()).unwrap();
+    assert_eq!(snap["schema"], 1);
+    assert_eq!(snap["kind"], "census");
+    assert_eq!(snap["pid"], p.pid);
+    assert!(snap["exe_build_id"].as_str().is_some_and(|s| s.len() >= 16), "{}", snap["exe_build_id"]);
+    assert!(snap["command_line"].as_array().unwrap().iter().any(|a| a == "objs"));
+    assert!(snap["created"].as_str().unwrap().ends_with('Z'));
+    let classes: u64 = snap["table_classes"].as_array().unwrap().iter().map(|c| c["count"].as_u64().unwrap()).sum();
+    assert_eq!(classes as i64, ty(&snap, "table", "count"), "size classes cover every table");
+
+    let o = diff(&a, &b, &["--format", "json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = |list: &str, name: &str| -> Value {
+        v["census"][list].as_array().unwrap().iter().find(|r| r["name"] == name).cloned().unwrap_or_else(|| panic!("{name} in {list}"))
+    };
+    assert_eq!(row("types", "table")["count"]["delta"], 2000);
+    assert_eq!(row("types", "cdata")["count"]["delta"], 300);
+    let c = row("cdata_types", "unsigned char[100]");
+    assert_eq!(c["count"]["delta"], 300);
+    assert_eq!(c["bytes"]["delta"], row("types", "cdata")["bytes"]["delta"]);
+    // Empty tables are the smallest class: all 2000 land in one class.
+    let small = v["census"]["table_classes"].as_array().unwrap().iter().map(|r| r["count"]["delta"].as_i64().unwrap()).max();
+    assert_eq!(small, Some(2000));
+    // Gate at the live threshold.
+    assert_eq!(code(&diff(&a, &b, &["--fail-if", "table.count>+2000"])), 0);
+    assert_eq!(code(&diff(&a, &b, &["--fail-if", "table.count>+1999"])), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn folded_diff_and_svg_keep_vanished_stacks() {
+    let d = tmpdir("folded");
+    let a = write(&d, "a.folded", "main;handler;only_in_a_frame 500\nmain;handler;kept 100\nmain;shrinks 300\n");
+    let b = write(&d, "b.folded", "main;handler;kept 400\nmain;shrinks 100\nmain;brand_new 50\n");
+    let svg = d.join("diff.svg");
+    let o = diff(&a, &b, &["-o", svg.to_str().unwrap(), "--fail-if", "total>+10%"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    for (section, stack) in [
+        ("New stacks (1)", "main;brand_new"),
+        ("Grown stacks (1)", "main;handler;kept"),
+        ("Shrunk stacks (1)", "main;shrinks"),
+        ("Vanished stacks (1)", "main;handler;only_in_a_frame"),
+    ] {
+        let at = out.find(section).unwrap_or_else(|| panic!("{section} in\n{out}"));
+        assert!(out[at..].contains(stack), "{stack} under {section}");
+    }
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("only_in_a_frame"), "a frame only in A is drawn");
+    assert!(text.contains("brand_new"), "a frame only in B is drawn");
+    // Plain inferno differential would give only_in_a_frame zero width; ours
+    // keeps its full A size: 500 of the union's 1350.
+    assert!(text.contains("only_in_a_frame (500 bytes"), "vanished stack keeps its A width");
+    // total 900 -> 550: shrink gate trips.
+    let o = diff(&a, &b, &["--fail-if", "total<-30%"]);
+    assert_eq!(code(&o), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
