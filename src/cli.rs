@@ -25,13 +25,16 @@ pub enum Command {
     /// Compare two snapshots (objs -o JSON, or folded stacks); gate CI on growth.
     #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
+    /// Sample memory over time and say whether it grows (leak), saturates or is stable.
+    Watch(WatchArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
-    /// Process ID of the nginx worker or LuaJIT process.
-    #[arg(short = 'p', long = "pid", visible_short_alias = 'x', value_name = "PID")]
+    /// Process ID of the nginx worker or LuaJIT process; given an nginx master
+    /// (or with --master), every worker in turn plus a total.
+    #[arg(short = 'p', long = "pid", visible_short_alias = 'x', visible_alias = "master", value_name = "PID")]
     pub pid: i32,
     /// Address of a lua_State (hex) when ljleak cannot find the VM by itself.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -140,4 +143,41 @@ pub struct DiffArgs {
     /// Compare snapshots of different LuaJIT builds anyway.
     #[arg(long)]
     pub allow_build_mismatch: bool,
+}
+
+/// Output format of watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchFormat {
+    /// A live table, then the summary.
+    Text,
+    /// CSV rows (summary on stderr).
+    Csv,
+    /// One JSON object per sample, then one `{"summary": ...}` per series.
+    Jsonl,
+}
+
+/// `ljleak watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Target (an nginx master: every worker, plus a total).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Time between samples (5s, 200ms, 1m).
+    #[arg(long, default_value = "5s", value_parser = crate::cmd::watch::parse_interval)]
+    pub interval: std::time::Duration,
+    /// Samples to take [default: until Ctrl-C].
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Also take a full census per sample (pauses the target each time).
+    #[arg(long)]
+    pub census: bool,
+    /// nginx stub_status URL (http://127.0.0.1:PORT/status) to relate growth to requests.
+    #[arg(long, value_name = "URL")]
+    pub requests_url: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: WatchFormat,
+    /// Write an SVG plot of the series and the fit to FILE.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }

@@ -19,10 +19,27 @@ fn locate_opts(t: &TargetArgs) -> LocateOpts {
     }
 }
 
-/// `ljleak gc`: one read of `g->gc.total`, no pause needed.
+/// `ljleak gc`: one read of `g->gc.total`, no pause needed. Given an nginx
+/// master, every worker in turn plus the total.
 pub fn gc(a: GcArgs) -> Result<()> {
-    let pid = a.target.pid;
-    let (exe, _maps, vm) = capture::locate(pid, &locate_opts(&a.target))?;
+    let json = a.format == CensusFormat::Json;
+    if let Some(w) = super::workers::workers_of(a.target.pid) {
+        let one = |pid| gc_report(&TargetArgs { pid, ..a.target.clone() });
+        let text = super::workers::for_each_worker(a.target.pid, &w, json, one, gc_text)?;
+        return super::write_output(None, &text);
+    }
+    let r = gc_report(&a.target)?;
+    let text = match a.format {
+        CensusFormat::Text => gc_text(&r),
+        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+    };
+    super::write_output(None, &text)
+}
+
+/// The `gc` report of one process.
+pub fn gc_report(t: &TargetArgs) -> Result<CensusReport> {
+    let pid = t.pid;
+    let (exe, _maps, vm) = capture::locate(pid, &locate_opts(t))?;
     log::info!("VM found by {}", vm.method.name());
     let mem = ProcessMemory::new(pid);
     let v = Vm::new(&mem, &vm.layout, vm.roots.g, vm.roots.main);
@@ -54,11 +71,7 @@ pub fn gc(a: GcArgs) -> Result<()> {
         ..Default::default()
     };
     r.stamp(crate::report::envelope::Stamp::now(pid, &r.exe));
-    let text = match a.format {
-        CensusFormat::Text => gc_text(&r),
-        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
-    };
-    super::write_output(None, &text)
+    Ok(r)
 }
 
 /// Take a census of `pid` (shared by objs and later commands).
@@ -94,15 +107,25 @@ pub fn take_census(t: &TargetArgs, nonblocking: bool, attempts: u32, hold: Optio
     Ok((cap, c, walk_us))
 }
 
-/// `ljleak objs`.
+/// `ljleak objs`. Given an nginx master, every worker in turn (each paused
+/// alone) plus the total.
 pub fn objs(a: ObjsArgs) -> Result<()> {
     let hold = a.debug_hold_pause_ms.map(Duration::from_millis);
+    let format = a.format.unwrap_or(if a.output.is_some() { CensusFormat::Json } else { CensusFormat::Text });
+    if let Some(w) = super::workers::workers_of(a.target.pid) {
+        let one = |pid| {
+            let t = TargetArgs { pid, ..a.target.clone() };
+            let (cap, c, walk_us) = take_census(&t, a.nonblocking, a.attempts, hold)?;
+            Ok(census_report(&cap, &c, walk_us))
+        };
+        let text = super::workers::for_each_worker(a.target.pid, &w, format == CensusFormat::Json, one, |r| census_text(r, a.top_cdata))?;
+        return super::write_output(a.output.as_deref(), &text);
+    }
     let (cap, c, walk_us) = take_census(&a.target, a.nonblocking, a.attempts, hold)?;
     if let Some(p) = &a.save_image {
         cap.image.save(p)?;
     }
     let r = census_report(&cap, &c, walk_us);
-    let format = a.format.unwrap_or(if a.output.is_some() { CensusFormat::Json } else { CensusFormat::Text });
     let text = match format {
         CensusFormat::Text => census_text(&r, a.top_cdata),
         CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",

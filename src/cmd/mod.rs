@@ -3,6 +3,8 @@
 
 pub mod census;
 pub mod diff;
+pub mod watch;
+pub mod workers;
 
 use crate::cli::{Cli, Command};
 
@@ -12,6 +14,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
         Command::Diff(a) => diff::diff(a),
+        Command::Watch(a) => watch::watch(a),
     }
 }
 

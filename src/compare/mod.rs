@@ -6,3 +6,4 @@ pub mod census_diff;
 pub mod folded;
 pub mod gate;
 pub mod snapshot;
+pub mod trend;

@@ -5,3 +5,4 @@
 pub mod census;
 pub mod envelope;
 pub mod diff;
+pub mod plot;

@@ -1,0 +1,171 @@
+//! nginx masters: finding their workers, and running `gc`/`objs` on each
+//! worker in turn (one report per worker plus a total). Workers are paused
+//! one at a time, never all at once, so the server keeps answering.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::luajit::census::{CdataType, SizeClass};
+use crate::report::census::{CensusReport, TypeStats};
+
+/// Whether `pid` is an nginx master process (its title says so).
+pub fn is_nginx_master(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.starts_with(b"nginx: master process"))
+        .unwrap_or(false)
+}
+
+/// Child processes of `pid`, sorted.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    // /proc/PID/task/*/children lists children per thread (CONFIG_PROC_CHILDREN).
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                v.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+            }
+        }
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The nginx workers of master `pid` (children titled `nginx: worker
+/// process`), or None when `pid` is not an nginx master.
+pub fn workers_of(pid: i32) -> Option<Vec<i32>> {
+    if !is_nginx_master(pid) {
+        return None;
+    }
+    let w: Vec<i32> = children(pid)
+        .into_iter()
+        .filter(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .map(|t| t.starts_with(b"nginx: worker process"))
+                .unwrap_or(false)
+        })
+        .collect();
+    Some(w)
+}
+
+/// Reports of every worker of one master, and their sum.
+#[derive(Debug, Serialize)]
+pub struct WorkersReport {
+    /// Snapshot schema version.
+    pub schema: u32,
+    /// Always `workers`.
+    pub kind: String,
+    /// The master.
+    pub master: i32,
+    /// One report per worker, in PID order.
+    pub workers: Vec<CensusReport>,
+    /// The sum over workers (a census or gc report with `pid` = master).
+    pub total: CensusReport,
+}
+
+/// Sum per-worker reports into one report for the whole server.
+pub fn sum_reports(master: i32, reports: &[CensusReport]) -> CensusReport {
+    let mut t = reports.first().cloned().unwrap_or_default();
+    t.pid = master;
+    t.exe = reports.first().map(|r| r.exe.clone()).unwrap_or_default();
+    for r in reports.iter().skip(1) {
+        t.gc_total += r.gc_total;
+        t.walker_total = t.walker_total.zip(r.walker_total).map(|(a, b)| a + b);
+        t.gc_threshold += r.gc_threshold;
+        t.pause_us = t.pause_us.max(r.pause_us);
+        t.dead.count += r.dead.count;
+        t.dead.sum += r.dead.sum;
+        for (name, s) in &r.types {
+            let e = t.types.entry(name.clone()).or_insert(TypeStats { count: 0, sum: 0, min: s.min, max: s.max, avg: 0 });
+            e.min = if e.count == 0 { s.min } else { e.min.min(s.min) };
+            e.max = e.max.max(s.max);
+            e.count += s.count;
+            e.sum += s.sum;
+            e.avg = e.sum.checked_div(e.count).unwrap_or(0);
+        }
+        merge_named(&mut t.cdata_types, &r.cdata_types);
+        merge_classes(&mut t.table_classes, &r.table_classes);
+        t.objects += r.objects;
+        t.image_bytes += r.image_bytes;
+        t.walk_us += r.walk_us;
+        t.mcode_jit += r.mcode_jit;
+        t.mcode_callbacks += r.mcode_callbacks;
+        if r.consistency != "quiescent" && r.consistency != "none" {
+            t.consistency = r.consistency.clone();
+        }
+        t.warnings.extend(r.warnings.iter().map(|w| format!("worker {}: {w}", r.pid)));
+    }
+    t.stopped_in = None;
+    t.gc_state = "-".into();
+    t
+}
+
+fn merge_named(into: &mut Vec<CdataType>, from: &[CdataType]) {
+    for c in from {
+        match into.iter_mut().find(|x| x.name == c.name) {
+            Some(x) => {
+                x.count += c.count;
+                x.sum += c.sum;
+            }
+            None => into.push(c.clone()),
+        }
+    }
+    into.sort_by(|a, b| b.sum.cmp(&a.sum).then(a.name.cmp(&b.name)));
+}
+
+fn merge_classes(into: &mut Vec<SizeClass>, from: &[SizeClass]) {
+    for c in from {
+        match into.iter_mut().find(|x| x.le == c.le) {
+            Some(x) => {
+                x.count += c.count;
+                x.sum += c.sum;
+            }
+            None => into.push(*c),
+        }
+    }
+    into.sort_by_key(|c| c.le);
+}
+
+/// Run `one` on every worker of `master` in turn and combine: text reports
+/// under a `== worker PID ==` heading each plus the total, or one JSON
+/// [`WorkersReport`].
+pub fn for_each_worker(
+    master: i32,
+    workers: &[i32],
+    json: bool,
+    mut one: impl FnMut(i32) -> Result<CensusReport>,
+    text: impl Fn(&CensusReport) -> String,
+) -> Result<String> {
+    if workers.is_empty() {
+        anyhow::bail!("nginx master {master} has no worker processes");
+    }
+    let mut reports = Vec::new();
+    for &w in workers {
+        // One at a time: each call pauses (at most) this worker only.
+        reports.push(one(w)?);
+    }
+    let mut total = sum_reports(master, &reports);
+    if let Some(first) = reports.first() {
+        total.created = first.created.clone();
+        total.created_unix_ms = first.created_unix_ms;
+    }
+    if json {
+        let r = WorkersReport {
+            schema: crate::report::envelope::SCHEMA_VERSION,
+            kind: "workers".into(),
+            master,
+            workers: reports,
+            total,
+        };
+        return Ok(serde_json::to_string_pretty(&r)? + "\n");
+    }
+    let mut s = String::new();
+    for r in &reports {
+        s.push_str(&format!("== worker {} ==\n", r.pid));
+        s.push_str(&text(r));
+        s.push('\n');
+    }
+    s.push_str(&format!("== total over {} workers of master {} ==\n", reports.len(), master));
+    s.push_str(&text(&total));
+    Ok(s)
+}
