@@ -229,3 +229,124 @@ fn folded_diff_and_svg_keep_vanished_stacks() {
     assert_eq!(code(&o), 3);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `watch` on a script of the given shape: (sample lines, summary).
+fn watch_script(mode: &str, extra: &[&str]) -> Option<(Vec<Value>, Value)> {
+    let Some(lj) = luajit() else {
+        require("luajit2 at /usr/bin/luajit", false);
+        return None;
+    };
+    let mut p = LuaProc::spawn(&lj, &testdata("lua/watch_trend.lua"), &[mode, "1.2"]);
+    assert_eq!(p.ready(), mode);
+    let pid = p.pid.to_string();
+    let mut args = vec!["watch", "-p", &pid, "--interval", "200ms", "--count", "16", "--format", "jsonl"];
+    args.extend_from_slice(extra);
+    let o = run(&args);
+    assert!(o.status.success(), "watch {mode}: {}", stderr(&o));
+    let lines: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (samples, summary): (Vec<Value>, Vec<Value>) = lines.into_iter().partition(|v| v.get("summary").is_none());
+    assert_eq!(samples.len(), 16, "one line per sample");
+    assert_eq!(summary.len(), 1);
+    Some((samples, summary[0]["summary"].clone()))
+}
+
+#[test]
+fn watch_says_growing_for_linear_growth() {
+    let d = tmpdir("watch");
+    let svg = d.join("watch.svg");
+    let Some((samples, s)) = watch_script("grow", &["-o", svg.to_str().unwrap()]) else { return };
+    assert_eq!(s["gc"]["verdict"], "growing", "{s}");
+    // ~2 MB/s kept: the slope must be in that range (bytes/min), within 2x.
+    let slope = s["gc"]["fit"]["slope"].as_f64().unwrap();
+    assert!(slope > 60e6 && slope < 240e6, "slope {slope} bytes/min");
+    let first = samples[0]["gc_total"].as_u64().unwrap();
+    let last = samples[15]["gc_total"].as_u64().unwrap();
+    assert!(last > first + 4_000_000, "gc_total grew: {first} -> {last}");
+    assert!(samples.iter().all(|x| x["rss"].as_u64().unwrap() > 0 && x["anon"].as_u64().unwrap() > 0));
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("polyline"), "an SVG plot");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn watch_says_saturating_when_growth_stops() {
+    let Some((_, s)) = watch_script("saturate", &[]) else { return };
+    assert_eq!(s["gc"]["verdict"], "saturating", "{s}");
+    assert!(s["gc"]["first_half"].as_f64().unwrap() > 3.0 * s["gc"]["second_half"].as_f64().unwrap());
+}
+
+#[test]
+fn watch_says_stable_when_flat_and_counts_objects_with_census() {
+    let Some((samples, s)) = watch_script("flat", &["--census"]) else { return };
+    assert_eq!(s["gc"]["verdict"], "stable", "{s}");
+    let objs: Vec<u64> = samples.iter().map(|x| x["objects"].as_u64().expect("objects with --census")).collect();
+    assert!(objs[0] > 100 && objs.iter().all(|&o| o == objs[0]), "a flat script keeps its object count: {objs:?}");
+}
+
+#[test]
+fn master_runs_every_worker_while_they_keep_serving() {
+    let Some(ng) = Nginx::start("app.conf", 2) else { return };
+    let workers = ng.workers();
+    assert_eq!(workers.len(), 2);
+    let master = ng.master.to_string();
+    // Keep a client busy for the whole test; every request must succeed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = ng.port;
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut bad) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match http_get(port, "/leak?n=4") {
+                    (200, _) => ok += 1,
+                    _ => bad += 1,
+                }
+            }
+            (ok, bad)
+        })
+    };
+    // Requests nginx has served (stub_status: third number of the third line).
+    let served = || -> u64 {
+        let body = http_get(port, "/status").1;
+        body.lines().nth(2).and_then(|l| l.split_whitespace().nth(2)).and_then(|n| n.parse().ok()).expect("stub_status")
+    };
+    let before = served();
+
+    let v = run_json(&["objs", "--master", &master, "--format", "json"]);
+    assert_eq!(v["kind"], "workers");
+    let reps = v["workers"].as_array().unwrap();
+    let pids: Vec<i32> = reps.iter().map(|r| r["pid"].as_i64().unwrap() as i32).collect();
+    assert_eq!(pids, workers, "one report per worker");
+    let sum: u64 = reps.iter().map(|r| r["types"]["cdata"]["count"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(v["total"]["types"]["cdata"]["count"].as_u64().unwrap_or(0), sum, "total is the sum");
+    assert!(reps.iter().all(|r| r["kind"] == "census" && r["consistency"] == "quiescent"));
+
+    let g = run_json(&["gc", "-p", &master, "--format", "json"]);
+    let sum: u64 = g["workers"].as_array().unwrap().iter().map(|r| r["gc_total"].as_u64().unwrap()).sum();
+    assert_eq!(g["workers"].as_array().unwrap().len(), 2);
+    assert_eq!(g["total"]["gc_total"].as_u64().unwrap(), sum);
+
+    let url = format!("http://127.0.0.1:{port}/status");
+    let o = run(&["watch", "--master", &master, "--interval", "200ms", "--count", "10", "--format", "jsonl", "--requests-url", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let totals = lines.iter().filter(|l| l["pid"] == "total").count();
+    assert_eq!(totals, 10, "a total row per sample");
+    for w in &workers {
+        assert_eq!(lines.iter().filter(|l| l["pid"] == *w).count(), 10, "rows of worker {w}");
+    }
+    let sums: Vec<&Value> = lines.iter().filter_map(|l| l.get("summary")).collect();
+    assert_eq!(sums.len(), 3, "a summary per worker and one for the total");
+    let total = sums[2];
+    assert_eq!(total["gc"]["verdict"], "growing", "{total}");
+    assert!(total["requests"].as_u64().unwrap() > 10, "{total}");
+    // Each /leak?n=4 keeps four 4 KiB cdata buffers (plus a key table).
+    let per = total["gc_bytes_per_request"].as_f64().unwrap();
+    assert!(per > 8_000.0 && per < 64_000.0, "bytes per request {per}");
+
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, bad) = client.join().unwrap();
+    assert_eq!(bad, 0, "no request failed while workers were inspected");
+    assert!(ok > 20, "workers kept serving: {ok} requests");
+    assert!(served() > before + 20);
+}
