@@ -27,6 +27,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Sample memory over time and say whether it grows (leak), saturates or is stable.
     Watch(WatchArgs),
+    /// Convert a snapshot or folded-stack file to another format (pprof).
+    Convert(ConvertArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -51,6 +53,8 @@ pub enum CensusFormat {
     Text,
     /// One JSON object.
     Json,
+    /// Gzipped pprof profile.proto (objs only; needs -o when stdout is a terminal).
+    Pprof,
 }
 
 /// `ljleak gc`.
@@ -180,4 +184,37 @@ pub struct WatchArgs {
     /// Write an SVG plot of the series and the fit to FILE.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+}
+
+/// What the numbers of a folded-stack file are, for pprof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FoldedUnit {
+    /// Bytes (pprof `inuse_space/bytes`).
+    Bytes,
+    /// Objects (pprof `inuse_objects/count`).
+    Objects,
+}
+
+/// `ljleak convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// A census snapshot (objs -o) or a folded-stack file.
+    #[arg(value_name = "FILE")]
+    pub input: std::path::PathBuf,
+    /// Output format (only pprof for now).
+    #[arg(long, value_enum, default_value = "pprof")]
+    pub format: ConvertFormat,
+    /// What a folded file's numbers count.
+    #[arg(long, value_enum, default_value = "bytes")]
+    pub unit: FoldedUnit,
+    /// Write to FILE (required when stdout is a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// Output format of convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertFormat {
+    /// Gzipped pprof profile.proto.
+    Pprof,
 }

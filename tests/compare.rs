@@ -350,3 +350,59 @@ fn master_runs_every_worker_while_they_keep_serving() {
     assert!(ok > 20, "workers kept serving: {ok} requests");
     assert!(served() > before + 20);
 }
+
+#[test]
+fn pprof_decodes_back_to_the_census_totals() {
+    let Some(lj) = luajit() else {
+        require("luajit2 at /usr/bin/luajit", false);
+        return;
+    };
+    let d = tmpdir("pprof");
+    let mut p = LuaProc::spawn(&lj, &testdata("lua/compare_pop.lua"), &[]);
+    p.ready();
+    p.resume_total();
+    assert_eq!(p.ready(), "after");
+    let pid = p.pid.to_string();
+    let (pb, snap) = (d.join("heap.pb.gz"), d.join("snap.json"));
+    let o = run(&["objs", "-p", &pid, "--format", "pprof", "-o", pb.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["objs", "-p", &pid, "-o", snap.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&snap).unwrap()).unwrap();
+    let (mut count, mut bytes) = (0i64, 0i64);
+    for t in c["types"].as_object().unwrap().values() {
+        count += t["count"].as_i64().unwrap();
+        bytes += t["sum"].as_i64().unwrap();
+    }
+    let raw = std::fs::read(&pb).unwrap();
+    assert_eq!(&raw[..2], &[0x1f, 0x8b], "gzipped");
+    let prof = ljleak::report::pprof::decode(&raw).unwrap();
+    let st: Vec<(&str, &str)> = prof
+        .sample_type
+        .iter()
+        .map(|v| (prof.string_table[v.r#type as usize].as_str(), prof.string_table[v.unit as usize].as_str()))
+        .collect();
+    assert_eq!(st, [("inuse_objects", "count"), ("inuse_space", "bytes")]);
+    // The blocked script did not change between the two captures.
+    assert_eq!(ljleak::report::pprof::totals(&prof), [count, bytes]);
+    // cdata by C type is a child frame of `cdata`.
+    let name = |loc: u64| {
+        let l = &prof.location[loc as usize - 1];
+        let f = &prof.function[l.line[0].function_id as usize - 1];
+        prof.string_table[f.name as usize].clone()
+    };
+    let s = prof.sample.iter().find(|s| s.location_id.len() == 2 && name(s.location_id[0]) == "unsigned char[100]").expect("cdata;unsigned char[100]");
+    assert_eq!(name(s.location_id[1]), "cdata");
+    assert_eq!(s.value[0], 300);
+
+    // Folded input converts too, to the same total.
+    let folded = d.join("x.folded");
+    std::fs::write(&folded, "main;a@app.lua:3 100\nmain;b 250\nmain;a@app.lua:3 50\n").unwrap();
+    let out = d.join("x.pb.gz");
+    let o = run(&["convert", folded.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let prof = ljleak::report::pprof::decode(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(ljleak::report::pprof::totals(&prof), [400]);
+    assert!(prof.string_table.iter().any(|s| s == "app.lua"), "file of a Lua frame");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -22,6 +22,9 @@ fn locate_opts(t: &TargetArgs) -> LocateOpts {
 /// `ljleak gc`: one read of `g->gc.total`, no pause needed. Given an nginx
 /// master, every worker in turn plus the total.
 pub fn gc(a: GcArgs) -> Result<()> {
+    if a.format == CensusFormat::Pprof {
+        anyhow::bail!("gc has no pprof form (one number): use `ljleak objs --format pprof -o FILE`");
+    }
     let json = a.format == CensusFormat::Json;
     if let Some(w) = super::workers::workers_of(a.target.pid) {
         let one = |pid| gc_report(&TargetArgs { pid, ..a.target.clone() });
@@ -30,7 +33,7 @@ pub fn gc(a: GcArgs) -> Result<()> {
     }
     let r = gc_report(&a.target)?;
     let text = match a.format {
-        CensusFormat::Text => gc_text(&r),
+        CensusFormat::Text | CensusFormat::Pprof => gc_text(&r),
         CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
     };
     super::write_output(None, &text)
@@ -118,6 +121,10 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
             let (cap, c, walk_us) = take_census(&t, a.nonblocking, a.attempts, hold)?;
             Ok(census_report(&cap, &c, walk_us))
         };
+        if format == CensusFormat::Pprof {
+            let reps = super::workers::collect(&w, one)?;
+            return super::convert::write_pprof(a.output.as_deref(), &crate::report::pprof::from_censuses(&reps, true));
+        }
         let text = super::workers::for_each_worker(a.target.pid, &w, format == CensusFormat::Json, one, |r| census_text(r, a.top_cdata))?;
         return super::write_output(a.output.as_deref(), &text);
     }
@@ -127,6 +134,7 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
     }
     let r = census_report(&cap, &c, walk_us);
     let text = match format {
+        CensusFormat::Pprof => return super::convert::write_pprof(a.output.as_deref(), &crate::report::pprof::from_census(&r)),
         CensusFormat::Text => census_text(&r, a.top_cdata),
         CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
     };

@@ -126,6 +126,12 @@ fn merge_classes(into: &mut Vec<SizeClass>, from: &[SizeClass]) {
     into.sort_by_key(|c| c.le);
 }
 
+/// Run `one` on each worker in turn: each call pauses (at most) that worker
+/// alone, so the others keep serving.
+pub fn collect(workers: &[i32], mut one: impl FnMut(i32) -> Result<CensusReport>) -> Result<Vec<CensusReport>> {
+    workers.iter().map(|&w| one(w)).collect()
+}
+
 /// Run `one` on every worker of `master` in turn and combine: text reports
 /// under a `== worker PID ==` heading each plus the total, or one JSON
 /// [`WorkersReport`].
@@ -139,11 +145,7 @@ pub fn for_each_worker(
     if workers.is_empty() {
         anyhow::bail!("nginx master {master} has no worker processes");
     }
-    let mut reports = Vec::new();
-    for &w in workers {
-        // One at a time: each call pauses (at most) this worker only.
-        reports.push(one(w)?);
-    }
+    let reports = collect(workers, &mut one)?;
     let mut total = sum_reports(master, &reports);
     if let Some(first) = reports.first() {
         total.created = first.created.clone();

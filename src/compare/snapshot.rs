@@ -138,9 +138,12 @@ fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
         .get("kind")
         .and_then(|k| k.as_str())
         .ok_or_else(|| malformed("no `kind` field".into()))?;
-    if kind != "census" && kind != "gc" {
-        return Err(InputError::UnknownKind { file: file.into(), kind: kind.into() });
-    }
+    // `objs --master -o` writes every worker plus their sum: compare the sums.
+    let v = match kind {
+        "census" | "gc" => v,
+        "workers" => v.get("total").cloned().ok_or_else(|| malformed("a `workers` snapshot without `total`".into()))?,
+        _ => return Err(InputError::UnknownKind { file: file.into(), kind: kind.into() }),
+    };
     serde_json::from_value(v).map_err(|e| malformed(e.to_string()))
 }
 

@@ -6,3 +6,4 @@ pub mod census;
 pub mod envelope;
 pub mod diff;
 pub mod plot;
+pub mod pprof;
