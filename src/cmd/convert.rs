@@ -13,7 +13,11 @@ use crate::report::pprof;
 /// Write a gzipped profile to `path`, or to stdout unless it is a terminal.
 pub fn write_pprof(path: Option<&Path>, p: &pprof::proto::Profile) -> Result<()> {
     if path.is_none() && std::io::stdout().is_terminal() {
-        return Err(Classified::new(ExitCode::Usage, "pprof output is binary: give -o FILE (e.g. -o heap.pb.gz) or redirect stdout").into());
+        return Err(Classified::new(
+            ExitCode::Usage,
+            "pprof output is binary: give -o FILE (e.g. -o heap.pb.gz) or redirect stdout",
+        )
+        .into());
     }
     let bytes = pprof::encode(p)?;
     super::write_bytes(path, &bytes)
@@ -21,7 +25,8 @@ pub fn write_pprof(path: Option<&Path>, p: &pprof::proto::Profile) -> Result<()>
 
 /// Run `ljleak convert`.
 pub fn convert(a: ConvertArgs) -> Result<()> {
-    let input = snapshot::load(&a.input).map_err(|e| Classified::new(ExitCode::BadInput, e.to_string()))?;
+    let input =
+        snapshot::load(&a.input).map_err(|e| Classified::new(ExitCode::BadInput, e.to_string()))?;
     let profile = match input {
         Input::Census(r) => pprof::from_census(&r),
         Input::Folded(f) => pprof::from_folded(

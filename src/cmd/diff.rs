@@ -26,25 +26,48 @@ pub fn diff(a: DiffArgs) -> Result<()> {
     let ia = snapshot::load(&a.a).map_err(bad_input)?;
     let ib = snapshot::load(&a.b).map_err(bad_input)?;
     snapshot::check_comparable(&fa, &ia, &fb, &ib, a.allow_build_mismatch).map_err(bad_input)?;
-    let style = if a.format == DiffFormat::Markdown { Style::Markdown } else { Style::Text };
-    let svg = a.output.as_ref().filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")));
+    let style = if a.format == DiffFormat::Markdown {
+        Style::Markdown
+    } else {
+        Style::Text
+    };
+    let svg = a
+        .output
+        .as_ref()
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")));
     let (text, results, shapes): (String, Vec<GateResult>, (Folded, Folded)) = match (&ia, &ib) {
         (Input::Census(ra), Input::Census(rb)) => {
             let d = census_diff::diff(&fa, ra, &fb, rb);
             let results = eval(&gates, &d)?;
             let tripped = results.iter().filter(|r| r.tripped).count();
             let text = match a.format {
-                DiffFormat::Json => json(DiffJson { kind: "census", census: Some(&d), folded: None, gates: &results, tripped })?,
+                DiffFormat::Json => json(DiffJson {
+                    kind: "census",
+                    census: Some(&d),
+                    folded: None,
+                    gates: &results,
+                    tripped,
+                })?,
                 _ => render::census(&d, style, a.top),
             };
-            (text, results, (folded::census_folded(ra), folded::census_folded(rb)))
+            (
+                text,
+                results,
+                (folded::census_folded(ra), folded::census_folded(rb)),
+            )
         }
         (Input::Folded(xa), Input::Folded(xb)) => {
             let d = folded::diff(&fa, xa, &fb, xb);
             let results = eval(&gates, &d)?;
             let tripped = results.iter().filter(|r| r.tripped).count();
             let text = match a.format {
-                DiffFormat::Json => json(DiffJson { kind: "folded", census: None, folded: Some(&d), gates: &results, tripped })?,
+                DiffFormat::Json => json(DiffJson {
+                    kind: "folded",
+                    census: None,
+                    folded: Some(&d),
+                    gates: &results,
+                    tripped,
+                })?,
                 _ => render::folded(&d, style, a.top),
             };
             (text, results, (xa.clone(), xb.clone()))
@@ -59,15 +82,23 @@ pub fn diff(a: DiffArgs) -> Result<()> {
     if let Some(path) = svg {
         let mut buf = Vec::new();
         let title = format!("ljleak diff: {fa} -> {fb}");
-        folded::differential_svg(&shapes.0, &shapes.1, &title, &mut buf).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        folded::differential_svg(&shapes.0, &shapes.1, &title, &mut buf)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
         super::write_output(Some(path), &String::from_utf8_lossy(&buf))?;
         super::write_output(None, &out)?;
     } else {
         super::write_output(a.output.as_deref(), &out)?;
     }
     if !tripped.is_empty() {
-        let list: Vec<String> = tripped.iter().map(|r| format!("{} (observed {})", r.expr, r.observed)).collect();
-        return Err(Classified::new(ExitCode::GateTripped, format!("{} gate(s) tripped: {}", tripped.len(), list.join(", "))).into());
+        let list: Vec<String> = tripped
+            .iter()
+            .map(|r| format!("{} (observed {})", r.expr, r.observed))
+            .collect();
+        return Err(Classified::new(
+            ExitCode::GateTripped,
+            format!("{} gate(s) tripped: {}", tripped.len(), list.join(", ")),
+        )
+        .into());
     }
     Ok(())
 }
@@ -75,7 +106,10 @@ pub fn diff(a: DiffArgs) -> Result<()> {
 fn eval(gates: &[Gate], m: &dyn Metrics) -> Result<Vec<GateResult>> {
     gates
         .iter()
-        .map(|g| g.eval(m).map_err(|e| Classified::new(ExitCode::Usage, e.to_string()).into()))
+        .map(|g| {
+            g.eval(m)
+                .map_err(|e| Classified::new(ExitCode::Usage, e.to_string()).into())
+        })
         .collect()
 }
 

@@ -74,7 +74,11 @@ struct SigintGuard(Option<nix::sys::signal::SigAction>);
 impl SigintGuard {
     fn install() -> SigintGuard {
         use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-        let act = SigAction::new(SigHandler::Handler(on_sigint), SaFlags::empty(), SigSet::empty());
+        let act = SigAction::new(
+            SigHandler::Handler(on_sigint),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
         // SAFETY: the handler only stores to an atomic, which is
         // async-signal-safe; Drop restores the previous action.
         SigintGuard(unsafe { sigaction(Signal::SIGINT, &act) }.ok())
@@ -108,7 +112,9 @@ pub fn parse_interval(s: &str) -> Result<Duration, String> {
     }
     let d = Duration::from_secs_f64(v * mult);
     if d < Duration::from_millis(10) {
-        return Err(format!("`{s}` is too short: the interval must be at least 10ms"));
+        return Err(format!(
+            "`{s}` is too short: the interval must be at least 10ms"
+        ));
     }
     Ok(d)
 }
@@ -133,8 +139,15 @@ pub fn fetch_requests(url: &str) -> Result<u64> {
     let rest = url
         .strip_prefix("http://")
         .with_context(|| format!("--requests-url {url}: only http:// URLs are supported"))?;
-    let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let hostport = if hostport.contains(':') { hostport.to_string() } else { format!("{hostport}:80") };
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&hostport)
         .ok()
         .and_then(|mut a| a.next())
@@ -145,7 +158,8 @@ pub fn fetch_requests(url: &str) -> Result<u64> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")?;
     let mut body = String::new();
     s.take(1 << 16).read_to_string(&mut body)?;
-    parse_stub_status(&body).with_context(|| format!("--requests-url {url} is not an nginx stub_status page"))
+    parse_stub_status(&body)
+        .with_context(|| format!("--requests-url {url} is not an nginx stub_status page"))
 }
 
 /// The `requests` figure of an nginx stub_status page: the third number on
@@ -164,7 +178,12 @@ struct Target {
 
 impl Target {
     fn gc_total(&self) -> Result<u64> {
-        let v = Vm::new(&self.mem, &self.found.layout, self.found.roots.g, self.found.roots.main);
+        let v = Vm::new(
+            &self.mem,
+            &self.found.layout,
+            self.found.roots.g,
+            self.found.roots.main,
+        );
         v.gc_total().map_err(|e| {
             if crate::target::process_exists(self.pid) {
                 anyhow::anyhow!("reading gc.total of {}: {e}", self.pid)
@@ -190,7 +209,11 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         .iter()
         .map(|&pid| {
             let (_, _, found) = capture::locate(pid, &lo)?;
-            Ok(Target { pid, found, mem: ProcessMemory::new(pid) })
+            Ok(Target {
+                pid,
+                found,
+                mem: ProcessMemory::new(pid),
+            })
         })
         .collect::<Result<_>>()?;
     let multi = targets.len() > 1;
@@ -207,8 +230,16 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             "gc_total",
             "rss",
             "anon",
-            if a.census { format!("  {:>10}", "objects") } else { String::new() },
-            if a.requests_url.is_some() { format!("  {:>10}", "requests") } else { String::new() }
+            if a.census {
+                format!("  {:>10}", "objects")
+            } else {
+                String::new()
+            },
+            if a.requests_url.is_some() {
+                format!("  {:>10}", "requests")
+            } else {
+                String::new()
+            }
         )?,
         WatchFormat::Csv => writeln!(out, "t,pid,gc_total,rss,anon,objects,requests")?,
         WatchFormat::Jsonl => {}
@@ -243,13 +274,24 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             };
             let (rss, anon) = proc_memory(tg.pid).unwrap_or((0, 0));
             let objects = if a.census {
-                let ta = TargetArgs { pid: tg.pid, ..a.target.clone() };
+                let ta = TargetArgs {
+                    pid: tg.pid,
+                    ..a.target.clone()
+                };
                 let (_, c, _) = super::census::take_census(&ta, false, 50, None)?;
                 Some(c.walk.objects)
             } else {
                 None
             };
-            row.push(Sample { t, pid: tg.pid, gc_total, rss, anon, objects, requests });
+            row.push(Sample {
+                t,
+                pid: tg.pid,
+                gc_total,
+                rss,
+                anon,
+                objects,
+                requests,
+            });
         }
         if exited.is_some() {
             break;
@@ -275,7 +317,11 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             out.flush()?;
         }
     }
-    let summaries: Vec<Summary> = series.iter().filter(|s| !s.is_empty()).map(|s| summarize(s)).collect();
+    let summaries: Vec<Summary> = series
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| summarize(s))
+        .collect();
     match a.format {
         WatchFormat::Jsonl => {
             for s in &summaries {
@@ -302,7 +348,11 @@ pub fn watch(a: WatchArgs) -> Result<()> {
 
 fn print_sample(out: &mut impl Write, f: WatchFormat, s: &Sample, total: bool) -> Result<()> {
     let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
-    let pid = if total { "total".to_string() } else { s.pid.to_string() };
+    let pid = if total {
+        "total".to_string()
+    } else {
+        s.pid.to_string()
+    };
     match f {
         WatchFormat::Text => writeln!(
             out,
@@ -315,7 +365,16 @@ fn print_sample(out: &mut impl Write, f: WatchFormat, s: &Sample, total: bool) -
             s.objects.map(|o| format!("  {o:>10}")).unwrap_or_default(),
             s.requests.map(|o| format!("  {o:>10}")).unwrap_or_default()
         )?,
-        WatchFormat::Csv => writeln!(out, "{:.3},{pid},{},{},{},{},{}", s.t, s.gc_total, s.rss, s.anon, opt(s.objects), opt(s.requests))?,
+        WatchFormat::Csv => writeln!(
+            out,
+            "{:.3},{pid},{},{},{},{},{}",
+            s.t,
+            s.gc_total,
+            s.rss,
+            s.anon,
+            opt(s.objects),
+            opt(s.requests)
+        )?,
         WatchFormat::Jsonl => {
             let mut v = serde_json::to_value(s)?;
             if total {
@@ -329,15 +388,27 @@ fn print_sample(out: &mut impl Write, f: WatchFormat, s: &Sample, total: bool) -
 
 /// Trends of one series.
 pub fn summarize(s: &[Sample]) -> Summary {
-    let pts = |f: fn(&Sample) -> u64| s.iter().map(|x| (x.t / 60.0, f(x) as f64)).collect::<Vec<_>>();
+    let pts = |f: fn(&Sample) -> u64| {
+        s.iter()
+            .map(|x| (x.t / 60.0, f(x) as f64))
+            .collect::<Vec<_>>()
+    };
     let gc = trend::analyze(&pts(|x| x.gc_total));
     let rss = trend::analyze(&pts(|x| x.rss));
     // Each status fetch is itself counted by nginx: leave those out.
-    let requests = match (s.first().and_then(|x| x.requests), s.last().and_then(|x| x.requests)) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a).saturating_sub(s.len().saturating_sub(1) as u64)),
+    let requests = match (
+        s.first().and_then(|x| x.requests),
+        s.last().and_then(|x| x.requests),
+    ) {
+        (Some(a), Some(b)) => Some(
+            b.saturating_sub(a)
+                .saturating_sub(s.len().saturating_sub(1) as u64),
+        ),
         _ => None,
     };
-    let gc_bytes_per_request = requests.filter(|&r| r > 0).map(|r| gc.fitted_change / r as f64);
+    let gc_bytes_per_request = requests
+        .filter(|&r| r > 0)
+        .map(|r| gc.fitted_change / r as f64);
     Summary {
         pid: s.first().map(|x| x.pid).unwrap_or(0),
         samples: s.len(),
@@ -351,7 +422,13 @@ pub fn summarize(s: &[Sample]) -> Summary {
 
 fn trend_line(name: &str, t: &Trend) -> String {
     match &t.fit {
-        Some(f) => format!("  {name}: {:+.0} ± {:.0} bytes/min (95%); {}: {}\n", f.slope, f.slope_ci95, verdict_name(t), t.evidence),
+        Some(f) => format!(
+            "  {name}: {:+.0} ± {:.0} bytes/min (95%); {}: {}\n",
+            f.slope,
+            f.slope_ci95,
+            verdict_name(t),
+            t.evidence
+        ),
         None => format!("  {name}: {}\n", t.evidence),
     }
 }
@@ -370,12 +447,22 @@ fn verdict_name(t: &Trend) -> &'static str {
 pub fn summary_text(sums: &[Summary], multi: bool, master: i32) -> String {
     let mut s = String::new();
     for (k, x) in sums.iter().enumerate() {
-        let who = if multi && k == sums.len() - 1 { format!("all workers of {master}") } else { format!("pid {}", x.pid) };
-        s.push_str(&format!("\n{who}: {} samples over {:.1} s\n", x.samples, x.seconds));
+        let who = if multi && k == sums.len() - 1 {
+            format!("all workers of {master}")
+        } else {
+            format!("pid {}", x.pid)
+        };
+        s.push_str(&format!(
+            "\n{who}: {} samples over {:.1} s\n",
+            x.samples, x.seconds
+        ));
         s.push_str(&trend_line("GC total", &x.gc));
         s.push_str(&trend_line("RSS", &x.rss));
         if let Some(r) = x.requests {
-            let per = x.gc_bytes_per_request.map(|b| format!("{b:.1} bytes of GC growth per request")).unwrap_or_else(|| "no requests: growth does not track load".into());
+            let per = x
+                .gc_bytes_per_request
+                .map(|b| format!("{b:.1} bytes of GC growth per request"))
+                .unwrap_or_else(|| "no requests: growth does not track load".into());
             s.push_str(&format!("  requests: {r} during the window; {per}\n"));
         }
         s.push_str(&format!("  verdict: {}\n", verdict_name(&x.gc)));
@@ -393,7 +480,11 @@ mod tests {
         assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
         assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
-        assert!(parse_interval("1ms").is_err() && parse_interval("x").is_err() && parse_interval("-1s").is_err());
+        assert!(
+            parse_interval("1ms").is_err()
+                && parse_interval("x").is_err()
+                && parse_interval("-1s").is_err()
+        );
         let page = "Active connections: 1 \nserver accepts handled requests\n 7 7 42 \nReading: 0 Writing: 1 Waiting: 0 \n";
         assert_eq!(parse_stub_status(page), Some(42));
         assert_eq!(parse_stub_status("hello"), None);

@@ -76,8 +76,18 @@ pub fn sum_reports(master: i32, reports: &[CensusReport]) -> CensusReport {
         t.dead.count += r.dead.count;
         t.dead.sum += r.dead.sum;
         for (name, s) in &r.types {
-            let e = t.types.entry(name.clone()).or_insert(TypeStats { count: 0, sum: 0, min: s.min, max: s.max, avg: 0 });
-            e.min = if e.count == 0 { s.min } else { e.min.min(s.min) };
+            let e = t.types.entry(name.clone()).or_insert(TypeStats {
+                count: 0,
+                sum: 0,
+                min: s.min,
+                max: s.max,
+                avg: 0,
+            });
+            e.min = if e.count == 0 {
+                s.min
+            } else {
+                e.min.min(s.min)
+            };
             e.max = e.max.max(s.max);
             e.count += s.count;
             e.sum += s.sum;
@@ -93,7 +103,8 @@ pub fn sum_reports(master: i32, reports: &[CensusReport]) -> CensusReport {
         if r.consistency != "quiescent" && r.consistency != "none" {
             t.consistency = r.consistency.clone();
         }
-        t.warnings.extend(r.warnings.iter().map(|w| format!("worker {}: {w}", r.pid)));
+        t.warnings
+            .extend(r.warnings.iter().map(|w| format!("worker {}: {w}", r.pid)));
     }
     t.stopped_in = None;
     t.gc_state = "-".into();
@@ -128,7 +139,10 @@ fn merge_classes(into: &mut Vec<SizeClass>, from: &[SizeClass]) {
 
 /// Run `one` on each worker in turn: each call pauses (at most) that worker
 /// alone, so the others keep serving.
-pub fn collect(workers: &[i32], mut one: impl FnMut(i32) -> Result<CensusReport>) -> Result<Vec<CensusReport>> {
+pub fn collect(
+    workers: &[i32],
+    mut one: impl FnMut(i32) -> Result<CensusReport>,
+) -> Result<Vec<CensusReport>> {
     workers.iter().map(|&w| one(w)).collect()
 }
 
@@ -167,7 +181,11 @@ pub fn for_each_worker(
         s.push_str(&text(r));
         s.push('\n');
     }
-    s.push_str(&format!("== total over {} workers of master {} ==\n", reports.len(), master));
+    s.push_str(&format!(
+        "== total over {} workers of master {} ==\n",
+        reports.len(),
+        master
+    ));
     s.push_str(&text(&total));
     Ok(s)
 }

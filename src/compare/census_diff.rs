@@ -106,7 +106,11 @@ fn source(file: &str, r: &CensusReport) -> Source {
 }
 
 /// Join two name-keyed (count, bytes) maps into rows sorted by byte growth.
-fn rows(a: BTreeMap<String, (u64, u64)>, b: BTreeMap<String, (u64, u64)>, keep_unchanged: bool) -> Vec<Row> {
+fn rows(
+    a: BTreeMap<String, (u64, u64)>,
+    b: BTreeMap<String, (u64, u64)>,
+    keep_unchanged: bool,
+) -> Vec<Row> {
     let mut names: Vec<&String> = a.keys().chain(b.keys()).collect();
     names.sort();
     names.dedup();
@@ -123,13 +127,24 @@ fn rows(a: BTreeMap<String, (u64, u64)>, b: BTreeMap<String, (u64, u64)>, keep_u
         })
         .filter(|r| keep_unchanged || r.count.delta != 0 || r.bytes.delta != 0)
         .collect();
-    v.sort_by(|x, y| y.bytes.delta.cmp(&x.bytes.delta).then(y.count.delta.cmp(&x.count.delta)).then(x.name.cmp(&y.name)));
+    v.sort_by(|x, y| {
+        y.bytes
+            .delta
+            .cmp(&x.bytes.delta)
+            .then(y.count.delta.cmp(&x.count.delta))
+            .then(x.name.cmp(&y.name))
+    });
     v
 }
 
 /// Compare snapshot `ra` (file `fa`) with `rb` (file `fb`).
 pub fn diff(fa: &str, ra: &CensusReport, fb: &str, rb: &CensusReport) -> CensusDiff {
-    let types = |r: &CensusReport| r.types.iter().map(|(n, t)| (n.clone(), (t.count, t.sum))).collect();
+    let types = |r: &CensusReport| {
+        r.types
+            .iter()
+            .map(|(n, t)| (n.clone(), (t.count, t.sum)))
+            .collect()
+    };
     let cdata = |r: &CensusReport| {
         let mut m: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for c in &r.cdata_types {
@@ -139,7 +154,12 @@ pub fn diff(fa: &str, ra: &CensusReport, fb: &str, rb: &CensusReport) -> CensusD
         }
         m
     };
-    let classes = |r: &CensusReport| r.table_classes.iter().map(|c| (c.le, (c.count, c.sum))).collect::<BTreeMap<u64, _>>();
+    let classes = |r: &CensusReport| {
+        r.table_classes
+            .iter()
+            .map(|c| (c.le, (c.count, c.sum)))
+            .collect::<BTreeMap<u64, _>>()
+    };
     let (ca, cb) = (classes(ra), classes(rb));
     let mut les: Vec<u64> = ca.keys().chain(cb.keys()).copied().collect();
     les.sort_unstable();
@@ -158,12 +178,19 @@ pub fn diff(fa: &str, ra: &CensusReport, fb: &str, rb: &CensusReport) -> CensusD
         .collect();
     let objects = |r: &CensusReport| r.types.values().map(|t| t.count).sum::<u64>();
     let mut warnings = Vec::new();
-    if ra.exe_build_id.is_some() && rb.exe_build_id.is_some() && ra.exe_build_id != rb.exe_build_id {
-        warnings.push(format!("the executables differ ({} build-id {:?}, {} build-id {:?})", fa, ra.exe_build_id, fb, rb.exe_build_id));
+    if ra.exe_build_id.is_some() && rb.exe_build_id.is_some() && ra.exe_build_id != rb.exe_build_id
+    {
+        warnings.push(format!(
+            "the executables differ ({} build-id {:?}, {} build-id {:?})",
+            fa, ra.exe_build_id, fb, rb.exe_build_id
+        ));
     }
     for (f, r) in [(fa, ra), (fb, rb)] {
         if r.kind == "census" && r.consistency != "quiescent" {
-            warnings.push(format!("{f} is a {} copy: figures may be off", r.consistency));
+            warnings.push(format!(
+                "{f} is a {} copy: figures may be off",
+                r.consistency
+            ));
         }
         for w in &r.warnings {
             warnings.push(format!("{f}: {w}"));
@@ -173,7 +200,10 @@ pub fn diff(fa: &str, ra: &CensusReport, fb: &str, rb: &CensusReport) -> CensusD
         a: source(fa, ra),
         b: source(fb, rb),
         total: Delta::new(ra.gc_total, rb.gc_total),
-        walker_total: ra.walker_total.zip(rb.walker_total).map(|(a, b)| Delta::new(a, b)),
+        walker_total: ra
+            .walker_total
+            .zip(rb.walker_total)
+            .map(|(a, b)| Delta::new(a, b)),
         objects: Delta::new(objects(ra), objects(rb)),
         dead: Row {
             name: "dead".into(),
@@ -189,7 +219,13 @@ pub fn diff(fa: &str, ra: &CensusReport, fb: &str, rb: &CensusReport) -> CensusD
 
 impl Metrics for CensusDiff {
     fn metric(&self, name: &str) -> Option<Metric> {
-        let m = |d: &Delta, bytes| Some(Metric { a: d.a, b: d.b, bytes });
+        let m = |d: &Delta, bytes| {
+            Some(Metric {
+                a: d.a,
+                b: d.b,
+                bytes,
+            })
+        };
         match name {
             "total" | "gc_total" => return m(&self.total, true),
             "walker_total" => return self.walker_total.as_ref().and_then(|d| m(d, true)),

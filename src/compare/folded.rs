@@ -83,7 +83,10 @@ pub fn diff(a_file: &str, a: &Folded, b_file: &str, b: &Folded) -> FoldedDiff {
     let mut stacks: Vec<StackDelta> = names
         .into_iter()
         .filter_map(|s| {
-            let (va, vb) = (a.get(s).copied().unwrap_or(0), b.get(s).copied().unwrap_or(0));
+            let (va, vb) = (
+                a.get(s).copied().unwrap_or(0),
+                b.get(s).copied().unwrap_or(0),
+            );
             let change = match (va, vb) {
                 (0, _) => Change::New,
                 (_, 0) => Change::Vanished,
@@ -115,8 +118,16 @@ pub fn diff(a_file: &str, a: &Folded, b_file: &str, b: &Folded) -> FoldedDiff {
 impl Metrics for FoldedDiff {
     fn metric(&self, name: &str) -> Option<Metric> {
         match name {
-            "total" => Some(Metric { a: self.total_a, b: self.total_b, bytes: true }),
-            "stacks" => Some(Metric { a: self.stacks_a, b: self.stacks_b, bytes: false }),
+            "total" => Some(Metric {
+                a: self.total_a,
+                b: self.total_b,
+                bytes: true,
+            }),
+            "stacks" => Some(Metric {
+                a: self.stacks_a,
+                b: self.stacks_b,
+                bytes: false,
+            }),
             _ => None,
         }
     }
@@ -135,13 +146,22 @@ fn to_lines(f: &Folded) -> String {
 pub fn union_lines(a: &Folded, b: &Folded) -> std::io::Result<Vec<String>> {
     let mut merged = Vec::new();
     let opts = inferno::differential::Options::default();
-    inferno::differential::from_readers(opts, to_lines(a).as_bytes(), to_lines(b).as_bytes(), &mut merged)?;
+    inferno::differential::from_readers(
+        opts,
+        to_lines(a).as_bytes(),
+        to_lines(b).as_bytes(),
+        &mut merged,
+    )?;
     let text = String::from_utf8_lossy(&merged);
     let mut out = Vec::new();
     for line in text.lines() {
         let mut it = line.rsplitn(3, ' ');
-        let (Some(nb), Some(na), Some(stack)) = (it.next(), it.next(), it.next()) else { continue };
-        let (Ok(na), Ok(nb)) = (na.parse::<i64>(), nb.parse::<i64>()) else { continue };
+        let (Some(nb), Some(na), Some(stack)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let (Ok(na), Ok(nb)) = (na.parse::<i64>(), nb.parse::<i64>()) else {
+            continue;
+        };
         let w = na.max(nb);
         out.push(format!("{stack} {} {w}", w - (nb - na)));
     }
@@ -149,14 +169,68 @@ pub fn union_lines(a: &Folded, b: &Folded) -> std::io::Result<Vec<String>> {
 }
 
 /// Write a differential flame graph of `a` → `b` as SVG into `w`.
-pub fn differential_svg<W: std::io::Write>(a: &Folded, b: &Folded, title: &str, w: W) -> std::io::Result<()> {
+pub fn differential_svg<W: std::io::Write>(
+    a: &Folded,
+    b: &Folded,
+    title: &str,
+    w: W,
+) -> std::io::Result<()> {
     let lines = union_lines(a, b)?;
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.into();
-    opts.subtitle = Some("red: grew, blue: shrank or vanished; widths are the larger of the two".into());
+    opts.subtitle =
+        Some("red: grew, blue: shrank or vanished; widths are the larger of the two".into());
     opts.count_name = "bytes".into();
     opts.deterministic = true;
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
+}
+
+/// A census as stacks `TYPE` (or `cdata;C TYPE`, `table;<=N bytes`) with
+/// (objects, bytes): the shape `diff -o x.svg` draws for census snapshots
+/// and that `--format pprof` writes.
+pub fn census_stacks(r: &crate::report::census::CensusReport) -> Vec<(Vec<String>, u64, u64)> {
+    let mut out = Vec::new();
+    for (name, t) in &r.types {
+        let parts: Vec<(String, u64, u64)> = match name.as_str() {
+            "cdata" => r
+                .cdata_types
+                .iter()
+                .map(|c| (c.name.clone(), c.count, c.sum))
+                .collect(),
+            "table" => r
+                .table_classes
+                .iter()
+                .map(|c| (format!("<={} bytes", c.le), c.count, c.sum))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (mut cn, mut cb) = (0, 0);
+        for (sub, n, b) in parts {
+            cn += n;
+            cb += b;
+            out.push((vec![name.clone(), sub], n, b));
+        }
+        // Whatever the breakdown does not cover stays on the type itself.
+        if t.count > cn || t.sum > cb {
+            out.push((
+                vec![name.clone()],
+                t.count.saturating_sub(cn),
+                t.sum.saturating_sub(cb),
+            ));
+        }
+    }
+    out
+}
+
+/// [`census_stacks`] folded by bytes.
+pub fn census_folded(r: &crate::report::census::CensusReport) -> Folded {
+    let mut f = Folded::new();
+    for (frames, _, bytes) in census_stacks(r) {
+        if bytes > 0 {
+            *f.entry(frames.join(";")).or_insert(0) += bytes;
+        }
+    }
+    f
 }
 
 #[cfg(test)]
@@ -172,50 +246,32 @@ mod tests {
         let a = f(&[("m;gone", 50), ("m;same", 10), ("m;up", 10), ("m;down", 30)]);
         let b = f(&[("m;new", 5), ("m;same", 10), ("m;up", 40), ("m;down", 20)]);
         let d = diff("a", &a, "b", &b);
-        let kinds: Vec<_> = d.stacks.iter().map(|s| (s.stack.as_str(), s.change)).collect();
+        let kinds: Vec<_> = d
+            .stacks
+            .iter()
+            .map(|s| (s.stack.as_str(), s.change))
+            .collect();
         assert_eq!(
             kinds,
-            [("m;up", Change::Grown), ("m;new", Change::New), ("m;down", Change::Shrunk), ("m;gone", Change::Vanished)]
+            [
+                ("m;up", Change::Grown),
+                ("m;new", Change::New),
+                ("m;down", Change::Shrunk),
+                ("m;gone", Change::Vanished)
+            ]
         );
         let mut u = union_lines(&a, &b).unwrap();
         u.sort();
         // Width max(A,B), colour delta B-A preserved as last - first.
-        assert_eq!(u, ["m;down 30 30", "m;gone 50 50", "m;new 0 5", "m;same 10 10", "m;up 10 40"]);
+        assert_eq!(
+            u,
+            [
+                "m;down 30 30",
+                "m;gone 50 50",
+                "m;new 0 5",
+                "m;same 10 10",
+                "m;up 10 40"
+            ]
+        );
     }
-}
-
-/// A census as stacks `TYPE` (or `cdata;C TYPE`, `table;<=N bytes`) with
-/// (objects, bytes): the shape `diff -o x.svg` draws for census snapshots
-/// and that `--format pprof` writes.
-pub fn census_stacks(r: &crate::report::census::CensusReport) -> Vec<(Vec<String>, u64, u64)> {
-    let mut out = Vec::new();
-    for (name, t) in &r.types {
-        let parts: Vec<(String, u64, u64)> = match name.as_str() {
-            "cdata" => r.cdata_types.iter().map(|c| (c.name.clone(), c.count, c.sum)).collect(),
-            "table" => r.table_classes.iter().map(|c| (format!("<={} bytes", c.le), c.count, c.sum)).collect(),
-            _ => Vec::new(),
-        };
-        let (mut cn, mut cb) = (0, 0);
-        for (sub, n, b) in parts {
-            cn += n;
-            cb += b;
-            out.push((vec![name.clone(), sub], n, b));
-        }
-        // Whatever the breakdown does not cover stays on the type itself.
-        if t.count > cn || t.sum > cb {
-            out.push((vec![name.clone()], t.count.saturating_sub(cn), t.sum.saturating_sub(cb)));
-        }
-    }
-    out
-}
-
-/// [`census_stacks`] folded by bytes.
-pub fn census_folded(r: &crate::report::census::CensusReport) -> Folded {
-    let mut f = Folded::new();
-    for (frames, _, bytes) in census_stacks(r) {
-        if bytes > 0 {
-            *f.entry(frames.join(";")).or_insert(0) += bytes;
-        }
-    }
-    f
 }

@@ -120,9 +120,14 @@ pub struct GateError {
 impl Gate {
     /// Parse one expression.
     pub fn parse(expr: &str) -> Result<Gate, GateError> {
-        let err = |why: &str| GateError { expr: expr.into(), why: why.into() };
+        let err = |why: &str| GateError {
+            expr: expr.into(),
+            why: why.into(),
+        };
         let s: String = expr.chars().filter(|c| !c.is_whitespace()).collect();
-        let pos = s.find(['<', '>']).ok_or_else(|| err("no operator (> >= < <=)"))?;
+        let pos = s
+            .find(['<', '>'])
+            .ok_or_else(|| err("no operator (> >= < <=)"))?;
         let metric = s[..pos].to_string();
         if metric.is_empty() {
             return Err(err("no metric before the operator"));
@@ -142,12 +147,22 @@ impl Gate {
             Some(b'-') => (Some(-1i128), &rest[1..]),
             _ => (None, rest),
         };
-        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let (number, unit) = rest.split_at(split);
         let (mut num, den) = decimal(number).ok_or_else(|| err("the value is not a number"))?;
         let (mult, mode, has_byte_unit) = match unit {
             "%" => (1, Mode::Percent, false),
-            "" | "B" => (1, if sign.is_some() { Mode::Change } else { Mode::Absolute }, unit == "B"),
+            "" | "B" => (
+                1,
+                if sign.is_some() {
+                    Mode::Change
+                } else {
+                    Mode::Absolute
+                },
+                unit == "B",
+            ),
             u => {
                 let m = match u {
                     "KB" | "kB" => 1_000,
@@ -156,9 +171,21 @@ impl Gate {
                     "KiB" => 1 << 10,
                     "MiB" => 1 << 20,
                     "GiB" => 1 << 30,
-                    _ => return Err(err(&format!("unknown unit `{u}` (use %, B, KB, MB, GB, KiB, MiB or GiB)"))),
+                    _ => {
+                        return Err(err(&format!(
+                            "unknown unit `{u}` (use %, B, KB, MB, GB, KiB, MiB or GiB)"
+                        )))
+                    }
                 };
-                (m, if sign.is_some() { Mode::Change } else { Mode::Absolute }, true)
+                (
+                    m,
+                    if sign.is_some() {
+                        Mode::Change
+                    } else {
+                        Mode::Absolute
+                    },
+                    true,
+                )
             }
         };
         num = num * mult * sign.unwrap_or(1);
@@ -177,12 +204,19 @@ impl Gate {
     pub fn eval(&self, m: &dyn Metrics) -> Result<GateResult, GateError> {
         let v = m.metric(&self.metric).ok_or_else(|| GateError {
             expr: self.expr.clone(),
-            why: format!("unknown metric `{}` (known: {})", self.metric, m.metric_help()),
+            why: format!(
+                "unknown metric `{}` (known: {})",
+                self.metric,
+                m.metric_help()
+            ),
         })?;
         if self.has_byte_unit && !v.bytes {
             return Err(GateError {
                 expr: self.expr.clone(),
-                why: format!("`{}` is a count: give a plain number or a percentage", self.metric),
+                why: format!(
+                    "`{}` is a count: give a plain number or a percentage",
+                    self.metric
+                ),
             });
         }
         let (a, b) = (v.a as i128, v.b as i128);
@@ -244,8 +278,16 @@ mod tests {
     impl Metrics for M {
         fn metric(&self, name: &str) -> Option<Metric> {
             match name {
-                "total" => Some(Metric { a: self.0, b: self.1, bytes: true }),
-                "n" => Some(Metric { a: self.0, b: self.1, bytes: false }),
+                "total" => Some(Metric {
+                    a: self.0,
+                    b: self.1,
+                    bytes: true,
+                }),
+                "n" => Some(Metric {
+                    a: self.0,
+                    b: self.1,
+                    bytes: false,
+                }),
                 _ => None,
             }
         }

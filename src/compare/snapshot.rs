@@ -21,7 +21,9 @@ pub enum InputError {
         err: std::io::Error,
     },
     /// JSON that is not a snapshot.
-    #[error("{file} is not a ljleak snapshot: {why} (write one with `ljleak objs -p PID -o FILE`)")]
+    #[error(
+        "{file} is not a ljleak snapshot: {why} (write one with `ljleak objs -p PID -o FILE`)"
+    )]
     Malformed {
         /// The file.
         file: String,
@@ -104,7 +106,10 @@ impl Input {
 /// Read and validate `path`.
 pub fn load(path: &Path) -> Result<Input, InputError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| InputError::Read { file: file.clone(), err })?;
+    let text = std::fs::read_to_string(path).map_err(|err| InputError::Read {
+        file: file.clone(),
+        err,
+    })?;
     parse(&file, &text)
 }
 
@@ -116,11 +121,17 @@ pub fn parse(file: &str, text: &str) -> Result<Input, InputError> {
     }
     parse_folded(text)
         .map(Input::Folded)
-        .map_err(|line| InputError::NotFolded { file: file.into(), line })
+        .map_err(|line| InputError::NotFolded {
+            file: file.into(),
+            line,
+        })
 }
 
 fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
-    let malformed = |why: String| InputError::Malformed { file: file.into(), why };
+    let malformed = |why: String| InputError::Malformed {
+        file: file.into(),
+        why,
+    };
     // Look at schema and kind before the full parse, so a newer or foreign
     // file gets that message rather than a missing-field one.
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
@@ -132,7 +143,10 @@ fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
             .ok_or_else(|| malformed("`schema` is not a number".into()))?,
     };
     if schema > SCHEMA_VERSION || schema == 0 {
-        return Err(InputError::Schema { file: file.into(), found: schema });
+        return Err(InputError::Schema {
+            file: file.into(),
+            found: schema,
+        });
     }
     let kind = v
         .get("kind")
@@ -141,8 +155,16 @@ fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
     // `objs --master -o` writes every worker plus their sum: compare the sums.
     let v = match kind {
         "census" | "gc" => v,
-        "workers" => v.get("total").cloned().ok_or_else(|| malformed("a `workers` snapshot without `total`".into()))?,
-        _ => return Err(InputError::UnknownKind { file: file.into(), kind: kind.into() }),
+        "workers" => v
+            .get("total")
+            .cloned()
+            .ok_or_else(|| malformed("a `workers` snapshot without `total`".into()))?,
+        _ => {
+            return Err(InputError::UnknownKind {
+                file: file.into(),
+                kind: kind.into(),
+            })
+        }
     };
     serde_json::from_value(v).map_err(|e| malformed(e.to_string()))
 }
@@ -172,13 +194,21 @@ pub fn parse_folded(text: &str) -> Result<Folded, usize> {
 }
 
 /// Check that `a` and `b` can be compared.
-pub fn check_comparable(fa: &str, a: &Input, fb: &str, b: &Input, allow_build_mismatch: bool) -> Result<(), InputError> {
+pub fn check_comparable(
+    fa: &str,
+    a: &Input,
+    fb: &str,
+    b: &Input,
+    allow_build_mismatch: bool,
+) -> Result<(), InputError> {
     match (a, b) {
         (Input::Census(x), Input::Census(y)) => {
             if x.kind != y.kind {
                 return Err(mismatch(fa, a, fb, b));
             }
-            if !allow_build_mismatch && (x.luajit.variant != y.luajit.variant || x.luajit.gc64 != y.luajit.gc64) {
+            if !allow_build_mismatch
+                && (x.luajit.variant != y.luajit.variant || x.luajit.gc64 != y.luajit.gc64)
+            {
                 return Err(InputError::BuildMismatch {
                     a: fa.into(),
                     la: build_name(x),
@@ -194,7 +224,11 @@ pub fn check_comparable(fa: &str, a: &Input, fb: &str, b: &Input, allow_build_mi
 }
 
 fn build_name(r: &CensusReport) -> String {
-    format!("{} {}", r.luajit.variant, if r.luajit.gc64 { "GC64" } else { "non-GC64" })
+    format!(
+        "{} {}",
+        r.luajit.variant,
+        if r.luajit.gc64 { "GC64" } else { "non-GC64" }
+    )
 }
 
 fn mismatch(fa: &str, a: &Input, fb: &str, b: &Input) -> InputError {

@@ -28,8 +28,9 @@ pub struct Fit {
 
 /// Two-sided 95% Student t quantiles for 1..=30 degrees of freedom.
 const T95: [f64; 30] = [
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
-    2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+    2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+    2.052, 2.048, 2.045, 2.042,
 ];
 
 fn t95(df: usize) -> f64 {
@@ -53,7 +54,10 @@ pub fn fit(pts: &[(f64, f64)]) -> Option<Fit> {
     let slope = sxy / sxx;
     let intercept = my - slope * mx;
     let slope_ci95 = if n > 2 {
-        let sse: f64 = pts.iter().map(|p| (p.1 - intercept - slope * p.0).powi(2)).sum();
+        let sse: f64 = pts
+            .iter()
+            .map(|p| (p.1 - intercept - slope * p.0).powi(2))
+            .sum();
         t95(n - 2) * (sse / (nf - 2.0) / sxx).sqrt()
     } else {
         f64::INFINITY
@@ -103,7 +107,11 @@ pub struct Trend {
 
 /// Classify series `pts` of (minutes, bytes).
 pub fn analyze(pts: &[(f64, f64)]) -> Trend {
-    let mean = if pts.is_empty() { 0.0 } else { pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64 };
+    let mean = if pts.is_empty() {
+        0.0
+    } else {
+        pts.iter().map(|p| p.1).sum::<f64>() / pts.len() as f64
+    };
     let unknown = |why: &str| Trend {
         verdict: Verdict::Unknown,
         fit: None,
@@ -116,7 +124,9 @@ pub fn analyze(pts: &[(f64, f64)]) -> Trend {
     if pts.len() < 4 {
         return unknown("fewer than 4 samples: take more (--count)");
     }
-    let Some(f) = fit(pts) else { return unknown("all samples at the same time") };
+    let Some(f) = fit(pts) else {
+        return unknown("all samples at the same time");
+    };
     let span = pts[pts.len() - 1].0 - pts[0].0;
     let change = f.slope * span;
     let half = pts.len() / 2;
@@ -138,7 +148,10 @@ pub fn analyze(pts: &[(f64, f64)]) -> Trend {
             ),
         )
     } else if f.slope < 0.0 {
-        (Verdict::Shrinking, format!("slope {:.0} ± {:.0} bytes/min", f.slope, f.slope_ci95))
+        (
+            Verdict::Shrinking,
+            format!("slope {:.0} ± {:.0} bytes/min", f.slope, f.slope_ci95),
+        )
     } else {
         let (a, b) = (h1.unwrap_or(f.slope), h2.unwrap_or(f.slope));
         if a > 0.0 && b < a / 3.0 {
@@ -172,7 +185,9 @@ mod tests {
     use super::*;
 
     fn series(f: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
-        (0..20).map(|i| (i as f64 / 10.0, f(i as f64 / 10.0))).collect()
+        (0..20)
+            .map(|i| (i as f64 / 10.0, f(i as f64 / 10.0)))
+            .collect()
     }
 
     #[test]
@@ -184,11 +199,29 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let wobble = |x: f64| if (x * 10.0) as i64 % 2 == 0 { 1000.0 } else { -1000.0 };
-        assert_eq!(analyze(&series(|x| 1e6 + 1e5 * x + wobble(x))).verdict, Verdict::Growing);
-        assert_eq!(analyze(&series(|x| 1e6 + 2e5 * x.min(0.7) + wobble(x))).verdict, Verdict::Saturating);
-        assert_eq!(analyze(&series(|x| 1e6 + wobble(x))).verdict, Verdict::Stable);
-        assert_eq!(analyze(&series(|x| 1e6 - 1e5 * x)).verdict, Verdict::Shrinking);
+        let wobble = |x: f64| {
+            if (x * 10.0) as i64 % 2 == 0 {
+                1000.0
+            } else {
+                -1000.0
+            }
+        };
+        assert_eq!(
+            analyze(&series(|x| 1e6 + 1e5 * x + wobble(x))).verdict,
+            Verdict::Growing
+        );
+        assert_eq!(
+            analyze(&series(|x| 1e6 + 2e5 * x.min(0.7) + wobble(x))).verdict,
+            Verdict::Saturating
+        );
+        assert_eq!(
+            analyze(&series(|x| 1e6 + wobble(x))).verdict,
+            Verdict::Stable
+        );
+        assert_eq!(
+            analyze(&series(|x| 1e6 - 1e5 * x)).verdict,
+            Verdict::Shrinking
+        );
         assert_eq!(analyze(&series(|_| 1.0)[..3]).verdict, Verdict::Unknown);
     }
 }

@@ -71,7 +71,7 @@ fn repr<M: Memory + ?Sized>(vm: &Vm<'_, M>, id: u64, depth: u32) -> Option<Strin
                     _ if info & CTF_LONG != 0 => "long",
                     _ => if u { "uint64_t" } else { "int64_t" },
                 };
-                if u && size != 8 || u && info & CTF_LONG != 0 {
+                if u && (size != 8 || info & CTF_LONG != 0) {
                     format!("unsigned {name}")
                 } else {
                     name.to_string()

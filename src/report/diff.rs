@@ -42,7 +42,9 @@ pub fn table(style: Style, head: &[&str], rows: &[Vec<String>]) -> String {
     let mut s = String::new();
     if style == Style::Markdown {
         let _ = writeln!(s, "| {} |", head.join(" | "));
-        let aligns: Vec<&str> = (0..head.len()).map(|i| if i == 0 { ":--" } else { "--:" }).collect();
+        let aligns: Vec<&str> = (0..head.len())
+            .map(|i| if i == 0 { ":--" } else { "--:" })
+            .collect();
         let _ = writeln!(s, "|{}|", aligns.join("|"));
         for r in rows {
             let cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
@@ -96,7 +98,16 @@ fn row_cells(r: &Row) -> Vec<String> {
     ]
 }
 
-const ROW_HEAD: [&str; 8] = ["", "count A", "count B", "Δcount", "bytes A", "bytes B", "Δbytes", "Δbytes %"];
+const ROW_HEAD: [&str; 8] = [
+    "",
+    "count A",
+    "count B",
+    "Δcount",
+    "bytes A",
+    "bytes B",
+    "Δbytes",
+    "Δbytes %",
+];
 
 fn heading(style: Style, s: &mut String, title: &str) {
     match style {
@@ -136,19 +147,65 @@ pub fn census(d: &CensusDiff, style: Style, top: usize) -> String {
             src.file,
             src.pid,
             if src.host.is_empty() { "?" } else { &src.host },
-            if src.created.is_empty() { "time unknown" } else { &src.created },
+            if src.created.is_empty() {
+                "time unknown"
+            } else {
+                &src.created
+            },
             src.layout,
             if style == Style::Markdown { "  " } else { "" }
         );
     }
-    let _ = writeln!(s, "\nGC total: {} -> {} bytes ({:+}, {})", d.total.a, d.total.b, d.total.delta, pct(&d.total));
+    let _ = writeln!(
+        s,
+        "\nGC total: {} -> {} bytes ({:+}, {})",
+        d.total.a,
+        d.total.b,
+        d.total.delta,
+        pct(&d.total)
+    );
     if let Some(w) = &d.walker_total {
-        let _ = writeln!(s, "Walker total: {} -> {} bytes ({:+}, {})", w.a, w.b, w.delta, pct(w));
+        let _ = writeln!(
+            s,
+            "Walker total: {} -> {} bytes ({:+}, {})",
+            w.a,
+            w.b,
+            w.delta,
+            pct(w)
+        );
     }
-    let _ = writeln!(s, "Objects: {} -> {} ({:+}, {})", d.objects.a, d.objects.b, d.objects.delta, pct(&d.objects));
-    section(style, &mut s, "Per type, by byte growth", "type", &d.types, usize::MAX);
-    section(style, &mut s, "cdata by C type, by byte growth", "C type", &d.cdata_types, top);
-    section(style, &mut s, "Tables by size class (bytes)", "class", &d.table_classes, usize::MAX);
+    let _ = writeln!(
+        s,
+        "Objects: {} -> {} ({:+}, {})",
+        d.objects.a,
+        d.objects.b,
+        d.objects.delta,
+        pct(&d.objects)
+    );
+    section(
+        style,
+        &mut s,
+        "Per type, by byte growth",
+        "type",
+        &d.types,
+        usize::MAX,
+    );
+    section(
+        style,
+        &mut s,
+        "cdata by C type, by byte growth",
+        "C type",
+        &d.cdata_types,
+        top,
+    );
+    section(
+        style,
+        &mut s,
+        "Tables by size class (bytes)",
+        "class",
+        &d.table_classes,
+        usize::MAX,
+    );
     for w in &d.warnings {
         let _ = writeln!(s, "\nWARNING: {w}");
     }
@@ -161,10 +218,25 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
     if style == Style::Markdown {
         let _ = writeln!(s, "### ljleak diff\n");
     }
-    let _ = writeln!(s, "A: {} ({} stacks, total {})", d.a_file, d.stacks_a, d.total_a);
-    let _ = writeln!(s, "B: {} ({} stacks, total {})", d.b_file, d.stacks_b, d.total_b);
+    let _ = writeln!(
+        s,
+        "A: {} ({} stacks, total {})",
+        d.a_file, d.stacks_a, d.total_a
+    );
+    let _ = writeln!(
+        s,
+        "B: {} ({} stacks, total {})",
+        d.b_file, d.stacks_b, d.total_b
+    );
     let total = Delta::new(d.total_a, d.total_b);
-    let _ = writeln!(s, "\nTotal: {} -> {} ({:+}, {})", d.total_a, d.total_b, total.delta, pct(&total));
+    let _ = writeln!(
+        s,
+        "\nTotal: {} -> {} ({:+}, {})",
+        d.total_a,
+        d.total_b,
+        total.delta,
+        pct(&total)
+    );
     for (c, title) in [
         (Change::New, "New stacks"),
         (Change::Grown, "Grown stacks"),
@@ -176,13 +248,20 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
             continue;
         }
         if matches!(c, Change::Shrunk | Change::Vanished) {
-            v.sort_by(|x, y| x.delta.cmp(&y.delta));
+            v.sort_by_key(|x| x.delta);
         }
         heading(style, &mut s, &format!("{title} ({})", v.len()));
         let rows: Vec<Vec<String>> = v
             .iter()
             .take(top)
-            .map(|x| vec![x.stack.clone(), x.a.to_string(), x.b.to_string(), format!("{:+}", x.delta)])
+            .map(|x| {
+                vec![
+                    x.stack.clone(),
+                    x.a.to_string(),
+                    x.b.to_string(),
+                    format!("{:+}", x.delta),
+                ]
+            })
             .collect();
         s.push_str(&table(style, &["stack", "A", "B", "Δ"], &rows));
         if v.len() > top {
@@ -203,13 +282,24 @@ pub fn gates(g: &[GateResult], style: Style) -> String {
     sorted.sort_by_key(|r| r.tripped);
     for r in sorted {
         let verdict = if r.tripped { "TRIPPED" } else { "pass" };
-        let line = format!("{verdict}  {}  (A {}, B {}, observed {})", r.expr, r.a, r.b, r.observed);
+        let line = format!(
+            "{verdict}  {}  (A {}, B {}, observed {})",
+            r.expr, r.a, r.b, r.observed
+        );
         match style {
             Style::Text => {
                 let _ = writeln!(s, "  {line}");
             }
             Style::Markdown => {
-                let _ = writeln!(s, "- {}", if r.tripped { format!("**{line}**") } else { line });
+                let _ = writeln!(
+                    s,
+                    "- {}",
+                    if r.tripped {
+                        format!("**{line}**")
+                    } else {
+                        line
+                    }
+                );
             }
         }
     }

@@ -15,10 +15,18 @@ pub fn watch_svg(s: &[Sample], gc: Option<&Trend>) -> anyhow::Result<String> {
         root.fill(&WHITE).map_err(plot_err)?;
         let mib = |b: u64| b as f64 / 1048576.0;
         let t_max = s.last().map(|x| x.t).unwrap_or(1.0).max(1e-3);
-        let y_max = s.iter().map(|x| mib(x.rss.max(x.gc_total))).fold(0.0, f64::max).max(1e-3) * 1.1;
+        let y_max = s
+            .iter()
+            .map(|x| mib(x.rss.max(x.gc_total)))
+            .fold(0.0, f64::max)
+            .max(1e-3)
+            * 1.1;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!("ljleak watch pid {}: GC total (red), RSS (blue), fit (black)", s.first().map(|x| x.pid).unwrap_or(0)),
+                format!(
+                    "ljleak watch pid {}: GC total (red), RSS (blue), fit (black)",
+                    s.first().map(|x| x.pid).unwrap_or(0)
+                ),
                 ("sans-serif", 18),
             )
             .margin(15)
@@ -33,7 +41,10 @@ pub fn watch_svg(s: &[Sample], gc: Option<&Trend>) -> anyhow::Result<String> {
             .draw()
             .map_err(plot_err)?;
         chart
-            .draw_series(LineSeries::new(s.iter().map(|x| (x.t, mib(x.gc_total))), &RED))
+            .draw_series(LineSeries::new(
+                s.iter().map(|x| (x.t, mib(x.gc_total))),
+                &RED,
+            ))
             .map_err(plot_err)?;
         chart
             .draw_series(LineSeries::new(s.iter().map(|x| (x.t, mib(x.rss))), &BLUE))
@@ -42,7 +53,10 @@ pub fn watch_svg(s: &[Sample], gc: Option<&Trend>) -> anyhow::Result<String> {
             // The fit is in minutes.
             let at = |t: f64| (f.intercept + f.slope * t / 60.0) / 1048576.0;
             chart
-                .draw_series(LineSeries::new([(0.0, at(0.0)), (t_max, at(t_max))], &BLACK))
+                .draw_series(LineSeries::new(
+                    [(0.0, at(0.0)), (t_max, at(t_max))],
+                    &BLACK,
+                ))
                 .map_err(plot_err)?;
         }
         root.present().map_err(plot_err)?;

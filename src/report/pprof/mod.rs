@@ -31,7 +31,10 @@ impl Builder {
         let mut b = Builder::default();
         b.intern("");
         for (t, u) in sample_types {
-            let vt = ValueType { r#type: b.intern(t), unit: b.intern(u) };
+            let vt = ValueType {
+                r#type: b.intern(t),
+                unit: b.intern(u),
+            };
             b.p.sample_type.push(vt);
         }
         b
@@ -65,7 +68,10 @@ impl Builder {
             id,
             mapping_id: 0,
             address: 0,
-            line: vec![Line { function_id: id, line }],
+            line: vec![Line {
+                function_id: id,
+                line,
+            }],
             is_folded: false,
         });
         self.locations.insert(frame.to_string(), id);
@@ -75,7 +81,11 @@ impl Builder {
     /// Add a stack (root first) with one value per sample type.
     pub fn add(&mut self, stack: &[String], values: &[i64]) {
         let location_id = stack.iter().rev().map(|f| self.location(f)).collect();
-        self.p.sample.push(Sample { location_id, value: values.to_vec(), label: Vec::new() });
+        self.p.sample.push(Sample {
+            location_id,
+            value: values.to_vec(),
+            label: Vec::new(),
+        });
     }
 
     /// Set the collection time (ms since the epoch) and a comment.
@@ -124,7 +134,8 @@ pub fn decode(bytes: &[u8]) -> std::io::Result<Profile> {
     } else {
         bytes.to_vec()
     };
-    Profile::decode(raw.as_slice()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    Profile::decode(raw.as_slice())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// A census as a pprof profile (`inuse_objects/count`, `inuse_space/bytes`).
@@ -146,7 +157,15 @@ pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bo
     }
     if let Some(r) = rs.first() {
         let pids: Vec<String> = rs.iter().map(|r| r.pid.to_string()).collect();
-        b.meta(r.created_unix_ms, &format!("ljleak census of pid {} ({}) on {}", pids.join(", "), r.exe, r.host));
+        b.meta(
+            r.created_unix_ms,
+            &format!(
+                "ljleak census of pid {} ({}) on {}",
+                pids.join(", "),
+                r.exe,
+                r.host
+            ),
+        );
     }
     b.finish()
 }
@@ -180,10 +199,16 @@ mod tests {
 
     #[test]
     fn frames_and_round_trip() {
-        assert_eq!(split_frame("handler@app.lua:27"), ("handler", "app.lua", 27));
+        assert_eq!(
+            split_frame("handler@app.lua:27"),
+            ("handler", "app.lua", 27)
+        );
         assert_eq!(split_frame("app.lua:27"), ("app.lua:27", "app.lua", 27));
         assert_eq!(split_frame("cdata"), ("cdata", "", 0));
-        let f: crate::compare::snapshot::Folded = [("a;b@x.lua:3".to_string(), 5u64), ("a;c".to_string(), 7)].into_iter().collect();
+        let f: crate::compare::snapshot::Folded =
+            [("a;b@x.lua:3".to_string(), 5u64), ("a;c".to_string(), 7)]
+                .into_iter()
+                .collect();
         let p = decode(&encode(&from_folded(&f, ("inuse_space", "bytes"))).unwrap()).unwrap();
         assert_eq!(totals(&p), [12]);
         assert_eq!(p.location.len(), 3, "frame `a` is shared");
