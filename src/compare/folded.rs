@@ -266,8 +266,8 @@ mod tests {
         assert_eq!(
             u,
             [
-                "m;down 30 30",
-                "m;gone 50 50",
+                "m;down 40 30",
+                "m;gone 100 50",
                 "m;new 0 5",
                 "m;same 10 10",
                 "m;up 10 40"
