@@ -26,9 +26,27 @@ pub fn children(pid: i32) -> Vec<i32> {
             }
         }
     }
+    if v.is_empty() && !std::path::Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists() {
+        // Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
+        v = scan_children(pid);
+    }
     v.sort_unstable();
     v.dedup();
     v
+}
+
+/// Children of `pid` by the parent field (4th) of every /proc/N/stat.
+fn scan_children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// The nginx workers of master `pid` (children titled `nginx: worker
