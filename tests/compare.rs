@@ -618,3 +618,78 @@ fn pprof_decodes_back_to_the_census_totals() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn watch_csv_ctrl_c_and_bad_status_url() {
+    let Some(mut p) = lua(&testdata("lua/watch_trend.lua"), &["flat"]) else {
+        return;
+    };
+    p.ready();
+    let pid = p.pid.to_string();
+    let o = run(&[
+        "watch",
+        "-p",
+        &pid,
+        "--interval",
+        "50ms",
+        "--count",
+        "4",
+        "--format",
+        "csv",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "t,pid,gc_total,rss,anon,objects,requests");
+    assert_eq!(lines.len(), 5, "header and 4 rows:\n{out}");
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f[1], pid);
+        assert!(f[2].parse::<u64>().unwrap() > 10_000, "gc_total in {l}");
+    }
+    assert!(
+        stderr(&o).contains("verdict: "),
+        "summary on stderr: {}",
+        stderr(&o)
+    );
+
+    // Without --count, Ctrl-C ends the run with a summary and exit 0.
+    let child = std::process::Command::new(ljleak())
+        .args(["watch", "-p", &pid, "--interval", "100ms"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(900));
+    unsafe_kill(child.id() as i32, 2);
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "exit after SIGINT: {:?} {}",
+        o.status,
+        stderr(&o)
+    );
+    let out = stdout(&o);
+    let rows = out
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(pid.as_str()))
+        .count();
+    assert!(rows >= 5, "samples before Ctrl-C:\n{out}");
+    assert!(out.contains("verdict: stable"), "{out}");
+
+    let o = run(&[
+        "watch",
+        "-p",
+        &pid,
+        "--count",
+        "2",
+        "--interval",
+        "50ms",
+        "--requests-url",
+        "https://127.0.0.1:1/status",
+    ]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("only http://"), "{}", stderr(&o));
+    let o = run(&["watch", "-p", "999999999", "--count", "2"]);
+    assert_eq!(code(&o), 4, "no such process: {}", stderr(&o));
+}

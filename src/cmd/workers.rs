@@ -37,13 +37,22 @@ pub fn children(pid: i32) -> Vec<i32> {
 
 /// Children of `pid` by the parent field (4th) of every /proc/N/stat.
 fn scan_children(pid: i32) -> Vec<i32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()
-                .and_then(|s| s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<i32>().ok())
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<i32>()
+                        .ok()
+                })
                 == Some(pid)
         })
         .collect()
@@ -206,4 +215,97 @@ pub fn for_each_worker(
     ));
     s.push_str(&text(&total));
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::luajit::census::CountSum;
+
+    fn rep(
+        pid: i32,
+        total: u64,
+        tables: (u64, u64),
+        cdata: &[(&str, u64, u64)],
+        classes: &[(u64, u64, u64)],
+    ) -> CensusReport {
+        let mut r = CensusReport {
+            kind: "census".into(),
+            pid,
+            gc_total: total,
+            walker_total: Some(total),
+            ..Default::default()
+        };
+        r.types.insert(
+            "table".into(),
+            TypeStats {
+                count: tables.0,
+                sum: tables.1,
+                min: 32,
+                max: 64,
+                avg: 0,
+            },
+        );
+        r.cdata_types = cdata
+            .iter()
+            .map(|(n, c, s)| CdataType {
+                name: n.to_string(),
+                count: *c,
+                sum: *s,
+            })
+            .collect();
+        r.table_classes = classes
+            .iter()
+            .map(|&(le, count, sum)| SizeClass { le, count, sum })
+            .collect();
+        r.dead = CountSum { count: 1, sum: 10 };
+        r
+    }
+
+    #[test]
+    fn sums_workers_exactly() {
+        let a = rep(
+            10,
+            1000,
+            (3, 150),
+            &[("char[?]", 2, 200), ("int", 1, 12)],
+            &[(64, 3, 150)],
+        );
+        let b = rep(
+            11,
+            500,
+            (1, 64),
+            &[("char[?]", 1, 100)],
+            &[(64, 1, 64), (128, 0, 0)],
+        );
+        let t = sum_reports(1, &[a, b]);
+        assert_eq!((t.pid, t.gc_total, t.walker_total), (1, 1500, Some(1500)));
+        assert_eq!(
+            t.types["table"],
+            TypeStats {
+                count: 4,
+                sum: 214,
+                min: 32,
+                max: 64,
+                avg: 53
+            }
+        );
+        assert_eq!(
+            t.cdata_types[0],
+            CdataType {
+                name: "char[?]".into(),
+                count: 3,
+                sum: 300
+            }
+        );
+        assert_eq!(
+            t.table_classes[0],
+            SizeClass {
+                le: 64,
+                count: 4,
+                sum: 214
+            }
+        );
+        assert_eq!(t.dead, CountSum { count: 2, sum: 20 });
+    }
 }
