@@ -424,6 +424,18 @@ fn watch_says_stable_when_flat_and_counts_objects_with_census() {
         objs[0] > 100 && objs.iter().all(|&o| o == objs[0]),
         "a flat script keeps its object count: {objs:?}"
     );
+    let tables: Vec<u64> = samples
+        .iter()
+        .map(|x| {
+            x["types"]["table"]["count"]
+                .as_u64()
+                .expect("per-type counts")
+        })
+        .collect();
+    assert!(
+        tables[0] > 0 && tables.iter().all(|&t| t == tables[0]),
+        "{tables:?}"
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::capture;
 use crate::cli::{TargetArgs, WatchArgs, WatchFormat};
 use crate::compare::trend::{self, Trend};
+use crate::luajit::census::CountSum;
 use crate::luajit::{LocateOpts, Vm};
 use crate::target::ProcessMemory;
 
@@ -35,6 +36,9 @@ pub struct Sample {
     /// Objects in the census (with --census).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub objects: Option<u64>,
+    /// Per-type objects and bytes (with --census; JSON lines only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub types: Option<std::collections::BTreeMap<String, CountSum>>,
     /// Requests served so far per the status URL (with --requests-url).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
@@ -273,15 +277,24 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                 }
             };
             let (rss, anon) = proc_memory(tg.pid).unwrap_or((0, 0));
-            let objects = if a.census {
+            let (objects, types) = if a.census {
                 let ta = TargetArgs {
                     pid: tg.pid,
                     ..a.target.clone()
                 };
                 let (_, c, _) = super::census::take_census(&ta, false, 50, None)?;
-                Some(c.walk.objects)
+                let types = c.by_count().into_iter().map(|(n, s)| {
+                    (
+                        n.to_string(),
+                        CountSum {
+                            count: s.count,
+                            sum: s.sum,
+                        },
+                    )
+                });
+                (Some(c.walk.objects), Some(types.collect()))
             } else {
-                None
+                (None, None)
             };
             row.push(Sample {
                 t,
@@ -290,6 +303,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                 rss,
                 anon,
                 objects,
+                types,
                 requests,
             });
         }
@@ -299,6 +313,15 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         if multi {
             let sum = |f: fn(&Sample) -> u64| row.iter().map(f).sum::<u64>();
             let objects = a.census.then(|| row.iter().filter_map(|s| s.objects).sum());
+            let types = a.census.then(|| {
+                let mut m: std::collections::BTreeMap<String, CountSum> = Default::default();
+                for (n, cs) in row.iter().filter_map(|s| s.types.as_ref()).flatten() {
+                    let e = m.entry(n.clone()).or_default();
+                    e.count += cs.count;
+                    e.sum += cs.sum;
+                }
+                m
+            });
             row.push(Sample {
                 t,
                 pid: master,
@@ -306,6 +329,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                 rss: sum(|s| s.rss),
                 anon: sum(|s| s.anon),
                 objects,
+                types,
                 requests,
             });
         }
