@@ -494,6 +494,23 @@ fn master_runs_every_worker_while_they_keep_serving() {
         .iter()
         .all(|r| r["kind"] == "census" && r["consistency"] == "quiescent"));
 
+    // A workers snapshot diffs by its total.
+    let d = tmpdir("master");
+    let (sa, sb) = (d.join("a.json"), d.join("b.json"));
+    for s in [&sa, &sb] {
+        let o = run(&["objs", "--master", &master, "-o", s.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let o = diff(
+        &sa,
+        &sb,
+        &["--format", "json", "--fail-if", "cdata.count<+0"],
+    );
+    assert_eq!(code(&o), 0, "leaking workers do not shrink: {}", stderr(&o));
+    let j: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let snap_a: Value = serde_json::from_str(&std::fs::read_to_string(&sa).unwrap()).unwrap();
+    assert_eq!(j["census"]["total"]["a"], snap_a["total"]["gc_total"]);
+    let _ = std::fs::remove_dir_all(&d);
     let g = run_json(&["gc", "-p", &master, "--format", "json"]);
     let sum: u64 = g["workers"]
         .as_array()
