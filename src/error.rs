@@ -35,7 +35,7 @@ pub enum ExitCode {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  other failure (I/O error, inconsistent heap, bad input file)
+  1  other failure (I/O error, inconsistent heap)
   2  usage error
   3  a --fail-if gate tripped (diff)
   4  no such process
