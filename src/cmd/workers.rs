@@ -5,7 +5,6 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::luajit::census::{CdataType, SizeClass};
 use crate::report::census::{CensusReport, TypeStats};
 
 /// Whether `pid` is an nginx master process (its title says so).
@@ -120,8 +119,18 @@ pub fn sum_reports(master: i32, reports: &[CensusReport]) -> CensusReport {
             e.sum += s.sum;
             e.avg = e.sum.checked_div(e.count).unwrap_or(0);
         }
-        merge_named(&mut t.cdata_types, &r.cdata_types);
-        merge_classes(&mut t.table_classes, &r.table_classes);
+        merge(
+            &mut t.cdata_types,
+            &r.cdata_types,
+            |c| c.name.clone(),
+            |c| (&mut c.count, &mut c.sum),
+        );
+        merge(
+            &mut t.table_classes,
+            &r.table_classes,
+            |c| c.le,
+            |c| (&mut c.count, &mut c.sum),
+        );
         t.objects += r.objects;
         t.image_bytes += r.image_bytes;
         t.walk_us += r.walk_us;
@@ -133,35 +142,33 @@ pub fn sum_reports(master: i32, reports: &[CensusReport]) -> CensusReport {
         t.warnings
             .extend(r.warnings.iter().map(|w| format!("worker {}: {w}", r.pid)));
     }
+    t.cdata_types
+        .sort_by(|a, b| b.sum.cmp(&a.sum).then(a.name.cmp(&b.name)));
+    t.table_classes.sort_by_key(|c| c.le);
     t.stopped_in = None;
     t.gc_state = "-".into();
     t
 }
 
-fn merge_named(into: &mut Vec<CdataType>, from: &[CdataType]) {
+/// Add `from`'s (count, bytes) into `into`, matching entries by `key`.
+fn merge<T: Clone, K: PartialEq>(
+    into: &mut Vec<T>,
+    from: &[T],
+    key: impl Fn(&T) -> K,
+    counts: impl Fn(&mut T) -> (&mut u64, &mut u64),
+) {
     for c in from {
-        match into.iter_mut().find(|x| x.name == c.name) {
+        match into.iter_mut().find(|x| key(x) == key(c)) {
             Some(x) => {
-                x.count += c.count;
-                x.sum += c.sum;
+                let mut c = c.clone();
+                let (n, b) = counts(&mut c);
+                let (xn, xb) = counts(x);
+                *xn += *n;
+                *xb += *b;
             }
             None => into.push(c.clone()),
         }
     }
-    into.sort_by(|a, b| b.sum.cmp(&a.sum).then(a.name.cmp(&b.name)));
-}
-
-fn merge_classes(into: &mut Vec<SizeClass>, from: &[SizeClass]) {
-    for c in from {
-        match into.iter_mut().find(|x| x.le == c.le) {
-            Some(x) => {
-                x.count += c.count;
-                x.sum += c.sum;
-            }
-            None => into.push(*c),
-        }
-    }
-    into.sort_by_key(|c| c.le);
 }
 
 /// Run `one` on each worker in turn: each call pauses (at most) that worker
@@ -220,7 +227,7 @@ pub fn for_each_worker(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::luajit::census::CountSum;
+    use crate::luajit::census::{CdataType, CountSum, SizeClass};
 
     fn rep(
         pid: i32,
