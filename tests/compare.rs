@@ -288,6 +288,15 @@ fn diff_of_two_live_censuses_has_exact_deltas() {
         .map(|r| r["count"]["delta"].as_i64().unwrap())
         .max();
     assert_eq!(small, Some(2000));
+    // Census snapshots draw as type -> C type / size class.
+    let svg = d.join("census.svg");
+    let o = diff(&a, &b, &["-o", svg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("unsigned char[100]") && text.contains("table"),
+        "census frames in the SVG"
+    );
     // Gate at the live threshold.
     assert_eq!(code(&diff(&a, &b, &["--fail-if", "table.count>+2000"])), 0);
     assert_eq!(code(&diff(&a, &b, &["--fail-if", "table.count>+1999"])), 3);
