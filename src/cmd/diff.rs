@@ -73,7 +73,13 @@ pub fn diff(a: DiffArgs) -> Result<()> {
             (text, results, (xa.clone(), xb.clone()))
         }
         // check_comparable rejects mixed kinds; say so again rather than panic.
-        _ => return Err(bad_input(format!("cannot compare {fa} ({}) with {fb} ({})", ia.kind(), ib.kind()))),
+        _ => {
+            return Err(bad_input(format!(
+                "cannot compare {fa} ({}) with {fb} ({})",
+                ia.kind(),
+                ib.kind()
+            )))
+        }
     };
     let tripped: Vec<&GateResult> = results.iter().filter(|r| r.tripped).collect();
     let mut out = text;
