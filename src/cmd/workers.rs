@@ -220,7 +220,12 @@ pub fn for_each_worker(
         reports.len(),
         master
     ));
-    s.push_str(&text(&total));
+    // The total is no single process: drop the per-process `Start tracing` line.
+    let t = text(&total);
+    s.push_str(
+        t.strip_prefix("Start tracing")
+            .map_or(t.as_str(), |r| r.split_once('\n').map_or("", |x| x.1)),
+    );
     Ok(s)
 }
 
