@@ -26,16 +26,25 @@ pub enum Command {
     Threads(ThreadsArgs),
     /// Who holds the memory: leak suspects, retained sizes, retention paths and flame graph.
     Refs(RefsArgs),
+    /// Compare two snapshots (objs -o JSON, or folded stacks); gate CI on growth.
+    #[command(after_help = DIFF_HELP)]
+    Diff(DiffArgs),
+    /// Sample memory over time and say whether it grows (leak), saturates or is stable.
+    Watch(WatchArgs),
+    /// Convert a snapshot or folded-stack file to another format (pprof).
+    Convert(ConvertArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
-    /// Process ID of the nginx worker or LuaJIT process.
+    /// Process ID of the nginx worker or LuaJIT process; given an nginx master
+    /// (or with --master), every worker in turn plus a total.
     #[arg(
         short = 'p',
         long = "pid",
         visible_short_alias = 'x',
+        visible_alias = "master",
         value_name = "PID"
     )]
     pub pid: i32,
@@ -51,6 +60,17 @@ pub struct TargetArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CensusFormat {
     /// Text like stap++.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Gzipped pprof profile.proto (objs only; needs -o when stdout is a terminal).
+    Pprof,
+}
+
+/// Output format of reports that are text or JSON only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TextOrJson {
+    /// Human-readable text.
     Text,
     /// One JSON object.
     Json,
@@ -73,10 +93,10 @@ pub struct ObjsArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: CensusFormat,
-    /// Write the report to FILE instead of stdout.
+    /// Output format [default: text, or json (a snapshot for `ljleak diff`) with -o].
+    #[arg(long, value_enum)]
+    pub format: Option<CensusFormat>,
+    /// Write the report to FILE instead of stdout (atomically, mode 0600).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
     /// Walk without pausing the target, tolerating inconsistency.
@@ -151,7 +171,7 @@ pub struct RefsArgs {
     pub target: TargetArgs,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: CensusFormat,
+    pub format: TextOrJson,
     /// How many leak suspects to report.
     #[arg(long, default_value_t = 10, value_name = "K")]
     pub top: usize,
@@ -190,4 +210,121 @@ pub struct RefsArgs {
 fn parse_addr(s: &str) -> Result<u64, String> {
     let t = s.trim_start_matches("0x").trim_start_matches("0X");
     u64::from_str_radix(t, 16).map_err(|_| format!("`{s}` is not a hex address like 0x7f12345678"))
+}
+
+/// Output format of diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    /// Aligned text.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Markdown tables (for a CI comment).
+    Markdown,
+}
+
+const DIFF_HELP: &str = "\
+Gates (--fail-if, repeatable): METRIC OP VALUE, OP one of > >= < <=.
+  A signed VALUE compares the change B-A (`table.count>+1000`, `cdata.bytes>+10MB`);
+  `%` compares the change relative to A (`total>+5%`); an unsigned VALUE compares B
+  itself (`total>100MB`). Units: B, KB/MB/GB (powers of 1000), KiB/MiB/GiB (1024).
+  Census metrics: total, walker_total, objects, TYPE.count, TYPE.bytes (TYPE: string,
+  table, cdata, function, proto, upvalue, thread, trace, userdata, dead).
+  Folded metrics: total, stacks.
+  A tripped gate exits with code 3; bad input files exit with 9.";
+
+/// `ljleak diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier snapshot (census JSON from `objs -o`, or folded stacks).
+    #[arg(value_name = "A")]
+    pub a: std::path::PathBuf,
+    /// The later snapshot, of the same kind.
+    #[arg(value_name = "B")]
+    pub b: std::path::PathBuf,
+    /// Fail (exit 3) when EXPR holds, e.g. `total>+5%` (repeatable; see below).
+    #[arg(long = "fail-if", value_name = "EXPR")]
+    pub fail_if: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: DiffFormat,
+    /// Write the report to FILE; a name ending in .svg gets a differential flame graph instead (report to stdout).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Rows per list (cdata types, stacks).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub top: usize,
+    /// Compare snapshots of different LuaJIT builds anyway.
+    #[arg(long)]
+    pub allow_build_mismatch: bool,
+}
+
+/// Output format of watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WatchFormat {
+    /// A live table, then the summary.
+    Text,
+    /// CSV rows (summary on stderr).
+    Csv,
+    /// One JSON object per sample, then one `{"summary": ...}` per series.
+    Jsonl,
+}
+
+/// `ljleak watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Target (an nginx master: every worker, plus a total).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Time between samples (5s, 200ms, 1m).
+    #[arg(long, default_value = "5s", value_parser = crate::cmd::watch::parse_interval)]
+    pub interval: std::time::Duration,
+    /// Samples to take [default: until Ctrl-C].
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Also take a full census per sample (pauses the target each time).
+    #[arg(long)]
+    pub census: bool,
+    /// nginx stub_status URL (http://127.0.0.1:PORT/status) to relate growth to requests.
+    #[arg(long, value_name = "URL")]
+    pub requests_url: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: WatchFormat,
+    /// Write an SVG plot of the series and the fit to FILE.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// What the numbers of a folded-stack file are, for pprof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FoldedUnit {
+    /// Bytes (pprof `inuse_space/bytes`).
+    Bytes,
+    /// Objects (pprof `inuse_objects/count`).
+    Objects,
+}
+
+/// `ljleak convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// A census snapshot (objs -o) or a folded-stack file.
+    #[arg(value_name = "FILE")]
+    pub input: std::path::PathBuf,
+    /// Output format (only pprof for now).
+    #[arg(long, value_enum, default_value = "pprof")]
+    pub format: ConvertFormat,
+    /// What a folded file's numbers count.
+    #[arg(long, value_enum, default_value = "bytes")]
+    pub unit: FoldedUnit,
+    /// Write to FILE (required when stdout is a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+/// Output format of convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConvertFormat {
+    /// Gzipped pprof profile.proto.
+    Pprof,
 }

@@ -26,20 +26,24 @@ pub enum ExitCode {
     UnsupportedLayout = 7,
     /// The target exited while ljleak was working on it.
     TargetExited = 8,
+    /// An input file is not usable: malformed snapshot, unsupported schema
+    /// version, or two snapshots that cannot be compared (`ljleak diff`).
+    BadInput = 9,
 }
 
 /// Text for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  other failure (I/O error, inconsistent heap, bad input file)
+  1  other failure (I/O error, inconsistent heap)
   2  usage error
   3  a --fail-if gate tripped (diff)
   4  no such process
   5  permission denied (run as root or grant CAP_SYS_PTRACE / CAP_PERFMON)
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
-  8  the target exited during the run";
+  8  the target exited during the run
+  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)";
 
 /// An error that carries its own exit code. Commands wrap their failures in
 /// this (through `anyhow`) so that `main` can pick the right code from the

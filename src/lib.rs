@@ -11,6 +11,7 @@ pub mod analysis;
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod compare;
 pub mod error;
 pub mod luajit;
 pub mod report;

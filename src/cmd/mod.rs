@@ -2,8 +2,12 @@
 //! returning errors that `main` maps to exit codes.
 
 pub mod census;
+pub mod convert;
+pub mod diff;
 pub mod refs;
 pub mod threads;
+pub mod watch;
+pub mod workers;
 
 use crate::cli::{Cli, Command};
 
@@ -14,17 +18,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Objs(a) => census::objs(a),
         Command::Threads(a) => threads::run(a),
         Command::Refs(a) => refs::refs(a),
+        Command::Diff(a) => diff::diff(a),
+        Command::Watch(a) => watch::watch(a),
+        Command::Convert(a) => convert::convert(a),
     }
 }
 
 /// Write `text` to `path` atomically (temp file + rename) with mode 0600,
 /// or to stdout when `path` is None.
 pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    write_bytes(path, text.as_bytes())
+}
+
+/// [`write_output`] for binary data (pprof).
+pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let Some(path) = path else {
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())?;
+        out.write_all(text)?;
         return Ok(out.flush()?);
     };
     let dir = path
@@ -43,7 +55,7 @@ pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Resul
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

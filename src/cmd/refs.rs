@@ -11,7 +11,7 @@ use super::census::locate_opts;
 use crate::analysis::graph::{Graph, NodeId};
 use crate::analysis::retention::Retention;
 use crate::capture::{self, CaptureOpts};
-use crate::cli::{CensusFormat, RefsArgs};
+use crate::cli::{RefsArgs, TextOrJson};
 use crate::error::{Classified, ExitCode};
 use crate::luajit::census::type_index;
 use crate::luajit::refs::Refs;
@@ -120,8 +120,8 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         warnings,
     };
     let text = match a.format {
-        CensusFormat::Text => refs_text(&r),
-        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+        TextOrJson::Text => refs_text(&r),
+        TextOrJson::Json => serde_json::to_string_pretty(&r)? + "\n",
     };
     super::write_output(None, &text)
 }
