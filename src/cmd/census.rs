@@ -190,7 +190,12 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
     }
     let (cap, c, walk) = take_census(&a.target, a.nonblocking, a.attempts, hold)?;
     if let Some(p) = &a.save_image {
-        cap.image.save(p)?;
+        cap.image.save(p).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write heap image {}: {e} (choose a new file in a writable folder)",
+                p.display()
+            )
+        })?;
     }
     let r = census_report(&cap, &c, walk);
     let text = match format {

@@ -49,10 +49,11 @@ pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Resul
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
+        // create_new: never follow a link planted at the temp name.
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(text)?;

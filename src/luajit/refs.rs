@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 
 use super::vm::{gct, Vm, TVALUE};
-use crate::target::{MemError, Memory, ReadExt};
+use crate::target::{for_each_elem, MemError, Memory, ReadExt};
 
 /// Where a reference was found. Indexes are element numbers, not bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,16 +323,11 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         }
         let nsz = fl.n_size.off;
         let (ko, vo) = (fl.n_key.off as usize, fl.n_val.off as usize);
-        let total = (hmask + 1) * nsz;
-        let bytes = match m.borrow(node, total as usize) {
-            Some(b) => std::borrow::Cow::Borrowed(b),
-            None => std::borrow::Cow::Owned(m.vec(node, total as usize)?),
-        };
         let (wk, wv) = (mode & weak::KEY != 0, mode & weak::VAL != 0);
-        for (i, n) in bytes.chunks_exact(nsz as usize).enumerate() {
+        for_each_elem(m, node, hmask + 1, nsz as usize, |i, n| {
             let val = decode_tv(le64(&n[vo..]), self.gc64);
             if val == Tv::Nil {
-                continue;
+                return;
             }
             if let Tv::Gc(t, p) = decode_tv(le64(&n[ko..]), self.gc64) {
                 if keep(wk, t) {
@@ -344,7 +339,7 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
                     f(Label::HashVal(i as u32), p);
                 }
             }
-        }
+        })?;
         Ok(())
     }
 
@@ -357,18 +352,11 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         label: fn(u32) -> Label,
         f: &mut impl FnMut(Label, u8, u64),
     ) -> Result<(), MemError> {
-        let m = self.vm.m;
-        let len = (n * TVALUE) as usize;
-        let bytes = match m.borrow(at, len) {
-            Some(b) => std::borrow::Cow::Borrowed(b),
-            None => std::borrow::Cow::Owned(m.vec(at, len)?),
-        };
-        for (i, c) in bytes.chunks_exact(TVALUE as usize).enumerate() {
+        for_each_elem(self.vm.m, at, n, TVALUE as usize, |i, c| {
             if let Tv::Gc(t, p) = decode_tv(le64(c), self.gc64) {
                 f(label(first + i as u32), t, p);
             }
-        }
-        Ok(())
+        })
     }
 
     fn func(&self, o: u64, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
@@ -481,15 +469,10 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
                 self.frames(o, stack, top, f)?;
             }
         }
-        self.emit_ref(o + fl.l_env.off, Label::Env, f)?;
-        let mut uv = self.vm.gcref(o + fl.l_openupval.off)?;
-        let mut n = 0;
-        while uv != 0 && n < MAX_CHAIN {
-            f(Label::OpenUpvalue, uv);
-            uv = self.vm.next(uv)?;
-            n += 1;
-        }
-        Ok(())
+        // No edges to the open upvalues: lj_gc.c gc_traverse_thread does not
+        // mark openupval; closures keep them alive, and the thread's sweep
+        // frees the ones no closure holds.
+        self.emit_ref(o + fl.l_env.off, Label::Env, f)
     }
 
     /// Non-GC64 frames keep their function in the low word of the frame

@@ -149,7 +149,15 @@ impl HeapImage {
     /// Write the image to `path` (format: magic, count, then per segment
     /// start, length and bytes, all little-endian).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        use std::os::unix::fs::OpenOptionsExt;
+        // The heap holds secrets (keys, tokens, request bodies): owner-only,
+        // and never through a link someone planted at the path.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut f = std::io::BufWriter::new(file);
         f.write_all(b"LJLKIMG1")?;
         f.write_all(&(self.segs.len() as u64).to_le_bytes())?;
         for s in &self.segs {
