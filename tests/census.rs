@@ -374,8 +374,11 @@ fn sigkill_while_paused_leaves_worker_running() {
     // SIGKILL is the hard case (no handler runs); SIGTERM and SIGINT end the
     // process by their default action and must leave the worker running too.
     for (round, sig) in [9, 9, 9, 9, 15, 15, 2, 2].into_iter().enumerate() {
+        let err =
+            std::env::temp_dir().join(format!("ljleak-sigkill-{}-{round}.err", std::process::id()));
         let mut child = std::process::Command::new(ljleak())
             .args([
+                "-v",
                 "objs",
                 "-p",
                 &w.to_string(),
@@ -383,18 +386,25 @@ fn sigkill_while_paused_leaves_worker_running() {
                 "10000",
             ])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
         // Wait until the worker is held in a ptrace stop.
         let t = std::time::Instant::now();
         while proc_state(w) != Some('t') {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "round {round}: ljleak ended ({st}) before pausing: {}",
+                    std::fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
             assert!(
-                t.elapsed().as_secs() < 10,
+                t.elapsed().as_secs() < 30,
                 "round {round}: worker never paused"
             );
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        std::fs::remove_file(&err).ok();
         unsafe_kill(child.id() as i32, sig);
         child.wait().unwrap();
         let t = std::time::Instant::now();
