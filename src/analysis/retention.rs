@@ -67,10 +67,7 @@ impl Retention {
     /// Preorder number of node `v`, None when unreachable.
     #[inline]
     pub fn pre(&self, v: NodeId) -> Option<usize> {
-        match self.dom.pre.get(v as usize) {
-            Some(&k) if k != NONE => Some(k as usize),
-            _ => None,
-        }
+        self.dom.pre_of(v)
     }
 
     /// Retained bytes of node `v` (None when unreachable).
