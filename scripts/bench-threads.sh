@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark `ljleak threads` on a luajit2 process holding N + M suspended
 # coroutines (testdata/lua/threads.lua). Prints the pause, the analysis time
-# after the copy, the wall time and the peak memory of ljleak.
+# after the copy (threads, then the
+# object graph and dominators for retained sizes), the wall time and the peak memory of ljleak.
 #
 # Usage: scripts/bench-threads.sh [N] [M]   (default 100000 20000)
 # Needs: root (ptrace), /usr/bin/luajit, GNU time (/usr/bin/time), a release build.
@@ -28,5 +29,6 @@ LOG=$(mktemp)
 echo "threads: $(grep -o '"total": [0-9]*' "$LOG.json")  (N=$N M=$M + main)"
 echo "pause:   $(grep -o '"pause_us": [0-9]*' "$LOG.json") us"
 grep -o 'threads analysed in .*' "$LOG" | sed 's/^/analysis: /'
+grep -o 'retained sizes: .*' "$LOG" | sed 's/^/         /'
 grep 'wall' "$LOG"
 rm -f "$LOG" "$LOG.json"

@@ -1,6 +1,6 @@
 //! `ljleak threads` on live processes: a luajit2 script with coroutines
-//! parked at two known lines, and an nginx worker with requests parked in
-//! `ngx.sleep`.
+//! parked at two known lines, one whose coroutines retain known bytes, and
+//! an nginx worker with requests parked in `ngx.sleep`.
 
 mod common;
 
@@ -105,7 +105,9 @@ fn threads_luajit_groups_by_line() {
         "{text}"
     );
     assert!(
-        first.contains("threads.lua:12 (inner) ← ") && first.ends_with("threads.lua:21"),
+        first.contains("threads.lua:12 (inner) ← ")
+            && first.contains("threads.lua:21 (retained ")
+            && first.ends_with(" KiB)"),
         "{first}"
     );
 
@@ -128,14 +130,16 @@ fn threads_luajit_groups_by_line() {
         .stdout,
     )
     .into_owned();
-    let bytes: u64 = by_bytes
-        .lines()
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert_eq!(bytes, r["stack_bytes"].as_u64().unwrap());
+    let bytes = folded_sum(&by_bytes);
+    let retained: u64 = groups.iter().map(|g| g["retained"].as_u64().unwrap()).sum();
+    assert_eq!(bytes, retained);
     assert!(
-        bytes > (n + m) as u64 * 8 * 40,
-        "each stack is at least LJ_STACK_START slots: {bytes}"
+        bytes > r["stack_bytes"].as_u64().unwrap(),
+        "the main thread retains the others: {bytes}"
+    );
+    assert!(
+        r["stack_bytes"].as_u64().unwrap() > (n + m) as u64 * 8 * 40,
+        "each stack is at least LJ_STACK_START slots"
     );
 
     // Flame graph.
@@ -152,6 +156,121 @@ fn threads_luajit_groups_by_line() {
         body.contains("<svg") && body.contains("coroutine.yield"),
         "not a flame graph"
     );
+    drop(p);
+}
+
+/// Sum of the weights of folded lines.
+fn folded_sum(folded: &str) -> u64 {
+    folded
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn threads_retained_bytes_are_exact() {
+    let Some(lj) = luajit() else {
+        require("/usr/bin/luajit (luajit2)", false);
+        return;
+    };
+    // N holders of a table of K cdata of SIZE bytes each, M idle threads.
+    let (n, m, k, size) = (6u64, 4u64, 100u64, 200u64);
+    let args = [n, m, k, size].map(|x| x.to_string());
+    let mut p = LuaProc::spawn(
+        &lj,
+        &testdata("lua/threads_retained.lua"),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(p.ready(), "retained");
+    let pid = p.pid.to_string();
+    // The census measures the cdata independently: one type with N × K
+    // objects, header + payload each.
+    let census = common::census(p.pid);
+    assert_eq!(
+        census["luajit"]["gc64"], true,
+        "luajit2 is a GC64 build: the table size below assumes it"
+    );
+    let cdata: Vec<&Value> = census["cdata_types"]
+        .as_array()
+        .expect("cdata_types")
+        .iter()
+        .filter(|t| t["count"] == n * k)
+        .collect();
+    assert_eq!(cdata.len(), 1, "{}", census["cdata_types"]);
+    let cdata_size = cdata[0]["sum"].as_u64().unwrap() / (n * k);
+    assert_eq!(cdata_size, 16 + size, "GCcdata header + payload");
+    // table.new(K, 0): a GCtab (64 bytes) and an array part of K + 1 slots.
+    let table = 64 + 8 * (k + 1);
+
+    let r = run_json(&["threads", "-p", &pid, "--format", "json"]);
+    let groups = r["groups"].as_array().expect("groups");
+    assert_eq!(groups.len(), 3, "{r}");
+    let (holders, idle) = (&groups[0], &groups[1]);
+    assert_eq!(holders["count"], n);
+    assert_eq!(frames(holders)[1].2, 19, "{holders}");
+    assert_eq!(idle["count"], m);
+    assert_eq!(frames(idle)[1].2, 24, "{idle}");
+    // Same code, same stack size: each thread's own bytes are its share.
+    let own = |g: &Value, c: u64| {
+        let b = g["stack_bytes"].as_u64().unwrap();
+        assert_eq!(b % c, 0, "equal stacks in {g}");
+        b / c
+    };
+    let per_holder = own(holders, n) + table + k * cdata_size;
+    assert_eq!(
+        holders["thread_retained"],
+        serde_json::json!(vec![per_holder; n as usize]),
+        "own size + table + K cdata: {holders}"
+    );
+    assert_eq!(holders["retained"], n * per_holder, "{holders}");
+    assert!(holders["retained"].as_u64().unwrap() >= n * k * cdata_size);
+    let per_idle = own(idle, m);
+    assert_eq!(
+        idle["thread_retained"],
+        serde_json::json!(vec![per_idle; m as usize])
+    );
+    assert_eq!(
+        idle["retained"], idle["stack_bytes"],
+        "idle threads hold nothing"
+    );
+    // The main thread holds the list of coroutines in a local, so it
+    // retains them all; the report's total counts each byte once.
+    let main = &groups[2];
+    assert_eq!(main["main"], true);
+    let main_ret = main["retained"].as_u64().unwrap();
+    assert!(
+        main_ret > n * per_holder + m * per_idle + own(main, 1),
+        "{main}"
+    );
+    assert_eq!(r["retained"], main_ret, "{r}");
+
+    // Folded by bytes: one line per group weighing its retained bytes.
+    let folded = String::from_utf8_lossy(
+        &run(&[
+            "threads", "-p", &pid, "--format", "folded", "--weight", "bytes",
+        ])
+        .stdout,
+    )
+    .into_owned();
+    let line = folded
+        .lines()
+        .find(|l| l.contains("threads_retained.lua:19;"))
+        .unwrap_or_else(|| panic!("no holders line in {folded}"));
+    assert!(line.ends_with(&format!(" {}", n * per_holder)), "{line}");
+    let sum: u64 = groups.iter().map(|g| g["retained"].as_u64().unwrap()).sum();
+    assert_eq!(folded_sum(&folded), sum, "{folded}");
+    // Text: retained bytes on each group line.
+    let out = run(&["threads", "-p", &pid]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().find(|l| l.contains(" @ ")).expect("group");
+    let kib = n * per_holder / 1024;
+    assert!(
+        first.starts_with(&format!("{n} @ ")) && first.contains(&format!("(retained {kib}.")),
+        "{text}"
+    );
+    // --no-retained leaves the field out.
+    let r = run_json(&["threads", "-p", &pid, "--format", "json", "--no-retained"]);
+    assert!(r["groups"][0].get("retained").is_none(), "{r}");
     drop(p);
 }
 

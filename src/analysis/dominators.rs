@@ -22,6 +22,17 @@ pub struct DomTree {
     pub idom: Vec<u32>,
 }
 
+impl DomTree {
+    /// Preorder number of node `v`, None when unreachable.
+    #[inline]
+    pub fn pre_of(&self, v: u32) -> Option<usize> {
+        match self.pre.get(v as usize) {
+            Some(&k) if k != NONE => Some(k as usize),
+            _ => None,
+        }
+    }
+}
+
 /// Dominators of the graph with `n` nodes whose successors `succ` gives,
 /// from `start`.
 pub fn dominators<'a>(n: usize, start: u32, succ: impl Fn(u32) -> &'a [u32]) -> DomTree {

@@ -6,4 +6,5 @@
 
 pub mod dominators;
 pub mod graph;
+pub mod retained;
 pub mod retention;

@@ -9,8 +9,9 @@
 //! chains of single holders (`registry → _LOADED → mymod → function`) are
 //! the path to the suspect, not suspects themselves.
 
-use super::dominators::{dominators, DomTree, NONE};
+use super::dominators::{DomTree, NONE};
 use super::graph::{Graph, NodeId};
+use super::retained::Retained;
 use crate::luajit::refs::Refs;
 use crate::luajit::vm::gct;
 use crate::target::Memory;
@@ -39,20 +40,12 @@ pub struct Retention {
 impl Retention {
     /// Compute everything for `g`.
     pub fn compute(g: &Graph) -> Retention {
-        let n = g.len() + 1;
         let sr = g.super_root();
-        let dom = dominators(n, sr, |v| g.succ(v));
+        let Retained { dom, retained } = Retained::compute(g);
         let m = dom.order.len();
-        let mut retained: Vec<u64> = dom
-            .order
-            .iter()
-            .map(|&v| g.size.get(v as usize).copied().unwrap_or(0))
-            .collect();
         let mut count: Vec<u64> = dom.order.iter().map(|&v| u64::from(v != sr)).collect();
         for k in (1..m).rev() {
-            let p = dom.idom[k] as usize;
-            retained[p] += retained[k];
-            count[p] += count[k];
+            count[dom.idom[k] as usize] += count[k];
         }
         let mut accumulated = retained.clone();
         for k in 1..m {
@@ -74,10 +67,7 @@ impl Retention {
     /// Preorder number of node `v`, None when unreachable.
     #[inline]
     pub fn pre(&self, v: NodeId) -> Option<usize> {
-        match self.dom.pre.get(v as usize) {
-            Some(&k) if k != NONE => Some(k as usize),
-            _ => None,
-        }
+        self.dom.pre_of(v)
     }
 
     /// Retained bytes of node `v` (None when unreachable).

@@ -76,7 +76,7 @@ pub struct RefsReport {
 }
 
 /// Bytes with a binary unit, for text.
-fn human(b: u64) -> String {
+pub(crate) fn human(b: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut i = 0;
