@@ -7,7 +7,6 @@ use anyhow::Result;
 use crate::capture::{self, CaptureOpts};
 use crate::cli::{CensusFormat, GcArgs, ObjsArgs, TargetArgs};
 use crate::luajit::layout::gc_state_name;
-use crate::luajit::walk::Limits;
 use crate::luajit::{census, LocateOpts, Vm};
 use crate::report::census::{census_report, census_text, gc_text, luajit_info, CensusReport};
 use crate::target::ProcessMemory;
@@ -130,16 +129,8 @@ pub fn take_census(
     );
     let t0 = Instant::now();
     let cpu0 = thread_cpu();
-    let vm = Vm::new(
-        &cap.image,
-        &cap.vm.layout,
-        cap.vm.roots.g,
-        cap.vm.roots.main,
-    );
-    // No list can hold more objects than the copy has room for.
-    let lim = Limits {
-        max_objects: cap.image.total_bytes() / 16 + 16,
-    };
+    let vm = cap.heap_vm();
+    let lim = cap.walk_limits();
     let c = census::take(&vm, lim);
     let walk = WalkTime {
         wall_us: t0.elapsed().as_micros() as u64,

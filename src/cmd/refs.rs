@@ -16,8 +16,6 @@ use crate::error::{Classified, ExitCode};
 use crate::luajit::census::type_index;
 use crate::luajit::refs::Refs;
 use crate::luajit::vm::{type_name, TYPE_NAMES};
-use crate::luajit::walk::Limits;
-use crate::luajit::Vm;
 use crate::report::census::luajit_info;
 use crate::report::refs::{refs_text, HeldObject, RefsReport};
 use crate::target::Memory;
@@ -50,15 +48,8 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         cap.image.total_bytes()
     );
     let t0 = Instant::now();
-    let vm = Vm::new(
-        &cap.image,
-        &cap.vm.layout,
-        cap.vm.roots.g,
-        cap.vm.roots.main,
-    );
-    let lim = Limits {
-        max_objects: cap.image.total_bytes() / 16 + 16,
-    };
+    let vm = cap.heap_vm();
+    let lim = cap.walk_limits();
     let graph = Graph::build(&vm, lim);
     let t_graph = t0.elapsed();
     let ret = Retention::compute(&graph);
