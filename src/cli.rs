@@ -56,6 +56,26 @@ pub struct TargetArgs {
     pub layout: Option<String>,
 }
 
+/// Options of every command that copies the heap.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
+    /// Walk without pausing the target, tolerating inconsistency.
+    #[arg(long)]
+    pub nonblocking: bool,
+    /// Pause attempts to find the VM thread blocked in a syscall.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub attempts: u32,
+}
+
+impl Default for CaptureArgs {
+    fn default() -> Self {
+        CaptureArgs {
+            nonblocking: false,
+            attempts: 50,
+        }
+    }
+}
+
 /// Output format of gc and objs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CensusFormat {
@@ -99,15 +119,12 @@ pub struct ObjsArgs {
     /// Write the report to FILE instead of stdout (atomically, mode 0600).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
-    /// Walk without pausing the target, tolerating inconsistency.
-    #[arg(long)]
-    pub nonblocking: bool,
+    /// How the heap is copied.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
     /// How many cdata C types to list in text output.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top_cdata: usize,
-    /// Pause attempts to find the VM thread blocked in a syscall.
-    #[arg(long, default_value_t = 50, value_name = "N")]
-    pub attempts: u32,
     /// Save the copied heap image to FILE (for offline analysis and bug reports).
     #[arg(long, value_name = "FILE", hide = true)]
     pub save_image: Option<std::path::PathBuf>,
@@ -160,12 +177,9 @@ pub struct ThreadsArgs {
     /// Most Lua frames shown per thread.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_depth: usize,
-    /// Walk without pausing the target, tolerating inconsistency.
-    #[arg(long)]
-    pub nonblocking: bool,
-    /// Pause attempts to find the VM thread blocked in a syscall.
-    #[arg(long, default_value_t = 50, value_name = "N")]
-    pub attempts: u32,
+    /// How the heap is copied.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 }
 
 /// `ljleak refs`.
@@ -201,12 +215,9 @@ pub struct RefsArgs {
     /// Smallest retained size drawn as its own flame graph frame (default: 1/2000 of the reachable heap).
     #[arg(long, value_name = "BYTES")]
     pub min_frame: Option<u64>,
-    /// Walk without pausing the target, tolerating inconsistency.
-    #[arg(long)]
-    pub nonblocking: bool,
-    /// Pause attempts to find the VM thread blocked in a syscall.
-    #[arg(long, default_value_t = 50, value_name = "N")]
-    pub attempts: u32,
+    /// How the heap is copied.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
     /// Test hook: write the strong object graph (nodes, edges, roots) as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     pub dump_graph: Option<std::path::PathBuf>,

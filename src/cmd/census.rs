@@ -4,19 +4,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use crate::capture::{self, CaptureOpts};
-use crate::cli::{CensusFormat, GcArgs, ObjsArgs, TargetArgs};
+use crate::capture;
+use crate::cli::{CaptureArgs, CensusFormat, GcArgs, ObjsArgs, TargetArgs};
 use crate::luajit::layout::gc_state_name;
-use crate::luajit::{census, LocateOpts, Vm};
+use crate::luajit::{census, Vm};
 use crate::report::census::{census_report, census_text, gc_text, luajit_info, CensusReport};
 use crate::target::ProcessMemory;
-
-pub(crate) fn locate_opts(t: &TargetArgs) -> LocateOpts {
-    LocateOpts {
-        lua_state: t.lua_state,
-        layout: t.layout.clone(),
-    }
-}
 
 /// `ljleak gc`: one read of `g->gc.total`, no pause needed. Given an nginx
 /// master, every worker in turn plus the total.
@@ -48,7 +41,7 @@ pub fn gc(a: GcArgs) -> Result<()> {
 /// The `gc` report of one process.
 pub fn gc_report(t: &TargetArgs) -> Result<CensusReport> {
     let pid = t.pid;
-    let (exe, _maps, vm) = capture::locate(pid, &locate_opts(t))?;
+    let (exe, _maps, vm) = capture::locate(pid, &super::locate_opts(t))?;
     log::info!("VM found by {}", vm.method.name());
     let mem = ProcessMemory::new(pid);
     let v = Vm::new(&mem, &vm.layout, vm.roots.g, vm.roots.main);
@@ -104,17 +97,10 @@ fn thread_cpu() -> Duration {
 /// Take a census of `pid` (shared by objs and later commands).
 pub fn take_census(
     t: &TargetArgs,
-    nonblocking: bool,
-    attempts: u32,
+    c: &CaptureArgs,
     hold: Option<Duration>,
 ) -> Result<(capture::Capture, census::Census, WalkTime)> {
-    let opts = CaptureOpts {
-        locate: locate_opts(t),
-        nonblocking,
-        attempts,
-        hold_pause: hold,
-    };
-    let cap = capture::capture(t.pid, &opts)?;
+    let cap = capture::capture(t.pid, &super::capture_opts(t, c, hold))?;
     for n in &cap.vm.notes {
         log::info!("{n}");
     }
@@ -160,7 +146,7 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
                 pid,
                 ..a.target.clone()
             };
-            let (cap, c, walk) = take_census(&t, a.nonblocking, a.attempts, hold)?;
+            let (cap, c, walk) = take_census(&t, &a.capture, hold)?;
             Ok(census_report(&cap, &c, walk))
         };
         if format == CensusFormat::Pprof {
@@ -179,7 +165,7 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
         )?;
         return super::write_output(a.output.as_deref(), &text);
     }
-    let (cap, c, walk) = take_census(&a.target, a.nonblocking, a.attempts, hold)?;
+    let (cap, c, walk) = take_census(&a.target, &a.capture, hold)?;
     if let Some(p) = &a.save_image {
         cap.image.save(p).map_err(|e| {
             anyhow::anyhow!(

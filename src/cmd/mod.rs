@@ -24,6 +24,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// VM location options from the command line.
+pub(crate) fn locate_opts(t: &crate::cli::TargetArgs) -> crate::luajit::LocateOpts {
+    crate::luajit::LocateOpts {
+        lua_state: t.lua_state,
+        layout: t.layout.clone(),
+    }
+}
+
+/// Capture options from the command line.
+pub(crate) fn capture_opts(
+    t: &crate::cli::TargetArgs,
+    c: &crate::cli::CaptureArgs,
+    hold_pause: Option<std::time::Duration>,
+) -> crate::capture::CaptureOpts {
+    crate::capture::CaptureOpts {
+        locate: locate_opts(t),
+        nonblocking: c.nonblocking,
+        attempts: c.attempts,
+        hold_pause,
+    }
+}
+
 /// Write `text` to `path` atomically (temp file + rename) with mode 0600,
 /// or to stdout when `path` is None.
 pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {

@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::census::locate_opts;
 use crate::analysis::graph::{Graph, NodeId};
 use crate::analysis::retention::Retention;
-use crate::capture::{self, CaptureOpts};
+use crate::capture;
 use crate::cli::{RefsArgs, TextOrJson};
 use crate::error::{Classified, ExitCode};
 use crate::luajit::census::type_index;
@@ -34,12 +33,7 @@ pub fn refs(a: RefsArgs) -> Result<()> {
                 + crate::luajit::vm::gct::STR,
         ),
     };
-    let opts = CaptureOpts {
-        locate: locate_opts(&a.target),
-        nonblocking: a.nonblocking,
-        attempts: a.attempts,
-        hold_pause: None,
-    };
+    let opts = super::capture_opts(&a.target, &a.capture, None);
     let cap = capture::capture(a.target.pid, &opts)?;
     log::info!(
         "layout {}; paused {} us; copied {} bytes",

@@ -8,25 +8,16 @@ use anyhow::Result;
 
 use crate::analysis::graph::Graph;
 use crate::analysis::retained::Retained;
-use crate::capture::{self, CaptureOpts};
+use crate::capture;
 use crate::cli::{ThreadsArgs, ThreadsFormat, ThreadsWeight};
 use crate::luajit::threads::{threads, Threads};
 use crate::luajit::walk::Limits;
-use crate::luajit::LocateOpts;
 use crate::report::threads::{self as rep, Weight};
 use crate::target::Memory;
 
 /// Run `ljleak threads`.
 pub fn run(a: ThreadsArgs) -> Result<()> {
-    let opts = CaptureOpts {
-        locate: LocateOpts {
-            lua_state: a.target.lua_state,
-            layout: a.target.layout.clone(),
-        },
-        nonblocking: a.nonblocking,
-        attempts: a.attempts,
-        hold_pause: None,
-    };
+    let opts = super::capture_opts(&a.target, &a.capture, None);
     let cap = capture::capture(a.target.pid, &opts)?;
     let t0 = Instant::now();
     let vm = cap.heap_vm();
