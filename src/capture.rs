@@ -162,9 +162,15 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
         if let Some(h) = opts.hold_pause {
             std::thread::sleep(h);
         }
+        let t_maps = pause.elapsed();
         let maps = Maps::read(pid)?;
+        let t_copy = pause.elapsed();
         let image = HeapImage::capture(pid, &maps, prep.take().expect("prepared once"));
+        let t_done = pause.elapsed();
         let held = pause.resume();
+        log::debug!(
+            "pause: stopped after {t_maps:?}, maps read after {t_copy:?}, copied after {t_done:?}, resumed after {held:?}"
+        );
         let image = match image {
             Ok(i) => i,
             Err(_) if !target::process_alive(pid) => return Err(TargetError::Exited(pid).into()),
