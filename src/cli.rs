@@ -22,6 +22,9 @@ pub enum Command {
     Gc(GcArgs),
     /// Census of GC objects by type (like stap++ lj-gc-objs), exact to the byte.
     Objs(ObjsArgs),
+    /// Trace allocations for a while and report what is still outstanding,
+    /// by stack (C and Lua), as folded stacks, stap text, SVG or JSON.
+    Leaks(LeaksArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -85,6 +88,68 @@ pub struct ObjsArgs {
     /// Test hook: hold the target paused this many milliseconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub debug_hold_pause_ms: Option<u64>,
+}
+
+/// Output format of `leaks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeakFormat {
+    /// Flame graph (inferno).
+    Svg,
+    /// Folded stacks, root first: `a;b;c BYTES`.
+    Folded,
+    /// SystemTap-style backtraces (for stackcollapse-stap.pl).
+    Stap,
+    /// Summary and top sites.
+    Json,
+}
+
+/// Which allocators `leaks` traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeakSource {
+    /// libc malloc, calloc, realloc, free, posix_memalign...
+    Malloc,
+    /// LuaJIT's own allocator (g->allocf).
+    Luajit,
+    /// Both.
+    All,
+}
+
+/// `ljleak leaks`.
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Seconds to trace (Ctrl-C stops early and still reports).
+    #[arg(short, long, default_value_t = 10.0, value_name = "SECS")]
+    pub time: f64,
+    /// Write the report to FILE (format from --format, else from the extension).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Also write folded stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
+    /// Output format (default: from -o's extension, else folded).
+    #[arg(long, value_enum)]
+    pub format: Option<LeakFormat>,
+    /// Only count allocations at least this old at the end of the window.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub min_age: f64,
+    /// Which allocators to trace.
+    #[arg(long, value_enum, default_value = "all")]
+    pub source: LeakSource,
+    /// Bytes of user stack copied with each allocation (deeper stacks are truncated).
+    #[arg(long, default_value_t = 8192, value_name = "BYTES")]
+    pub stack_bytes: u32,
+    /// Ring buffer pages per thread (a power of two).
+    #[arg(long, default_value_t = 1024, value_name = "PAGES")]
+    pub ring_pages: usize,
+    /// Sites listed in JSON output.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub top: usize,
+    /// Test hook: where to look for the uprobe PMU.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub uprobe_pmu_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

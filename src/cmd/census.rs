@@ -12,7 +12,7 @@ use crate::luajit::{census, LocateOpts, Vm};
 use crate::report::census::{census_report, census_text, gc_text, luajit_info, CensusReport};
 use crate::target::ProcessMemory;
 
-fn locate_opts(t: &TargetArgs) -> LocateOpts {
+pub(crate) fn locate_opts(t: &TargetArgs) -> LocateOpts {
     LocateOpts {
         lua_state: t.lua_state,
         layout: t.layout.clone(),

@@ -2,6 +2,7 @@
 //! returning errors that `main` maps to exit codes.
 
 pub mod census;
+pub mod leaks;
 
 use crate::cli::{Cli, Command};
 
@@ -10,6 +11,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
+        Command::Leaks(a) => leaks::leaks(a),
     }
 }
 

@@ -3,3 +3,4 @@
 //! rendering compatible with the stap++ tool it replaces.
 
 pub mod census;
+pub mod leaks;

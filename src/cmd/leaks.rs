@@ -1,0 +1,301 @@
+//! `ljleak leaks`: open the probes, trace for the window, account live
+//! allocations, unwind and symbolize the outstanding ones, write the report.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cli::{LeakFormat, LeakSource, LeaksArgs};
+use crate::error::{Classified, ExitCode};
+use crate::leaks::stacks::StackTable;
+use crate::leaks::{Args, Origin, Tracker};
+use crate::report::leaks::{self as out, LeakReport, LeakSite, LeakSummary, SiteFrame};
+use crate::target::{self, Maps, ProcessMemory, ReadExt};
+use crate::trace::pmu::UprobePmu;
+use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
+use crate::trace::record::Sample;
+use crate::trace::session::Session;
+use crate::unwind::symbols::Symbolizer;
+use crate::unwind::{End, Unwinder};
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Classified::new(ExitCode::Usage, msg).into()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The probe set for `--source`.
+fn probe_set(a: &LeaksArgs, maps: &Maps) -> Result<Vec<ProbeSpec>> {
+    let pid = a.target.pid;
+    let opts = ProbeOpts {
+        stack_bytes: a.stack_bytes,
+    };
+    let mut specs = Vec::new();
+    if a.source != LeakSource::Luajit {
+        specs.extend(probes::libc_probes(pid, maps, opts)?);
+    }
+    if a.source != LeakSource::Malloc {
+        let found = crate::capture::locate(pid, &super::census::locate_opts(&a.target));
+        match found {
+            Ok((_, maps, vm)) => {
+                let mem = ProcessMemory::new(pid);
+                let allocf = vm
+                    .layout
+                    .f
+                    .g_allocf
+                    .get(&mem, vm.roots.g)
+                    .map_err(|e| anyhow::anyhow!("reading g->allocf: {e}"))?;
+                specs.extend(probes::luajit_probes(pid, &maps, allocf, opts)?);
+            }
+            Err(e) if a.source == LeakSource::All => {
+                log::warn!("not tracing LuaJIT's allocator: {e:#}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for s in &specs {
+        log::info!(
+            "probe {}{} at {}+{:#x} (entry {:#x}: {}; probed {}{})",
+            s.func.name(),
+            if s.retprobe() { " return" } else { "" },
+            s.target_path,
+            s.attr.offset,
+            s.entry_offset,
+            s.site.entry_insn,
+            s.site.probed_insn,
+            if s.site.emulated { ", emulated" } else { ", single-stepped" }
+        );
+    }
+    Ok(specs)
+}
+
+/// Event processing state for the window.
+struct Window {
+    pid: i32,
+    tracker: Tracker,
+    stacks: StackTable,
+    unwinder: Unwinder,
+    frames: Vec<u64>,
+    truncated: u64,
+    samples: u64,
+    mem: ProcessMemory,
+}
+
+impl Window {
+    fn on_sample(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {
+        self.samples += 1;
+        let r = &s.regs;
+        if spec.retprobe() {
+            let (sp, stack, mem) = (r.sp, s.stack, &self.mem);
+            self.tracker.on_return(s.tid, spec.func, r.ax, |memptr| {
+                // From the stack copy taken with the return (synchronous),
+                // else from live memory.
+                let off = memptr.checked_sub(sp)? as usize;
+                match stack.get(off..off + 8) {
+                    Some(b) => Some(u64::from_le_bytes(b.try_into().ok()?)),
+                    None => mem.u64(memptr).ok(),
+                }
+            });
+            return;
+        }
+        if spec.func == Func::Free {
+            self.tracker.on_free(s.tid, r.sp, r.di);
+            return;
+        }
+        let args = Args {
+            a0: r.di,
+            a1: r.si,
+            a2: r.dx,
+            a3: r.cx,
+        };
+        let stack = if self.tracker.is_nested(s.tid, r.sp) {
+            0
+        } else {
+            if self.unwinder.unwind(r, s.stack, &mut self.frames) == End::Truncated {
+                self.truncated += 1;
+            }
+            self.stacks.intern(&self.frames)
+        };
+        self.tracker.on_entry(s.tid, spec.func, r.sp, args, stack, s.time);
+    }
+}
+
+/// `ljleak leaks`.
+pub fn leaks(a: LeaksArgs) -> Result<()> {
+    if !(a.time > 0.0 && a.time.is_finite()) {
+        return Err(usage(format!("--time must be a positive number of seconds (got {})", a.time)));
+    }
+    if a.min_age < 0.0 || !a.min_age.is_finite() {
+        return Err(usage("--min-age must be zero or more seconds"));
+    }
+    let pid = a.target.pid;
+    target::check_process(pid)?;
+    let pmu_dir = a.uprobe_pmu_dir.clone().unwrap_or_else(UprobePmu::default_dir);
+    let pmu = UprobePmu::read(&pmu_dir)?;
+    let maps = Maps::read(pid)?;
+    let specs = probe_set(&a, &maps)?;
+    let unwinder = Unwinder::new(pid, &maps);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // Only fails when a handler is already set (a second run in one process).
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+
+    let mut session = Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
+    let started = Instant::now();
+    let window = Duration::from_secs_f64(a.time);
+    let bar = progress_bar(a.time);
+    let mut w = Window {
+        pid,
+        tracker: Tracker::new(),
+        stacks: StackTable::new(),
+        unwinder,
+        frames: Vec::with_capacity(64),
+        truncated: 0,
+        samples: 0,
+        mem: ProcessMemory::new(pid),
+    };
+    let specs_copy = session.specs().to_vec();
+    let mut last_threads = Instant::now();
+    let mut exited = false;
+    while started.elapsed() < window && !stop.load(Ordering::SeqCst) {
+        session.wait(Duration::from_millis(50));
+        session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+        if last_threads.elapsed() > Duration::from_millis(200) {
+            last_threads = Instant::now();
+            if !target::process_exists(pid) {
+                exited = true;
+                break;
+            }
+            session.refresh_threads()?;
+        }
+        bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
+    }
+    session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+    let end = monotonic_ns();
+    let elapsed = started.elapsed();
+    let stats = session.stats;
+    // Closing the fds removes every probe before the slow part.
+    drop(session);
+    bar.finish_and_clear();
+    if exited {
+        log::warn!("process {pid} exited during the window; reporting what was seen");
+    }
+
+    let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
+    eprint!("{}", out::summary_text(&report.summary));
+    write_outputs(&a, &report)
+}
+
+fn progress_bar(secs: f64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(secs.ceil() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("tracing {bar:40} {pos}/{len} s (Ctrl-C to stop early)") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn build_report(
+    a: &LeaksArgs,
+    w: &Window,
+    end: u64,
+    elapsed: Duration,
+    interrupted: bool,
+    stats: crate::trace::session::SessionStats,
+) -> Result<LeakReport> {
+    // Group outstanding allocations by stack.
+    let min_age = (a.min_age * 1e9) as u64;
+    let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, u64)> = Default::default();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for (_, l) in w.tracker.outstanding(end, min_age) {
+        let e = by_stack.entry((l.stack, l.origin)).or_default();
+        e.0 += l.size;
+        e.1 += 1;
+        n += 1;
+        bytes += l.size;
+    }
+    let maps = Maps::read(w.pid).unwrap_or_default();
+    let mut sym = Symbolizer::new(w.pid);
+    let mut sites: Vec<LeakSite> = by_stack
+        .into_iter()
+        .map(|((stack, origin), (b, c))| {
+            let mut frames = Vec::new();
+            for (i, &addr) in w.stacks.get(stack).iter().enumerate() {
+                for f in sym.frames(&maps, addr, i > 0) {
+                    frames.push(SiteFrame {
+                        name: f.name,
+                        addr: f.addr,
+                        offset: f.offset,
+                        size: f.size,
+                        module: f.module,
+                    });
+                }
+            }
+            if origin == Origin::Luajit {
+                if let Some(f) = frames.first_mut() {
+                    // Stripped builds have no symbol for LuaJIT's allocator.
+                    if f.size == 0 {
+                        f.name = "lj_alloc_f".into();
+                    }
+                }
+            }
+            LeakSite {
+                bytes: b,
+                count: c,
+                origin,
+                frames,
+            }
+        })
+        .collect();
+    sites.sort_by(|x, y| y.bytes.cmp(&x.bytes).then_with(|| x.frames.len().cmp(&y.frames.len())));
+    let summary = LeakSummary {
+        pid: w.pid,
+        seconds: elapsed.as_secs_f64(),
+        interrupted,
+        threads: stats.threads,
+        source: format!("{:?}", a.source).to_lowercase(),
+        counts: w.tracker.counts,
+        outstanding_count: n,
+        outstanding_bytes: bytes,
+        lost_events: stats.lost,
+        throttled: stats.throttled,
+        truncated_stacks: w.truncated,
+        samples: w.samples,
+        min_age: a.min_age,
+    };
+    Ok(LeakReport { summary, sites })
+}
+
+fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
+    let format = a.format.unwrap_or_else(|| {
+        match a.output.as_ref().and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+            Some("svg") => LeakFormat::Svg,
+            Some("json") => LeakFormat::Json,
+            Some("stap") | Some("bt") => LeakFormat::Stap,
+            _ => LeakFormat::Folded,
+        }
+    });
+    let text = match format {
+        LeakFormat::Folded => out::folded(r),
+        LeakFormat::Stap => out::stap(r),
+        LeakFormat::Json => out::json(r, a.top),
+        LeakFormat::Svg => out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?,
+    };
+    if let Some(f) = &a.folded {
+        super::write_output(Some(f), &out::folded(r))?;
+    }
+    super::write_output(a.output.as_deref(), &text)
+}
