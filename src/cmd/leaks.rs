@@ -25,7 +25,10 @@ fn usage(msg: impl Into<String>) -> anyhow::Error {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -70,7 +73,11 @@ fn probe_set(a: &LeaksArgs, maps: &Maps) -> Result<Vec<ProbeSpec>> {
             s.entry_offset,
             s.site.entry_insn,
             s.site.probed_insn,
-            if s.site.emulated { ", emulated" } else { ", single-stepped" }
+            if s.site.emulated {
+                ", emulated"
+            } else {
+                ", single-stepped"
+            }
         );
     }
     Ok(specs)
@@ -86,6 +93,8 @@ struct Window {
     truncated: u64,
     samples: u64,
     mem: ProcessMemory,
+    /// Latest mappings (kept so a target that exits can still be symbolized).
+    maps: Maps,
 }
 
 impl Window {
@@ -123,25 +132,33 @@ impl Window {
             }
             self.stacks.intern(&self.frames)
         };
-        self.tracker.on_entry(s.tid, spec.func, r.sp, args, stack, s.time);
+        self.tracker
+            .on_entry(s.tid, spec.func, r.sp, args, stack, s.time);
     }
 }
 
 /// `ljleak leaks`.
 pub fn leaks(a: LeaksArgs) -> Result<()> {
     if !(a.time > 0.0 && a.time.is_finite()) {
-        return Err(usage(format!("--time must be a positive number of seconds (got {})", a.time)));
+        return Err(usage(format!(
+            "--time must be a positive number of seconds (got {})",
+            a.time
+        )));
     }
     if a.min_age < 0.0 || !a.min_age.is_finite() {
         return Err(usage("--min-age must be zero or more seconds"));
     }
     let pid = a.target.pid;
     target::check_process(pid)?;
-    let pmu_dir = a.uprobe_pmu_dir.clone().unwrap_or_else(UprobePmu::default_dir);
+    let pmu_dir = a
+        .uprobe_pmu_dir
+        .clone()
+        .unwrap_or_else(UprobePmu::default_dir);
     let pmu = UprobePmu::read(&pmu_dir)?;
     let maps = Maps::read(pid)?;
     let specs = probe_set(&a, &maps)?;
     let unwinder = Unwinder::new(pid, &maps);
+    let maps_at_start = maps.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -150,7 +167,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
 
-    let mut session = Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
+    let mut session =
+        Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
     let started = Instant::now();
     let window = Duration::from_secs_f64(a.time);
     let bar = progress_bar(a.time);
@@ -163,7 +181,18 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         truncated: 0,
         samples: 0,
         mem: ProcessMemory::new(pid),
+        maps: maps_at_start,
     };
+    eprintln!(
+        "ljleak: tracing pid {pid} for {} s with {} probes{}",
+        a.time,
+        session.specs().len(),
+        if bar.is_hidden() {
+            ""
+        } else {
+            " (Ctrl-C to stop early)"
+        }
+    );
     let specs_copy = session.specs().to_vec();
     let mut last_threads = Instant::now();
     let mut exited = false;
@@ -177,6 +206,12 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
                 break;
             }
             session.refresh_threads()?;
+            // A zombie's maps are empty: keep the last real ones.
+            if let Ok(m) = Maps::read(pid) {
+                if !m.list.is_empty() {
+                    w.maps = m;
+                }
+            }
         }
         bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
     }
@@ -202,7 +237,9 @@ fn progress_bar(secs: f64) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(secs.ceil() as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("tracing {bar:40} {pos}/{len} s (Ctrl-C to stop early)") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "tracing {bar:40} {pos}/{len} s (Ctrl-C to stop early)",
+    ) {
         bar.set_style(style);
     }
     bar
@@ -227,7 +264,10 @@ fn build_report(
         n += 1;
         bytes += l.size;
     }
-    let maps = Maps::read(w.pid).unwrap_or_default();
+    let maps = match Maps::read(w.pid) {
+        Ok(m) if !m.list.is_empty() => m,
+        _ => w.maps.clone(),
+    };
     let mut sym = Symbolizer::new(w.pid);
     let mut sites: Vec<LeakSite> = by_stack
         .into_iter()
@@ -260,7 +300,11 @@ fn build_report(
             }
         })
         .collect();
-    sites.sort_by(|x, y| y.bytes.cmp(&x.bytes).then_with(|| x.frames.len().cmp(&y.frames.len())));
+    sites.sort_by(|x, y| {
+        y.bytes
+            .cmp(&x.bytes)
+            .then_with(|| x.frames.len().cmp(&y.frames.len()))
+    });
     let summary = LeakSummary {
         pid: w.pid,
         seconds: elapsed.as_secs_f64(),
@@ -281,7 +325,12 @@ fn build_report(
 
 fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
     let format = a.format.unwrap_or_else(|| {
-        match a.output.as_ref().and_then(|p| p.extension()).and_then(|e| e.to_str()) {
+        match a
+            .output
+            .as_ref()
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+        {
             Some("svg") => LeakFormat::Svg,
             Some("json") => LeakFormat::Json,
             Some("stap") | Some("bt") => LeakFormat::Stap,
@@ -292,7 +341,9 @@ fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
         LeakFormat::Folded => out::folded(r),
         LeakFormat::Stap => out::stap(r),
         LeakFormat::Json => out::json(r, a.top),
-        LeakFormat::Svg => out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?,
+        LeakFormat::Svg => {
+            out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?
+        }
     };
     if let Some(f) = &a.folded {
         super::write_output(Some(f), &out::folded(r))?;

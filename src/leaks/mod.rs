@@ -182,9 +182,19 @@ impl Tracker {
 
     /// A traced function returned `ret` on `tid`. For posix_memalign,
     /// `deref` reads the pointer it stored through its first argument.
-    pub fn on_return(&mut self, tid: u32, func: Func, ret: u64, deref: impl FnOnce(u64) -> Option<u64>) {
-        let Some(stack) = self.pending.get_mut(&tid) else { return };
-        let Some(pos) = stack.iter().rposition(|p| p.func == func) else { return };
+    pub fn on_return(
+        &mut self,
+        tid: u32,
+        func: Func,
+        ret: u64,
+        deref: impl FnOnce(u64) -> Option<u64>,
+    ) {
+        let Some(stack) = self.pending.get_mut(&tid) else {
+            return;
+        };
+        let Some(pos) = stack.iter().rposition(|p| p.func == func) else {
+            return;
+        };
         let dropped = stack.len() - 1 - pos;
         let p = stack.remove(pos);
         stack.truncate(pos);
@@ -208,7 +218,11 @@ impl Tracker {
                 }
             }
             Func::Realloc | Func::ReallocArray => {
-                let size = if func == Func::Realloc { a.a1 } else { a.a1.saturating_mul(a.a2) };
+                let size = if func == Func::Realloc {
+                    a.a1
+                } else {
+                    a.a1.saturating_mul(a.a2)
+                };
                 self.resize(a.a0, ret, size, &p, Origin::Libc, None);
             }
             Func::LuaAllocf => {
@@ -226,7 +240,15 @@ impl Tracker {
 
     /// realloc semantics: the old block is freed when a new one is returned
     /// (or when the size is 0), the new one is allocated.
-    fn resize(&mut self, old: u64, new: u64, size: u64, p: &Pending, origin: Origin, osize: Option<u64>) {
+    fn resize(
+        &mut self,
+        old: u64,
+        new: u64,
+        size: u64,
+        p: &Pending,
+        origin: Origin,
+        osize: Option<u64>,
+    ) {
         if old == 0 {
             return self.alloc(new, size, p, origin);
         }

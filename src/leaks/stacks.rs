@@ -29,7 +29,10 @@ impl StackTable {
 
     /// The frames of `id`.
     pub fn get(&self, id: u32) -> &[u64] {
-        self.list.get(id as usize).map(|v| v.as_slice()).unwrap_or(&[])
+        self.list
+            .get(id as usize)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Number of distinct stacks.

@@ -88,7 +88,12 @@ fn folded_name(n: &str) -> String {
 pub fn folded(r: &LeakReport) -> String {
     let mut merged: BTreeMap<String, u64> = BTreeMap::new();
     for s in &r.sites {
-        let stack: Vec<String> = s.frames.iter().rev().map(|f| folded_name(&f.name)).collect();
+        let stack: Vec<String> = s
+            .frames
+            .iter()
+            .rev()
+            .map(|f| folded_name(&f.name))
+            .collect();
         *merged.entry(stack.join(";")).or_default() += s.bytes;
     }
     let mut out = String::new();
@@ -103,7 +108,11 @@ pub fn stap(r: &LeakReport) -> String {
     let mut out = String::new();
     for s in &r.sites {
         for f in &s.frames {
-            let module = if f.module.is_empty() { "unknown" } else { &f.module };
+            let module = if f.module.is_empty() {
+                "unknown"
+            } else {
+                &f.module
+            };
             let _ = writeln!(
                 out,
                 " {:#x} : {}+{:#x}/{:#x} [{}]",
@@ -137,10 +146,15 @@ pub fn svg(r: &LeakReport, title: Option<&str>) -> Result<String, String> {
     if lines.is_empty() {
         // inferno refuses empty input; draw an explicit empty graph.
         opts.subtitle = Some("no outstanding allocations".into());
-        inferno::flamegraph::from_lines(&mut opts, std::iter::once("(no outstanding allocations) 1"), &mut out)
-            .map_err(|e| e.to_string())?;
+        inferno::flamegraph::from_lines(
+            &mut opts,
+            std::iter::once("(no outstanding allocations) 1"),
+            &mut out,
+        )
+        .map_err(|e| e.to_string())?;
     } else {
-        inferno::flamegraph::from_lines(&mut opts, lines.lines(), &mut out).map_err(|e| e.to_string())?;
+        inferno::flamegraph::from_lines(&mut opts, lines.lines(), &mut out)
+            .map_err(|e| e.to_string())?;
     }
     String::from_utf8(out).map_err(|e| e.to_string())
 }
@@ -168,7 +182,11 @@ pub fn summary_text(s: &LeakSummary) -> String {
         "  outstanding {} allocations, {} bytes{}",
         s.outstanding_count,
         s.outstanding_bytes,
-        if s.min_age > 0.0 { format!(" (at least {} s old)", s.min_age) } else { String::new() }
+        if s.min_age > 0.0 {
+            format!(" (at least {} s old)", s.min_age)
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         out,
@@ -200,7 +218,11 @@ mod tests {
                     bytes: 300,
                     count: 3,
                     origin: Origin::Libc,
-                    frames: vec![frame("malloc", 0x10), frame("leaf;x", 0x20), frame("main", 0x30)],
+                    frames: vec![
+                        frame("malloc", 0x10),
+                        frame("leaf;x", 0x20),
+                        frame("main", 0x30),
+                    ],
                 },
                 LeakSite {
                     bytes: 5,
@@ -220,13 +242,19 @@ mod tests {
 
     #[test]
     fn folded_is_root_first_and_merged() {
-        assert_eq!(folded(&report()), "main;leaf:x;malloc 300\nmain;malloc 12\n");
+        assert_eq!(
+            folded(&report()),
+            "main;leaf:x;malloc 300\nmain;malloc 12\n"
+        );
     }
 
     #[test]
     fn stap_lines() {
         let s = stap(&report());
-        assert!(s.starts_with(" 0x10 : malloc+0x4/0x20 [/lib/x.so]\n"), "{s}");
+        assert!(
+            s.starts_with(" 0x10 : malloc+0x4/0x20 [/lib/x.so]\n"),
+            "{s}"
+        );
         assert!(s.contains("\t300\n"));
     }
 

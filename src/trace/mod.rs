@@ -33,7 +33,9 @@ pub enum TraceError {
     #[error("process {0} has no libc mapped (a static binary?): use --source luajit, or trace a dynamically linked process")]
     NoLibc(i32),
     /// g->allocf is not in a mapped file.
-    #[error("LuaJIT's allocator at {0:#x} is not in a mapped executable file; try --source malloc")]
+    #[error(
+        "LuaJIT's allocator at {0:#x} is not in a mapped executable file; try --source malloc"
+    )]
     AllocfNotMapped(u64),
     /// The target exited.
     #[error("process {0} exited")]

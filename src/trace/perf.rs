@@ -67,7 +67,11 @@ impl ProbeFd {
         let mut attr = perf_event_attr {
             type_: pmu.pmu_type,
             size: std::mem::size_of::<perf_event_attr>() as u32,
-            config: if a.retprobe { 1u64 << pmu.retprobe_bit } else { 0 },
+            config: if a.retprobe {
+                1u64 << pmu.retprobe_bit
+            } else {
+                0
+            },
             sample_type: a.sample_type,
             sample_regs_user: a.regs_mask,
             sample_stack_user: a.stack_bytes,
@@ -87,7 +91,13 @@ impl ProbeFd {
         // field matches this struct; `path` outlives the call (the kernel
         // copies the string during the syscall).
         let fd = unsafe {
-            perf_event_open_sys::perf_event_open(&mut attr, tid, -1, -1, perf_event_open_sys::bindings::PERF_FLAG_FD_CLOEXEC as _)
+            perf_event_open_sys::perf_event_open(
+                &mut attr,
+                tid,
+                -1,
+                -1,
+                perf_event_open_sys::bindings::PERF_FLAG_FD_CLOEXEC as _,
+            )
         };
         if fd < 0 {
             return Err(TraceError::Open {
@@ -101,7 +111,9 @@ impl ProbeFd {
             });
         }
         // SAFETY: fd is a fresh descriptor we own.
-        Ok(ProbeFd { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(ProbeFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 
     /// Send this event's samples to `ring`'s buffer (same thread only).

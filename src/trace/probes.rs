@@ -135,12 +135,7 @@ pub fn svma_to_offset(elf: &ElfFile, svma: u64) -> Option<u64> {
 }
 
 /// Build the entry (and return) probes of `func` at `entry_offset`.
-pub fn probes_for(
-    func: Func,
-    elf: &ElfFile,
-    entry_offset: u64,
-    opts: ProbeOpts,
-) -> Vec<ProbeSpec> {
+pub fn probes_for(func: Func, elf: &ElfFile, entry_offset: u64, opts: ProbeOpts) -> Vec<ProbeSpec> {
     let code = elf
         .data()
         .get(entry_offset as usize..)
@@ -181,8 +176,17 @@ pub fn probes_for(
             },
         }
     };
-    let entry_stack = if func.wants_stack() { opts.stack_bytes } else { 0 };
-    let mut v = vec![base(false, entry_offset + site.delta, site.clone(), entry_stack)];
+    let entry_stack = if func.wants_stack() {
+        opts.stack_bytes
+    } else {
+        0
+    };
+    let mut v = vec![base(
+        false,
+        entry_offset + site.delta,
+        site.clone(),
+        entry_stack,
+    )];
     if func.needs_return() {
         // posix_memalign stores the pointer through its first argument,
         // usually a local of the caller: a short stack copy at the return
@@ -197,7 +201,8 @@ pub fn probes_for(
 pub fn find_libc(pid: i32, maps: &Maps) -> Option<ElfFile> {
     maps.files().into_iter().find_map(|p| {
         let base = p.rsplit('/').next().unwrap_or(p);
-        let is_libc = base.starts_with("libc.so") || (base.starts_with("libc-") && base.ends_with(".so"));
+        let is_libc =
+            base.starts_with("libc.so") || (base.starts_with("libc-") && base.ends_with(".so"));
         if is_libc {
             ElfFile::open(pid, p).ok()
         } else {
@@ -216,7 +221,9 @@ pub fn libc_probes(pid: i32, maps: &Maps, opts: ProbeOpts) -> Result<Vec<ProbeSp
             log::info!("{} has no {}; not probed", libc.target_path, f.name());
             continue;
         };
-        let Some(off) = svma_to_offset(&libc, svma) else { continue };
+        let Some(off) = svma_to_offset(&libc, svma) else {
+            continue;
+        };
         if out.iter().any(|p| p.entry_offset == off) {
             log::info!("{} is an alias of an already probed function", f.name());
             continue;
@@ -230,7 +237,12 @@ pub fn libc_probes(pid: i32, maps: &Maps, opts: ProbeOpts) -> Result<Vec<ProbeSp
 }
 
 /// Probes for LuaJIT's allocator at AVMA `allocf`.
-pub fn luajit_probes(pid: i32, maps: &Maps, allocf: u64, opts: ProbeOpts) -> Result<Vec<ProbeSpec>, TraceError> {
+pub fn luajit_probes(
+    pid: i32,
+    maps: &Maps,
+    allocf: u64,
+    opts: ProbeOpts,
+) -> Result<Vec<ProbeSpec>, TraceError> {
     let m = maps
         .find(allocf)
         .filter(|m| m.exec)

@@ -111,12 +111,18 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        let s = self.b.get(self.pos..self.pos + 8).ok_or(DecodeError::Truncated)?;
+        let s = self
+            .b
+            .get(self.pos..self.pos + 8)
+            .ok_or(DecodeError::Truncated)?;
         self.pos += 8;
         Ok(u64::from_le_bytes(s.try_into().expect("8 bytes")))
     }
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let s = self.b.get(self.pos..self.pos + n).ok_or(DecodeError::Truncated)?;
+        let s = self
+            .b
+            .get(self.pos..self.pos + n)
+            .ok_or(DecodeError::Truncated)?;
         self.pos += n;
         Ok(s)
     }
@@ -148,7 +154,12 @@ pub fn decode<'a>(
     }
 }
 
-fn decode_sample<'a>(c: &mut Cursor<'a>, id: u64, st: u64, mask: u64) -> Result<Sample<'a>, DecodeError> {
+fn decode_sample<'a>(
+    c: &mut Cursor<'a>,
+    id: u64,
+    st: u64,
+    mask: u64,
+) -> Result<Sample<'a>, DecodeError> {
     let mut s = Sample {
         id,
         tid: 0,
@@ -222,7 +233,12 @@ mod tests {
 
     #[test]
     fn sample_with_regs_and_stack() {
-        let st = sample::IDENTIFIER | sample::IP | sample::TID | sample::TIME | sample::REGS_USER | sample::STACK_USER;
+        let st = sample::IDENTIFIER
+            | sample::IP
+            | sample::TID
+            | sample::TIME
+            | sample::REGS_USER
+            | sample::STACK_USER;
         // id, ip, pid/tid, time, abi, 8 regs (ax cx dx si di bp sp ip), stack size
         let mut body = vec![7, 0x1000, (42u64 << 32) | 41, 999, 2];
         body.extend_from_slice(&[1, 2, 3, 4, 5, 6, 0x7ff0, 0x1000]);
@@ -230,7 +246,8 @@ mod tests {
         let mut extra = vec![0xaa; 16];
         extra.extend_from_slice(&8u64.to_le_bytes());
         let r = rec(RECORD_SAMPLE, &body, &extra);
-        let Record::Sample(s) = decode(&r, |id| (id == 7).then_some((st, REGS_MASK))).unwrap() else {
+        let Record::Sample(s) = decode(&r, |id| (id == 7).then_some((st, REGS_MASK))).unwrap()
+        else {
             panic!("not a sample")
         };
         assert_eq!(s.tid, 42);
@@ -250,6 +267,9 @@ mod tests {
         assert_eq!(decode(&r, |_| None).unwrap_err(), DecodeError::UnknownId(5));
         let st = sample::IDENTIFIER | sample::TIME;
         let r = rec(RECORD_SAMPLE, &[5], &[]);
-        assert_eq!(decode(&r, |_| Some((st, 0))).unwrap_err(), DecodeError::Truncated);
+        assert_eq!(
+            decode(&r, |_| Some((st, 0))).unwrap_err(),
+            DecodeError::Truncated
+        );
     }
 }

@@ -47,13 +47,23 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Session(pid {}, {} threads)", self.pid, self.threads.len())
+        write!(
+            f,
+            "Session(pid {}, {} threads)",
+            self.pid,
+            self.threads.len()
+        )
     }
 }
 
 impl Session {
     /// Open `specs` on every current thread of `pid`.
-    pub fn attach(pid: i32, pmu: UprobePmu, specs: Vec<ProbeSpec>, ring_pages: usize) -> Result<Session, TraceError> {
+    pub fn attach(
+        pid: i32,
+        pmu: UprobePmu,
+        specs: Vec<ProbeSpec>,
+        ring_pages: usize,
+    ) -> Result<Session, TraceError> {
         let mut s = Session {
             pid,
             pmu,
@@ -93,7 +103,8 @@ impl Session {
                     self.stats.threads += 1;
                 }
                 // The thread exited between listing and opening.
-                Err(TraceError::Open { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(TraceError::Open { source, .. })
+                    if source.raw_os_error() == Some(libc::ESRCH) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -112,7 +123,8 @@ impl Session {
         };
         for (i, fd) in fds.iter().enumerate() {
             if i > 0 {
-                fd.set_output(&fds[0]).map_err(|e| io("redirecting a probe to the ring", e))?;
+                fd.set_output(&fds[0])
+                    .map_err(|e| io("redirecting a probe to the ring", e))?;
             }
             let id = fd.id().map_err(|e| io("reading an event id", e))?;
             let a = &self.specs[i].attr;
@@ -141,7 +153,11 @@ impl Session {
         }
         // SAFETY: pfds is a valid array of pollfd of the given length.
         unsafe {
-            libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout.as_millis() as i32);
+            libc::poll(
+                pfds.as_mut_ptr(),
+                pfds.len() as libc::nfds_t,
+                timeout.as_millis() as i32,
+            );
         }
     }
 

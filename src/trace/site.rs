@@ -10,7 +10,9 @@
 //! register the probe reads. Return probes always stay at the entry (the
 //! kernel hijacks the return address at `%rsp`, valid only there).
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register};
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register,
+};
 
 /// How far to look past the entry.
 const MAX_STEPS: usize = 4;
@@ -69,8 +71,13 @@ pub fn choose(code: &[u8], ip: u64, keep: &[Register]) -> Site {
             break;
         }
         let writes_kept = info.info(&i).used_registers().iter().any(|u| {
-            matches!(u.access(), OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite)
-                && keep.contains(&u.register().full_register())
+            matches!(
+                u.access(),
+                OpAccess::Write
+                    | OpAccess::ReadWrite
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadCondWrite
+            ) && keep.contains(&u.register().full_register())
         });
         if writes_kept {
             break;

@@ -43,7 +43,12 @@ pub struct Unwinder {
 
 impl std::fmt::Debug for Unwinder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Unwinder(pid {}, {} modules)", self.pid, self.loaded.len())
+        write!(
+            f,
+            "Unwinder(pid {}, {} modules)",
+            self.pid,
+            self.loaded.len()
+        )
     }
 }
 
@@ -75,7 +80,9 @@ impl Unwinder {
             if !self.loaded.insert((path.to_string(), m.start)) {
                 continue;
             }
-            let Ok(elf) = ElfFile::open(self.pid, path) else { continue };
+            let Ok(elf) = ElfFile::open(self.pid, path) else {
+                continue;
+            };
             let Some(bias) = elf.bias(maps) else { continue };
             let obj = elf.object();
             let mut info = ExplicitModuleSectionInfo::<Vec<u8>> {
@@ -102,15 +109,23 @@ impl Unwinder {
                 let f = ElfFile::open_host(path, &dbg).ok()?;
                 section(&f.object(), ".debug_frame").map(|x| x.1)
             });
-            log::debug!("unwind module {path} at {:#x}..{:#x} bias {bias:#x}", m.start, m.end);
-            self.fh.add_module(Module::new(path.to_string(), m.start..m.end, bias, info));
+            log::debug!(
+                "unwind module {path} at {:#x}..{:#x} bias {bias:#x}",
+                m.start,
+                m.end
+            );
+            self.fh
+                .add_module(Module::new(path.to_string(), m.start..m.end, bias, info));
         }
     }
 
     /// Reload maps when an address is in no module (a library loaded
     /// later), at most once a second.
     fn maybe_refresh(&mut self) {
-        if self.last_refresh.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if self
+            .last_refresh
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
         self.last_refresh = Some(Instant::now());

@@ -95,7 +95,11 @@ impl Symbolizer {
             }];
         };
         let Some(path) = m.file_path() else {
-            let name = if m.path.is_empty() { "[anon]".to_string() } else { m.path.clone() };
+            let name = if m.path.is_empty() {
+                "[anon]".to_string()
+            } else {
+                m.path.clone()
+            };
             return vec![Frame {
                 addr,
                 name,
