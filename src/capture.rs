@@ -84,9 +84,7 @@ pub struct Capture {
 pub fn classify_locate(e: LocateError) -> anyhow::Error {
     match e {
         LocateError::NotFound { .. } => Classified::new(ExitCode::NoVm, e.to_string()).into(),
-        LocateError::Layout(l) => {
-            Classified::new(ExitCode::UnsupportedLayout, l.to_string()).into()
-        }
+        LocateError::Layout(l) => Classified::new(ExitCode::UnsupportedLayout, l.to_string()).into(),
     }
 }
 
@@ -102,29 +100,14 @@ pub fn locate(pid: i32, opts: &LocateOpts) -> Result<(String, Maps, FoundVm)> {
 /// Take a capture of `pid`.
 pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
     let (exe, maps0, vm) = locate(pid, &opts.locate)?;
-    let mut prep =
-        Some(HeapImage::prepare(&maps0).context("allocating buffers for the heap copy")?);
+    let mut prep = Some(HeapImage::prepare(&maps0).context("allocating buffers for the heap copy")?);
     if opts.nonblocking {
         let t = Instant::now();
         let maps = Maps::read(pid)?;
         let image = HeapImage::capture(pid, &maps, prep.take().expect("prepared"))
             .map_err(|e| anyhow::anyhow!("copying the heap: {e}"))?;
-        log::info!(
-            "nonblocking copy of {} bytes in {:?}",
-            image.total_bytes(),
-            t.elapsed()
-        );
-        return finish(
-            pid,
-            exe,
-            vm,
-            image,
-            0,
-            0,
-            Consistency::Nonblocking,
-            None,
-            maps,
-        );
+        log::info!("nonblocking copy of {} bytes in {:?}", image.total_bytes(), t.elapsed());
+        return finish(pid, exe, vm, image, 0, 0, Consistency::Nonblocking, None, maps);
     }
     let attempts = opts.attempts.max(1);
     for attempt in 1..=attempts {
@@ -185,10 +168,7 @@ fn finish(
     if let Err(why) = validate(&image, &vm.layout, vm.roots.l) {
         return Err(Classified::new(
             ExitCode::Failure,
-            format!(
-                "the VM at {:#x} is not intact in the heap copy ({why}); try again",
-                vm.roots.l
-            ),
+            format!("the VM at {:#x} is not intact in the heap copy ({why}); try again", vm.roots.l),
         )
         .into());
     }

@@ -31,12 +31,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
     /// Process ID of the nginx worker or LuaJIT process.
-    #[arg(
-        short = 'p',
-        long = "pid",
-        visible_short_alias = 'x',
-        value_name = "PID"
-    )]
+    #[arg(short = 'p', long = "pid", visible_short_alias = 'x', value_name = "PID")]
     pub pid: i32,
     /// Address of a lua_State (hex) when ljleak cannot find the VM by itself.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]

@@ -255,9 +255,7 @@ pub struct Layout {
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     /// A field map lacks members the walker needs.
-    #[error(
-        "layout {name} lacks {missing:?}: this LuaJIT build is older or newer than ljleak supports"
-    )]
+    #[error("layout {name} lacks {missing:?}: this LuaJIT build is older or newer than ljleak supports")]
     Missing {
         /// Layout name.
         name: String,
@@ -352,7 +350,8 @@ pub struct VmRoots {
 pub fn validate<M: Memory + ?Sized>(m: &M, lay: &Layout, l: u64) -> Result<VmRoots, String> {
     let f = &lay.f;
     let rd = |fld: F, base: u64, what: &str| -> Result<u64, String> {
-        fld.get(m, base).map_err(|e| format!("{what}: {e}"))
+        fld.get(m, base)
+            .map_err(|e| format!("{what}: {e}"))
     };
     if l == 0 || l % 4 != 0 {
         return Err(format!("lua_State {l:#x} is not an aligned pointer"));
@@ -407,10 +406,7 @@ pub fn choose_builtin<M: Memory + ?Sized>(m: &M, l: u64) -> Result<(Layout, VmRo
             reasons: reasons.join("; "),
         }),
         _ => Err(LayoutError::Ambiguous(
-            fits.iter()
-                .map(|(l, _)| l.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
+            fits.iter().map(|(l, _)| l.name.as_str()).collect::<Vec<_>>().join(", "),
         )),
     }
 }

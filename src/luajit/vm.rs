@@ -135,10 +135,7 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
     #[inline]
     pub fn header(&self, o: u64) -> Result<(u8, u8), MemError> {
         let f = &self.lay.f;
-        Ok((
-            self.m.u8(o + f.hdr_marked.off)?,
-            self.m.u8(o + f.hdr_gct.off)?,
-        ))
+        Ok((self.m.u8(o + f.hdr_marked.off)?, self.m.u8(o + f.hdr_gct.off)?))
     }
 
     /// `o->nextgc`.
@@ -246,10 +243,7 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
     pub fn ctype(&self, id: u64) -> Result<(u32, u32), MemError> {
         let a = self.ctype_addr(id)?;
         let f = &self.lay.f;
-        Ok((
-            f.ct_info.get(self.m, a)? as u32,
-            f.ct_size.get(self.m, a)? as u32,
-        ))
+        Ok((f.ct_info.get(self.m, a)? as u32, f.ct_size.get(self.m, a)? as u32))
     }
 
     /// Payload size of a fixed-size cdata of C type `id`: `ctype_raw` skips
@@ -270,11 +264,7 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
                 cur = (info & 0xffff) as u64;
                 continue;
             }
-            size = Some(if kind <= CT_HASSIZE {
-                sz as u64
-            } else {
-                CTSIZE_PTR
-            });
+            size = Some(if kind <= CT_HASSIZE { sz as u64 } else { CTSIZE_PTR });
             break;
         }
         let size = size.ok_or(MemError::Unmapped { addr: id, len: 0 })?;

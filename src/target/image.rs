@@ -169,8 +169,7 @@ impl HeapImage {
 
     /// Read an image written by [`HeapImage::save`].
     pub fn load(path: &Path) -> std::io::Result<HeapImage> {
-        let bad =
-            || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ljleak heap image");
+        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ljleak heap image");
         let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
         let mut word = [0u8; 8];
         f.read_exact(&mut word)?;
@@ -289,16 +288,15 @@ mod tests {
 
     #[test]
     fn lookup_across_segments() {
-        let img =
-            HeapImage::from_parts(vec![(0x2000, vec![2u8; 0x100]), (0x1000, vec![1u8; 0x100])]);
+        let img = HeapImage::from_parts(vec![
+            (0x2000, vec![2u8; 0x100]),
+            (0x1000, vec![1u8; 0x100]),
+        ]);
         assert_eq!(img.u8(0x1000).unwrap(), 1);
         assert_eq!(img.u8(0x20ff).unwrap(), 2);
         assert_eq!(img.u8(0x10ff).unwrap(), 1);
         assert!(img.u8(0x1100).is_err());
-        assert!(
-            img.u64(0x10fc).is_err(),
-            "a read may not straddle a segment end"
-        );
+        assert!(img.u64(0x10fc).is_err(), "a read may not straddle a segment end");
         assert!(img.u8(0).is_err());
     }
 
