@@ -141,21 +141,13 @@ pub fn probes_for(func: Func, elf: &ElfFile, entry_offset: u64, opts: ProbeOpts)
         .get(entry_offset as usize..)
         .map(|c| &c[..c.len().min(64)])
         .unwrap_or(&[]);
-    // A function with a return probe has a breakpoint at its entry anyway
-    // (the return probe must sit there), so its entry probe shares it: one
-    // trap instead of two, and the sampled stack still holds the real return
-    // address (the kernel swaps in its trampoline only after the handlers).
-    let site = if func.needs_return() {
-        let s = site::choose(code, entry_offset, &[]);
-        Site {
-            delta: 0,
-            probed_insn: s.entry_insn.clone(),
-            entry_insn: s.entry_insn,
-            emulated: s.delta == 0 && s.emulated,
-        }
-    } else {
-        site::choose(code, entry_offset, func.arg_regs())
-    };
+    // Entry and return probes share one site (one trap per call, not two).
+    // A return probe hijacks the return address at %rsp when it fires, so
+    // the site may move past the entry only over instructions that leave
+    // %rsp alone, as it may move only over ones that keep the arguments.
+    let mut keep = func.arg_regs().to_vec();
+    keep.push(Register::RSP);
+    let site = site::choose(code, entry_offset, &keep);
     let base = |retprobe: bool, offset: u64, site: Site, stack: u32| {
         let mut st = sample::IDENTIFIER | sample::TID | sample::TIME | sample::REGS_USER;
         if stack > 0 {
@@ -192,7 +184,7 @@ pub fn probes_for(func: Func, elf: &ElfFile, entry_offset: u64, opts: ProbeOpts)
         // usually a local of the caller: a short stack copy at the return
         // holds it synchronously.
         let ret_stack = if func == Func::PosixMemalign { 512 } else { 0 };
-        v.push(base(true, entry_offset, site, ret_stack));
+        v.push(base(true, entry_offset + site.delta, site, ret_stack));
     }
     v
 }

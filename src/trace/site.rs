@@ -7,8 +7,10 @@
 //!
 //! [`choose`] walks straight-line code from the entry and picks the first
 //! emulated instruction, as long as nothing before it branches or writes a
-//! register the probe reads. Return probes always stay at the entry (the
-//! kernel hijacks the return address at `%rsp`, valid only there).
+//! register the probe reads. A return probe may share such a site when
+//! `%rsp` is among the kept registers: the kernel hijacks the return address
+//! at `%rsp` when it fires, which is still the caller's until the function
+//! pushes or reserves its frame.
 
 use iced_x86::{
     Decoder, DecoderOptions, FlowControl, InstructionInfoFactory, Mnemonic, OpAccess, Register,
