@@ -80,11 +80,33 @@ pub struct Capture {
     pub maps: Maps,
 }
 
+impl Capture {
+    /// The VM as seen in the copied heap.
+    pub fn heap_vm(&self) -> crate::luajit::Vm<'_, HeapImage> {
+        crate::luajit::Vm::new(
+            &self.image,
+            &self.vm.layout,
+            self.vm.roots.g,
+            self.vm.roots.main,
+        )
+    }
+
+    /// Walk limits for the copy: no list can hold more objects than the
+    /// copy has room for.
+    pub fn walk_limits(&self) -> crate::luajit::walk::Limits {
+        crate::luajit::walk::Limits {
+            max_objects: self.image.total_bytes() / 16 + 16,
+        }
+    }
+}
+
 /// Turn a locate error into a classified one.
 pub fn classify_locate(e: LocateError) -> anyhow::Error {
     match e {
         LocateError::NotFound { .. } => Classified::new(ExitCode::NoVm, e.to_string()).into(),
-        LocateError::Layout(l) => Classified::new(ExitCode::UnsupportedLayout, l.to_string()).into(),
+        LocateError::Layout(l) => {
+            Classified::new(ExitCode::UnsupportedLayout, l.to_string()).into()
+        }
     }
 }
 
@@ -100,19 +122,34 @@ pub fn locate(pid: i32, opts: &LocateOpts) -> Result<(String, Maps, FoundVm)> {
 /// Take a capture of `pid`.
 pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
     let (exe, maps0, vm) = locate(pid, &opts.locate)?;
-    let mut prep = Some(HeapImage::prepare(&maps0).context("allocating buffers for the heap copy")?);
+    let mut prep =
+        Some(HeapImage::prepare(&maps0).context("allocating buffers for the heap copy")?);
     if opts.nonblocking {
         let t = Instant::now();
         let maps = Maps::read(pid)?;
         let image = HeapImage::capture(pid, &maps, prep.take().expect("prepared"))
             .map_err(|e| anyhow::anyhow!("copying the heap: {e}"))?;
-        log::info!("nonblocking copy of {} bytes in {:?}", image.total_bytes(), t.elapsed());
-        return finish(pid, exe, vm, image, 0, 0, Consistency::Nonblocking, None, maps);
+        log::info!(
+            "nonblocking copy of {} bytes in {:?}",
+            image.total_bytes(),
+            t.elapsed()
+        );
+        return finish(
+            pid,
+            exe,
+            vm,
+            image,
+            0,
+            0,
+            Consistency::Nonblocking,
+            None,
+            maps,
+        );
     }
     let attempts = opts.attempts.max(1);
     for attempt in 1..=attempts {
-        let pause = Pause::new(pid, Duration::from_secs(2))?;
-        let q = pause.quiescence(pid)?;
+        let pause = Pause::new(pid, Duration::from_secs(2)).map_err(|e| exited_or(pid, e))?;
+        let q = pause.quiescence(pid).map_err(|e| exited_or(pid, e))?;
         let last = attempt == attempts;
         if !q.is_quiescent() && !last {
             drop(pause);
@@ -128,7 +165,11 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
         let maps = Maps::read(pid)?;
         let image = HeapImage::capture(pid, &maps, prep.take().expect("prepared once"));
         let held = pause.resume();
-        let image = image.map_err(|e| anyhow::anyhow!("copying the heap: {e}"))?;
+        let image = match image {
+            Ok(i) => i,
+            Err(_) if !target::process_alive(pid) => return Err(TargetError::Exited(pid).into()),
+            Err(e) => anyhow::bail!("copying the heap: {e}"),
+        };
         let consistency = if q.is_quiescent() {
             Consistency::Quiescent
         } else {
@@ -149,6 +190,15 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
     unreachable!("the last attempt always copies")
 }
 
+/// A failure on a process that has meanwhile died is reported as its exit.
+fn exited_or(pid: i32, e: TargetError) -> TargetError {
+    if target::process_alive(pid) {
+        e
+    } else {
+        TargetError::Exited(pid)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn finish(
     pid: i32,
@@ -161,14 +211,17 @@ fn finish(
     quiescence: Option<Quiescence>,
     maps: Maps,
 ) -> Result<Capture> {
-    if !target::process_exists(pid) {
+    if !target::process_alive(pid) {
         return Err(TargetError::Exited(pid).into());
     }
     // The VM must still look like itself in the copy.
     if let Err(why) = validate(&image, &vm.layout, vm.roots.l) {
         return Err(Classified::new(
             ExitCode::Failure,
-            format!("the VM at {:#x} is not intact in the heap copy ({why}); try again", vm.roots.l),
+            format!(
+                "the VM at {:#x} is not intact in the heap copy ({why}); try again",
+                vm.roots.l
+            ),
         )
         .into());
     }

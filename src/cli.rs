@@ -22,6 +22,8 @@ pub enum Command {
     Gc(GcArgs),
     /// Census of GC objects by type (like stap++ lj-gc-objs), exact to the byte.
     Objs(ObjsArgs),
+    /// Every Lua thread (coroutine) with its status and backtrace, grouped by stack.
+    Threads(ThreadsArgs),
     /// Trace allocations for a while and report what is still outstanding,
     /// by stack (C and Lua), as folded stacks, stap text, SVG or JSON.
     Leaks(LeaksArgs),
@@ -31,7 +33,12 @@ pub enum Command {
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
     /// Process ID of the nginx worker or LuaJIT process.
-    #[arg(short = 'p', long = "pid", visible_short_alias = 'x', value_name = "PID")]
+    #[arg(
+        short = 'p',
+        long = "pid",
+        visible_short_alias = 'x',
+        value_name = "PID"
+    )]
     pub pid: i32,
     /// Address of a lua_State (hex) when ljleak cannot find the VM by itself.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
@@ -88,6 +95,52 @@ pub struct ObjsArgs {
     /// Test hook: hold the target paused this many milliseconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub debug_hold_pause_ms: Option<u64>,
+}
+
+/// Output format of threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ThreadsFormat {
+    /// Groups, Go goroutine-profile style.
+    Text,
+    /// One JSON object.
+    Json,
+    /// Folded stacks (flame graph input).
+    Folded,
+}
+
+/// What each thread weighs in folded output and flame graphs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ThreadsWeight {
+    /// One per thread.
+    Count,
+    /// Bytes of the thread object, its stack and open upvalues.
+    Bytes,
+}
+
+/// `ljleak threads`.
+#[derive(Debug, Args)]
+pub struct ThreadsArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: ThreadsFormat,
+    /// Write to FILE instead of stdout; a name ending in `.svg` gets a flame graph.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Weight of each thread in folded output and flame graphs.
+    #[arg(long, value_enum, default_value = "count")]
+    pub weight: ThreadsWeight,
+    /// Most Lua frames shown per thread.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_depth: usize,
+    /// Walk without pausing the target, tolerating inconsistency.
+    #[arg(long)]
+    pub nonblocking: bool,
+    /// Pause attempts to find the VM thread blocked in a syscall.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub attempts: u32,
 }
 
 /// Output format of `leaks`.

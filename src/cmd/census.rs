@@ -26,9 +26,9 @@ pub fn gc(a: GcArgs) -> Result<()> {
     log::info!("VM found by {}", vm.method.name());
     let mem = ProcessMemory::new(pid);
     let v = Vm::new(&mem, &vm.layout, vm.roots.g, vm.roots.main);
-    let total = v
-        .gc_total()
-        .map_err(|e| crate::target::TargetError::from_io(pid, "reading gc.total", std::io::Error::other(e)))?;
+    let total = v.gc_total().map_err(|e| {
+        crate::target::TargetError::from_io(pid, "reading gc.total", std::io::Error::other(e))
+    })?;
     let r = CensusReport {
         kind: "gc".into(),
         pid,
@@ -60,7 +60,12 @@ pub fn gc(a: GcArgs) -> Result<()> {
 }
 
 /// Take a census of `pid` (shared by objs and later commands).
-pub fn take_census(t: &TargetArgs, nonblocking: bool, attempts: u32, hold: Option<Duration>) -> Result<(capture::Capture, census::Census, u64)> {
+pub fn take_census(
+    t: &TargetArgs,
+    nonblocking: bool,
+    attempts: u32,
+    hold: Option<Duration>,
+) -> Result<(capture::Capture, census::Census, u64)> {
     let opts = CaptureOpts {
         locate: locate_opts(t),
         nonblocking,
@@ -81,7 +86,12 @@ pub fn take_census(t: &TargetArgs, nonblocking: bool, attempts: u32, hold: Optio
         cap.image.total_bytes()
     );
     let t0 = Instant::now();
-    let vm = Vm::new(&cap.image, &cap.vm.layout, cap.vm.roots.g, cap.vm.roots.main);
+    let vm = Vm::new(
+        &cap.image,
+        &cap.vm.layout,
+        cap.vm.roots.g,
+        cap.vm.roots.main,
+    );
     // No list can hold more objects than the copy has room for.
     let lim = Limits {
         max_objects: cap.image.total_bytes() / 16 + 16,

@@ -2,6 +2,7 @@
 //! returning errors that `main` maps to exit codes.
 
 pub mod census;
+pub mod threads;
 pub mod leaks;
 
 use crate::cli::{Cli, Command};
@@ -11,6 +12,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
+        Command::Threads(a) => threads::run(a),
         Command::Leaks(a) => leaks::leaks(a),
     }
 }
@@ -25,8 +27,14 @@ pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Resul
         out.write_all(text.as_bytes())?;
         return Ok(out.flush()?);
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()

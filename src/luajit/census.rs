@@ -142,7 +142,12 @@ pub fn take<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits) -> Census {
             sum: cs.sum,
         })
         .collect();
-    cdata_types.sort_by(|a, b| b.sum.cmp(&a.sum).then(b.count.cmp(&a.count)).then(a.name.cmp(&b.name)));
+    cdata_types.sort_by(|a, b| {
+        b.sum
+            .cmp(&a.sum)
+            .then(b.count.cmp(&a.count))
+            .then(a.name.cmp(&b.name))
+    });
     let f = &vm.lay.f;
     let (mcode_jit, mcode_callbacks) = walk::mcode_sizes(vm);
     Census {

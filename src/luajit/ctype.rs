@@ -69,9 +69,15 @@ fn repr<M: Memory + ?Sized>(vm: &Vm<'_, M>, id: u64, depth: u32) -> Option<Strin
                     2 => "short",
                     4 => "int",
                     _ if info & CTF_LONG != 0 => "long",
-                    _ => if u { "uint64_t" } else { "int64_t" },
+                    _ => {
+                        if u {
+                            "uint64_t"
+                        } else {
+                            "int64_t"
+                        }
+                    }
                 };
-                if u && size != 8 || u && info & CTF_LONG != 0 {
+                if u && (size != 8 || info & CTF_LONG != 0) {
                     format!("unsigned {name}")
                 } else {
                     name.to_string()
@@ -80,7 +86,11 @@ fn repr<M: Memory + ?Sized>(vm: &Vm<'_, M>, id: u64, depth: u32) -> Option<Strin
             format!("{konst}{base}")
         }
         CT_STRUCT => {
-            let kw = if info & CTF_UNION != 0 { "union" } else { "struct" };
+            let kw = if info & CTF_UNION != 0 {
+                "union"
+            } else {
+                "struct"
+            };
             match name_of(vm, id) {
                 Some(n) => format!("{kw} {n}"),
                 None => format!("{kw} {id}"),

@@ -211,6 +211,8 @@ layout_struct! {
     tr_mcode = "GCtrace.mcode",
     tr_spadjust = "GCtrace.spadjust",
     tr_traceno = "GCtrace.traceno",
+    tr_startpc = "GCtrace.startpc",
+    tr_startins = "GCtrace.startins",
     tr_size = "GCtrace.SIZEOF",
 
     ct_info = "CType.info",
@@ -255,7 +257,9 @@ pub struct Layout {
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
     /// A field map lacks members the walker needs.
-    #[error("layout {name} lacks {missing:?}: this LuaJIT build is older or newer than ljleak supports")]
+    #[error(
+        "layout {name} lacks {missing:?}: this LuaJIT build is older or newer than ljleak supports"
+    )]
     Missing {
         /// Layout name.
         name: String,
@@ -350,8 +354,7 @@ pub struct VmRoots {
 pub fn validate<M: Memory + ?Sized>(m: &M, lay: &Layout, l: u64) -> Result<VmRoots, String> {
     let f = &lay.f;
     let rd = |fld: F, base: u64, what: &str| -> Result<u64, String> {
-        fld.get(m, base)
-            .map_err(|e| format!("{what}: {e}"))
+        fld.get(m, base).map_err(|e| format!("{what}: {e}"))
     };
     if l == 0 || l % 4 != 0 {
         return Err(format!("lua_State {l:#x} is not an aligned pointer"));
@@ -406,7 +409,10 @@ pub fn choose_builtin<M: Memory + ?Sized>(m: &M, l: u64) -> Result<(Layout, VmRo
             reasons: reasons.join("; "),
         }),
         _ => Err(LayoutError::Ambiguous(
-            fits.iter().map(|(l, _)| l.name.as_str()).collect::<Vec<_>>().join(", "),
+            fits.iter()
+                .map(|(l, _)| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         )),
     }
 }

@@ -60,7 +60,7 @@ pub struct FoundVm {
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
     /// Nothing found by any method.
-    #[error("no LuaJIT VM found in process {pid}: tried {tried}")]
+    #[error("no LuaJIT VM found in process {pid} (tried {tried}); if it does run LuaJIT, pass --lua-state ADDR")]
     NotFound {
         /// Target.
         pid: i32,
@@ -112,7 +112,10 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
         }
         return Err(LocateError::NotFound {
             pid,
-            tried: format!("--lua-state {l:#x}: {}", layout_err.map(|e| e.to_string()).unwrap_or_default()),
+            tried: format!(
+                "--lua-state {l:#x}: {}",
+                layout_err.map(|e| e.to_string()).unwrap_or_default()
+            ),
         });
     }
     match nginx_lua_state(pid, maps, &mem) {
@@ -142,7 +145,10 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
     }
     // A VM was seen but nothing fits: say so precisely.
     if let Some(e) = layout_err {
-        if matches!(e, layout::LayoutError::NoMatch { .. } | layout::LayoutError::Missing { .. }) {
+        if matches!(
+            e,
+            layout::LayoutError::NoMatch { .. } | layout::LayoutError::Missing { .. }
+        ) {
             return Err(LocateError::Layout(e));
         }
     }
@@ -171,8 +177,10 @@ fn choose_layout<M: Memory + ?Sized>(
             })?;
         let mut lay = lay;
         lay.source = LayoutSource::Forced;
-        let roots = layout::validate(m, &lay, l)
-            .map_err(|why| layout::LayoutError::NoMatch { l, reasons: format!("{name}: {why}") })?;
+        let roots = layout::validate(m, &lay, l).map_err(|why| layout::LayoutError::NoMatch {
+            l,
+            reasons: format!("{name}: {why}"),
+        })?;
         return Ok((lay, roots, notes));
     }
     if let Some(d) = dwarf {
@@ -183,7 +191,10 @@ fn choose_layout<M: Memory + ?Sized>(
                     let diff = d.f.diff(&table.f);
                     if diff.is_empty() {
                         d.name = table.name.clone();
-                        notes.push(format!("DWARF layout equals the built-in table {}", table.name));
+                        notes.push(format!(
+                            "DWARF layout equals the built-in table {}",
+                            table.name
+                        ));
                     } else {
                         notes.push(format!(
                             "DWARF layout differs from built-in table {} in {:?}; using DWARF",
@@ -193,7 +204,9 @@ fn choose_layout<M: Memory + ?Sized>(
                 }
                 return Ok((d, roots, notes));
             }
-            Err(why) => notes.push(format!("DWARF layout rejected by the VM's invariants: {why}")),
+            Err(why) => notes.push(format!(
+                "DWARF layout rejected by the VM's invariants: {why}"
+            )),
         }
     }
     let (lay, roots) = layout::choose_builtin(m, l)?;
@@ -207,7 +220,9 @@ fn dwarf_layout(pid: i32, elf: &ElfFile) -> Option<Layout> {
         files.insert(0, (dbg.to_string_lossy().into_owned(), dbg));
     }
     for (name, path) in files {
-        let Ok(f) = ElfFile::open_host(&name, &path) else { continue };
+        let Ok(f) = ElfFile::open_host(&name, &path) else {
+            continue;
+        };
         if !f.has_dwarf() {
             continue;
         }
@@ -227,8 +242,16 @@ fn dwarf_layout(pid: i32, elf: &ElfFile) -> Option<Layout> {
 }
 
 fn layout_name_from_map(fm: &FieldMap) -> String {
-    let v = if fm.get("lua_State.exdata").is_some() { "luajit2" } else { "upstream" };
-    let g = if fm.get("GCtab.metatable").map(|x| x.1) == Some(8) { "gc64" } else { "nogc64" };
+    let v = if fm.get("lua_State.exdata").is_some() {
+        "luajit2"
+    } else {
+        "upstream"
+    };
+    let g = if fm.get("GCtab.metatable").map(|x| x.1) == Some(8) {
+        "gc64"
+    } else {
+        "nogc64"
+    };
     format!("dwarf-{v}-{g}")
 }
 
@@ -238,8 +261,12 @@ pub fn luajit_object(pid: i32, maps: &Maps) -> Option<ElfFile> {
         if path.starts_with("/dev/") || path.starts_with("/memfd:") {
             continue;
         }
-        let Ok(elf) = ElfFile::open(pid, path) else { continue };
-        if elf.symbol("lua_newstate", false).is_some() || elf.symbol("luaJIT_setmode", false).is_some() {
+        let Ok(elf) = ElfFile::open(pid, path) else {
+            continue;
+        };
+        if elf.symbol("lua_newstate", false).is_some()
+            || elf.symbol("luaJIT_setmode", false).is_some()
+        {
             return Some(elf);
         }
     }
@@ -247,9 +274,17 @@ pub fn luajit_object(pid: i32, maps: &Maps) -> Option<ElfFile> {
 }
 
 /// AVMA of a `.dynsym` (or `.symtab`) symbol in the first mapped file that has it.
-fn symbol_avma(pid: i32, maps: &Maps, files: &[&str], name: &str, static_too: bool) -> Option<(u64, String)> {
+fn symbol_avma(
+    pid: i32,
+    maps: &Maps,
+    files: &[&str],
+    name: &str,
+    static_too: bool,
+) -> Option<(u64, String)> {
     for path in files {
-        let Ok(elf) = ElfFile::open(pid, path) else { continue };
+        let Ok(elf) = ElfFile::open(pid, path) else {
+            continue;
+        };
         if let Some((svma, table)) = elf.symbol(name, static_too) {
             if !static_too && table != SymTable::Dynamic {
                 continue;
@@ -264,14 +299,17 @@ fn symbol_avma(pid: i32, maps: &Maps, files: &[&str], name: &str, static_too: bo
 fn exe_target_path(pid: i32, maps: &Maps) -> Option<String> {
     let exe = crate::target::exe_path(pid).ok()?;
     let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
-    maps.files().into_iter().find(|p| *p == exe).map(str::to_string)
+    maps.files()
+        .into_iter()
+        .find(|p| *p == exe)
+        .map(str::to_string)
 }
 
 /// Follow nginx's structures to the lua module's main `lua_State *`.
 fn nginx_lua_state(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, String> {
     let exe = exe_target_path(pid, maps).ok_or("executable not found in maps")?;
-    let (cycle_sym, _) =
-        symbol_avma(pid, maps, &[&exe], "ngx_cycle", false).ok_or("no ngx_cycle in .dynsym (not nginx)")?;
+    let (cycle_sym, _) = symbol_avma(pid, maps, &[&exe], "ngx_cycle", false)
+        .ok_or("no ngx_cycle in .dynsym (not nginx)")?;
     let (http_mod, _) =
         symbol_avma(pid, maps, &[&exe], "ngx_http_module", false).ok_or("no ngx_http_module")?;
     let mut files: Vec<&str> = vec![exe.as_str()];
@@ -292,7 +330,9 @@ fn nginx_lua_state(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, St
     let main_conf = rd(http_ctx, "http main_conf")?;
     let ctx_index = rd(lua_mod, "ngx_http_lua_module.ctx_index")?;
     if ctx_index > 4096 {
-        return Err(format!("ngx_http_lua_module.ctx_index {ctx_index} implausible"));
+        return Err(format!(
+            "ngx_http_lua_module.ctx_index {ctx_index} implausible"
+        ));
     }
     let lmcf = rd(main_conf + 8 * ctx_index, "lua main conf")?;
     let l = rd(lmcf, "lmcf->lua")?;
@@ -305,7 +345,8 @@ fn nginx_lua_state(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, St
 /// The luajit host's `static lua_State *globalL`.
 fn global_l(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, String> {
     let exe = exe_target_path(pid, maps).ok_or("executable not found in maps")?;
-    let (a, _) = symbol_avma(pid, maps, &[&exe], "globalL", true).ok_or("no globalL symbol (stripped?)")?;
+    let (a, _) =
+        symbol_avma(pid, maps, &[&exe], "globalL", true).ok_or("no globalL symbol (stripped?)")?;
     match mem.u64(a) {
         Ok(0) => Err("globalL is NULL".into()),
         Ok(l) => Ok(l),
@@ -324,7 +365,9 @@ pub fn scan(ranges: &[(u64, &[u8])]) -> Vec<u64> {
         let (gct, glref, gg_g, mainth) = (f.hdr_gct.off, f.l_glref, f.gg_g.off, f.g_mainthref);
         for &(start, data) in ranges {
             let mut off = 0usize;
-            let end = data.len().saturating_sub(gg_g as usize + mainth.off as usize + 8);
+            let end = data
+                .len()
+                .saturating_sub(gg_g as usize + mainth.off as usize + 8);
             while off < end {
                 if data[off + gct as usize] == 6 {
                     let x = start + off as u64;

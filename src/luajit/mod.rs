@@ -1,12 +1,17 @@
 //! The LuaJIT model: layouts per build, finding the VM, object sizes, the
 //! heap walk and the census built on it.
 
+pub mod backtrace;
 pub mod census;
 pub mod ctype;
 pub mod dwarf;
 pub mod fields;
+pub mod frames;
+pub mod funcname;
 pub mod layout;
 pub mod locate;
+pub mod names;
+pub mod threads;
 pub mod vm;
 pub mod walk;
 

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use super::layout::Layout;
-use crate::target::{MemError, Memory, ReadExt};
+use crate::target::{MemError, Memory, ReadExt, Window};
 
 /// `gct` values (= ~itype), lj_obj.h.
 pub mod gct {
@@ -72,6 +72,12 @@ const UDTYPE_BUFFER: u64 = 3;
 const SBUF_FLAG_COW: u64 = 2;
 const SBUF_FLAG_BORROW: u64 = 4;
 
+/// Bytes borrowed at once for an object header (covers `nextgc`, `marked`,
+/// `gct` on every build) and for the fields that size an object (the largest
+/// header read, GCtrace's, ends before 120 bytes).
+const HEAD_WINDOW: usize = 16;
+const OBJ_WINDOW: usize = 128;
+
 /// A VM: a layout plus where its global state is.
 pub struct Vm<'m, M: Memory + ?Sized> {
     /// Memory (live or copied).
@@ -131,24 +137,56 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
         self.lay.f.g_ctype_state.get(self.m, self.g)
     }
 
-    /// Object header: (`marked`, `gct`).
-    #[inline]
-    pub fn header(&self, o: u64) -> Result<(u8, u8), MemError> {
-        let f = &self.lay.f;
-        Ok((self.m.u8(o + f.hdr_marked.off)?, self.m.u8(o + f.hdr_gct.off)?))
-    }
-
     /// `o->nextgc`.
     #[inline]
     pub fn next(&self, o: u64) -> Result<u64, MemError> {
         self.gcref(o + self.lay.f.hdr_next.off)
     }
 
+    /// Object header: (`marked`, `gct`).
+    #[inline]
+    pub fn header(&self, o: u64) -> Result<(u8, u8), MemError> {
+        let (_, marked, t) = self.head(o)?;
+        Ok((marked, t))
+    }
+
+    /// Header of object `o`: (`nextgc`, `marked`, `gct`), in one lookup.
+    #[inline]
+    pub fn head(&self, o: u64) -> Result<(u64, u8, u8), MemError> {
+        match Window::new(self.m, o, HEAD_WINDOW) {
+            Some(w) => self.head_in(&w, o),
+            None => self.head_in(self.m, o),
+        }
+    }
+
+    #[inline]
+    fn head_in<N: Memory + ?Sized>(&self, m: &N, o: u64) -> Result<(u64, u8, u8), MemError> {
+        let f = &self.lay.f;
+        Ok((
+            f.hdr_next.get(m, o)?,
+            m.u8(o + f.hdr_marked.off)?,
+            m.u8(o + f.hdr_gct.off)?,
+        ))
+    }
+
     /// Exact bytes the allocator holds for object `o` of type `t`, excluding
     /// a thread's open upvalues (those are objects of their own).
+    #[inline]
     pub fn obj_size(&self, o: u64, t: u8, marked: u8) -> Result<u64, MemError> {
+        match Window::new(self.m, o, OBJ_WINDOW) {
+            Some(w) => self.obj_size_in(&w, o, t, marked),
+            None => self.obj_size_in(self.m, o, t, marked),
+        }
+    }
+
+    fn obj_size_in<N: Memory + ?Sized>(
+        &self,
+        m: &N,
+        o: u64,
+        t: u8,
+        marked: u8,
+    ) -> Result<u64, MemError> {
         let f = &self.lay.f;
-        let m = self.m;
         Ok(match t {
             // lj_str_size(len) = sizeof(GCstr) + ((len + 4) & ~3)
             gct::STR => f.s_size.off + ((f.s_len.get(m, o)? + 4) & !3),
@@ -243,7 +281,10 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
     pub fn ctype(&self, id: u64) -> Result<(u32, u32), MemError> {
         let a = self.ctype_addr(id)?;
         let f = &self.lay.f;
-        Ok((f.ct_info.get(self.m, a)? as u32, f.ct_size.get(self.m, a)? as u32))
+        Ok((
+            f.ct_info.get(self.m, a)? as u32,
+            f.ct_size.get(self.m, a)? as u32,
+        ))
     }
 
     /// Payload size of a fixed-size cdata of C type `id`: `ctype_raw` skips
@@ -264,7 +305,11 @@ impl<'m, M: Memory + ?Sized> Vm<'m, M> {
                 cur = (info & 0xffff) as u64;
                 continue;
             }
-            size = Some(if kind <= CT_HASSIZE { sz as u64 } else { CTSIZE_PTR });
+            size = Some(if kind <= CT_HASSIZE {
+                sz as u64
+            } else {
+                CTSIZE_PTR
+            });
             break;
         }
         let size = size.ok_or(MemError::Unmapped { addr: id, len: 0 })?;

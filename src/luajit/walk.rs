@@ -130,7 +130,11 @@ struct Walker<'v, 'm, M: Memory + ?Sized, V: FnMut(&Obj)> {
 
 /// Walk every object of `vm`, calling `visit` for each, and account the
 /// fixed allocations. Never panics on bad memory; see `WalkReport::warnings`.
-pub fn walk<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits, visit: impl FnMut(&Obj)) -> WalkReport {
+pub fn walk<M: Memory + ?Sized>(
+    vm: &Vm<'_, M>,
+    lim: Limits,
+    visit: impl FnMut(&Obj),
+) -> WalkReport {
     let f = &vm.lay.f;
     let g = vm.g;
     let rd = |fld: super::layout::F| fld.get(vm.m, g).unwrap_or(0);
@@ -168,16 +172,22 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
         }
     }
 
-    /// Check an object pointer and read its header.
-    fn header(&mut self, o: u64, list: List) -> Option<(u8, u8)> {
+    /// Check an object pointer and read its header: (`nextgc`, `marked`, `gct`).
+    fn header(&mut self, o: u64, list: List) -> Option<(u64, u8, u8)> {
         if o % 4 != 0 {
-            self.warn(format!("{list:?} list: misaligned object pointer {o:#x}; list cut short"));
+            self.warn(format!(
+                "{list:?} list: misaligned object pointer {o:#x}; list cut short"
+            ));
             return None;
         }
-        match self.vm.header(o) {
-            Ok((marked, t)) if (gct::STR..=gct::UDATA).contains(&t) => Some((marked, t)),
-            Ok((_, t)) => {
-                self.warn(format!("{list:?} list: object {o:#x} has bad type tag {t}; list cut short"));
+        match self.vm.head(o) {
+            Ok((next, marked, t)) if (gct::STR..=gct::UDATA).contains(&t) => {
+                Some((next, marked, t))
+            }
+            Ok((_, _, t)) => {
+                self.warn(format!(
+                    "{list:?} list: object {o:#x} has bad type tag {t}; list cut short"
+                ));
                 None
             }
             Err(e) => {
@@ -204,7 +214,10 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 true
             }
             Err(e) => {
-                self.warn(format!("{list:?} list: size of {} at {o:#x}: {e}", super::vm::type_name(t)));
+                self.warn(format!(
+                    "{list:?} list: size of {} at {o:#x}: {e}",
+                    super::vm::type_name(t)
+                ));
                 false
             }
         }
@@ -225,12 +238,15 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
         while o != 0 {
             n += 1;
             if n > self.lim.max_objects {
-                return self.warn("root list longer than the heap can hold: cycle? cut short".into());
+                return self
+                    .warn("root list longer than the heap can hold: cycle? cut short".into());
             }
             if in_sweep && link == self.sweep.cursor {
                 unswept = true;
             }
-            let Some((marked, t)) = self.header(o, List::Root) else { return };
+            let Some((next, marked, t)) = self.header(o, List::Root) else {
+                return;
+            };
             if !self.emit(o, t, marked, List::Root, unswept) {
                 return;
             }
@@ -238,10 +254,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 self.open_upvalues(o, unswept);
             }
             link = o + f.hdr_next.off;
-            o = match self.vm.gcref(link) {
-                Ok(x) => x,
-                Err(e) => return self.warn(format!("root list: {e}; cut short")),
-            };
+            o = next;
         }
     }
 
@@ -254,19 +267,22 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
         while o != 0 {
             n += 1;
             if n > self.lim.max_objects {
-                return self.warn(format!("thread {th:#x}: open upvalue chain cyclic; cut short"));
+                return self.warn(format!(
+                    "thread {th:#x}: open upvalue chain cyclic; cut short"
+                ));
             }
-            let Some((marked, t)) = self.header(o, List::OpenUpvalues) else { return };
+            let Some((next, marked, t)) = self.header(o, List::OpenUpvalues) else {
+                return;
+            };
             if t != gct::UPVAL {
-                return self.warn(format!("thread {th:#x}: non-upvalue {o:#x} on open upvalue chain"));
+                return self.warn(format!(
+                    "thread {th:#x}: non-upvalue {o:#x} on open upvalue chain"
+                ));
             }
             if !self.emit(o, t, marked, List::OpenUpvalues, unswept) {
                 return;
             }
-            o = match self.vm.next(o) {
-                Ok(x) => x,
-                Err(e) => return self.warn(format!("open upvalues: {e}")),
-            };
+            o = next;
         }
     }
 
@@ -275,7 +291,11 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
         let g = self.vm.g;
         let m = self.vm.m;
         let (tab, mask, num) = match (|| -> Result<_, MemError> {
-            Ok((f.g_str_tab.get(m, g)?, f.g_str_mask.get(m, g)?, f.g_str_num.get(m, g)?))
+            Ok((
+                f.g_str_tab.get(m, g)?,
+                f.g_str_mask.get(m, g)?,
+                f.g_str_num.get(m, g)?,
+            ))
         })() {
             Ok(x) => x,
             Err(e) => return self.warn(format!("g->str: {e}")),
@@ -293,10 +313,13 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let unswept = self.sweep.state == 3 && i >= self.sweep.strcursor;
             while o != 0 {
                 if left == 0 {
-                    return self.warn("string chains longer than the heap can hold; cut short".into());
+                    return self
+                        .warn("string chains longer than the heap can hold; cut short".into());
                 }
                 left -= 1;
-                let Some((marked, t)) = self.header(o, List::Strings) else { break };
+                let Some((next, marked, t)) = self.header(o, List::Strings) else {
+                    break;
+                };
                 if t != gct::STR {
                     self.warn(format!("string bucket {i}: non-string {o:#x}"));
                     break;
@@ -305,13 +328,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                     break;
                 }
                 self.rep.strings_found += 1;
-                o = match self.vm.next(o) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        self.warn(format!("string bucket {i}: {e}"));
-                        break;
-                    }
-                };
+                o = next;
             }
         }
     }
@@ -335,17 +352,16 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             if n > self.lim.max_objects || o == 0 {
                 return self.warn("finalizer list broken or not circular; cut short".into());
             }
-            let Some((marked, t)) = self.header(o, List::Finalizers) else { return };
+            let Some((next, marked, t)) = self.header(o, List::Finalizers) else {
+                return;
+            };
             if !self.emit(o, t, marked, List::Finalizers, false) {
                 return;
             }
             if o == anchor {
                 return;
             }
-            o = match self.vm.next(o) {
-                Ok(x) => x,
-                Err(e) => return self.warn(format!("mmudata: {e}")),
-            };
+            o = next;
         }
     }
 
@@ -372,7 +388,10 @@ pub fn overheads<M: Memory + ?Sized>(vm: &Vm<'_, M>) -> Result<Overheads, MemErr
         ..Default::default()
     };
     let j = vm.jit_state();
-    let ir = f.j_irtoplim.get(m, j)?.wrapping_sub(f.j_irbotlim.get(m, j)?) as u32 as u64;
+    let ir = f
+        .j_irtoplim
+        .get(m, j)?
+        .wrapping_sub(f.j_irbotlim.get(m, j)?) as u32 as u64;
     o.jit_state = SNAPENTRY * f.j_sizesnapmap.get(m, j)?
         + SNAPSHOT * f.j_sizesnap.get(m, j)?
         + IRINS * ir
@@ -386,7 +405,11 @@ pub fn overheads<M: Memory + ?Sized>(vm: &Vm<'_, M>) -> Result<Overheads, MemErr
     if f.g_lightudseg.get(m, g)? != 0 {
         // The segment map doubles from 2 entries (lj_udata.c lj_lightud_intern).
         let n = f.g_lightudnum.get(m, g)? as u32;
-        let entries = if n == 0 { 2 } else { 2u64 << (31 - n.leading_zeros()) };
+        let entries = if n == 0 {
+            2
+        } else {
+            2u64 << (31 - n.leading_zeros())
+        };
         o.lightud_segments = 4 * entries;
     }
     Ok(o)

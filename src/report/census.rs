@@ -182,7 +182,11 @@ pub fn census_text(r: &CensusReport, top_cdata: usize) -> String {
         let _ = writeln!(s, "main machine code area size: {} bytes", r.mcode_jit);
     }
     if r.mcode_callbacks > 0 {
-        let _ = writeln!(s, "C callback machine code size: {} bytes", r.mcode_callbacks);
+        let _ = writeln!(
+            s,
+            "C callback machine code size: {} bytes",
+            r.mcode_callbacks
+        );
     }
     let _ = writeln!(s, "GC total size: {} bytes", r.gc_total);
     let _ = writeln!(s, "GC state: {}", r.gc_state);
@@ -221,7 +225,11 @@ pub fn census_text(r: &CensusReport, top_cdata: usize) -> String {
     if !r.cdata_types.is_empty() && top_cdata > 0 {
         let _ = writeln!(s, "\nTop cdata C types by bytes:");
         for c in r.cdata_types.iter().take(top_cdata) {
-            let _ = writeln!(s, "  {:>12} bytes  {:>9} objects  {}", c.sum, c.count, c.name);
+            let _ = writeln!(
+                s,
+                "  {:>12} bytes  {:>9} objects  {}",
+                c.sum, c.count, c.name
+            );
         }
     }
     let _ = writeln!(s);

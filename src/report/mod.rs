@@ -3,4 +3,5 @@
 //! rendering compatible with the stap++ tool it replaces.
 
 pub mod census;
+pub mod threads;
 pub mod leaks;

@@ -85,27 +85,7 @@ impl HeapImage {
                 complete: false,
             });
         }
-        // One batched call for everything; on a short read, fall back to the
-        // failing segment alone in 64 KiB pieces so one bad range does not
-        // cost the rest.
-        let mut i = 0;
-        while i < segs.len() {
-            let n = {
-                let mut parts: Vec<(u64, &mut [u8])> = segs[i..]
-                    .iter_mut()
-                    .map(|s| (s.start, &mut s.data[..]))
-                    .collect();
-                mem.read_many(&mut parts)?
-            };
-            for s in &mut segs[i..i + n] {
-                s.complete = true;
-            }
-            i += n;
-            if i < segs.len() {
-                salvage(&mem, &mut segs[i]);
-                i += 1;
-            }
-        }
+        copy_parallel(&mem, &mut segs)?;
         Ok(HeapImage {
             segs,
             last: Cell::new(0),
@@ -143,6 +123,19 @@ impl HeapImage {
         &mut self.segs
     }
 
+    /// Overwrite bytes of the copy (never the target): fault injection in
+    /// tests. Returns the previous bytes, or None when the range is not in
+    /// one segment.
+    pub fn patch(&mut self, addr: u64, bytes: &[u8]) -> Option<Vec<u8>> {
+        let i = self.segs.partition_point(|s| s.end() <= addr);
+        let s = self.segs.get_mut(i)?;
+        let off = addr.checked_sub(s.start)? as usize;
+        let dst = s.data.get_mut(off..off.checked_add(bytes.len())?)?;
+        let old = dst.to_vec();
+        dst.copy_from_slice(bytes);
+        Some(old)
+    }
+
     /// Bytes copied.
     pub fn total_bytes(&self) -> u64 {
         self.segs.iter().map(|s| s.data.len() as u64).sum()
@@ -169,7 +162,8 @@ impl HeapImage {
 
     /// Read an image written by [`HeapImage::save`].
     pub fn load(path: &Path) -> std::io::Result<HeapImage> {
-        let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ljleak heap image");
+        let bad =
+            || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ljleak heap image");
         let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
         let mut word = [0u8; 8];
         f.read_exact(&mut word)?;
@@ -221,42 +215,109 @@ impl HeapImage {
     }
 }
 
-fn salvage(mem: &ProcessMemory, seg: &mut Segment) {
-    const PIECE: usize = 64 * 1024;
-    let start = seg.start;
-    let mut parts: Vec<(u64, &mut [u8])> = seg
-        .data
-        .chunks_mut(PIECE)
-        .enumerate()
-        .map(|(i, c)| (start + (i * PIECE) as u64, c))
-        .collect();
-    let mut ok = true;
-    let mut i = 0;
-    while i < parts.len() {
-        match mem.read_many(&mut parts[i..]) {
-            Ok(n) if i + n == parts.len() => break,
-            Ok(n) => {
-                ok = false;
-                parts[i + n].1.fill(0);
-                i += n + 1;
-            }
-            Err(_) => {
-                ok = false;
-                break;
-            }
+/// Size of the pieces the copy is cut into: large enough that syscall cost
+/// vanishes, small enough to share the work between threads and to limit
+/// what one unreadable page costs.
+const PIECE: usize = 1 << 20;
+/// Below this, one thread copies everything (thread start-up would dominate).
+const PARALLEL_MIN: usize = 8 << 20;
+
+/// Copy every segment, in pieces shared between up to as many threads as
+/// there are CPUs (at most 4): the pause lasts as long as this takes.
+fn copy_parallel(mem: &ProcessMemory, segs: &mut [Segment]) -> Result<(), MemError> {
+    let total: usize = segs.iter().map(|s| s.data.len()).sum();
+    let threads = if total < PARALLEL_MIN {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 4)
+    };
+    // (segment index, AVMA, buffer) for every piece.
+    let mut pieces: Vec<(usize, u64, &mut [u8])> = Vec::new();
+    for (i, s) in segs.iter_mut().enumerate() {
+        let start = s.start;
+        for (k, c) in s.data.chunks_mut(PIECE).enumerate() {
+            pieces.push((i, start + (k * PIECE) as u64, c));
         }
     }
-    seg.complete = ok;
+    let share = total.div_ceil(threads).max(1);
+    let mut groups: Vec<Vec<(usize, u64, &mut [u8])>> = Vec::new();
+    let mut acc = share;
+    for p in pieces {
+        if acc >= share {
+            groups.push(Vec::new());
+            acc = 0;
+        }
+        acc += p.2.len();
+        groups.last_mut().expect("pushed").push(p);
+    }
+    let results: Vec<Result<Vec<usize>, MemError>> = if groups.len() <= 1 {
+        groups.into_iter().map(|g| copy_group(mem, g)).collect()
+    } else {
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = groups
+                .into_iter()
+                .map(|g| sc.spawn(move || copy_group(mem, g)))
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(Err(MemError::Os { addr: 0, errno: 0 })))
+                .collect()
+        })
+    };
+    for s in segs.iter_mut() {
+        s.complete = true;
+    }
+    for r in results {
+        for bad in r? {
+            segs[bad].complete = false;
+        }
+    }
+    Ok(())
+}
+
+/// Copy a group of pieces with batched `process_vm_readv`; a piece that
+/// fails is retried page by page (unreadable pages stay zero). Returns the
+/// segment indexes that could not be read whole.
+fn copy_group(
+    mem: &ProcessMemory,
+    mut g: Vec<(usize, u64, &mut [u8])>,
+) -> Result<Vec<usize>, MemError> {
+    let mut incomplete = Vec::new();
+    let mut i = 0;
+    while i < g.len() {
+        let n = {
+            let mut parts: Vec<(u64, &mut [u8])> =
+                g[i..].iter_mut().map(|(_, a, b)| (*a, &mut **b)).collect();
+            mem.read_many(&mut parts)?
+        };
+        i += n;
+        if i < g.len() {
+            let (seg, addr, ref mut buf) = g[i];
+            if !salvage_pages(mem, addr, buf) {
+                incomplete.push(seg);
+            }
+            i += 1;
+        }
+    }
+    Ok(incomplete)
+}
+
+fn salvage_pages(mem: &ProcessMemory, addr: u64, buf: &mut [u8]) -> bool {
+    let mut ok = true;
+    for (k, page) in buf.chunks_mut(4096).enumerate() {
+        if mem.read(addr + (k * 4096) as u64, page).is_err() {
+            page.fill(0);
+            ok = false;
+        }
+    }
+    ok
 }
 
 impl Memory for HeapImage {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let s = self.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
-            addr,
-            len: buf.len(),
-        })?;
-        buf.copy_from_slice(s);
-        Ok(())
+        super::mem::read_borrowed(self, addr, buf)
     }
 
     #[inline]
@@ -288,15 +349,16 @@ mod tests {
 
     #[test]
     fn lookup_across_segments() {
-        let img = HeapImage::from_parts(vec![
-            (0x2000, vec![2u8; 0x100]),
-            (0x1000, vec![1u8; 0x100]),
-        ]);
+        let img =
+            HeapImage::from_parts(vec![(0x2000, vec![2u8; 0x100]), (0x1000, vec![1u8; 0x100])]);
         assert_eq!(img.u8(0x1000).unwrap(), 1);
         assert_eq!(img.u8(0x20ff).unwrap(), 2);
         assert_eq!(img.u8(0x10ff).unwrap(), 1);
         assert!(img.u8(0x1100).is_err());
-        assert!(img.u64(0x10fc).is_err(), "a read may not straddle a segment end");
+        assert!(
+            img.u64(0x10fc).is_err(),
+            "a read may not straddle a segment end"
+        );
         assert!(img.u8(0).is_err());
     }
 

@@ -93,7 +93,9 @@ impl Maps {
 
     /// Mappings of the file at `path`.
     pub fn of_file<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a Mapping> + 'a {
-        self.list.iter().filter(move |m| m.file_path() == Some(path))
+        self.list
+            .iter()
+            .filter(move |m| m.file_path() == Some(path))
     }
 
     /// Distinct backing files, in address order.

@@ -197,6 +197,47 @@ impl Memory for ProcessMemory {
     }
 }
 
+/// A few bytes already borrowed from a larger [`Memory`] (typically one
+/// object's header), with reads outside them passed through: decoding several
+/// fields of one object then costs one lookup instead of one per field.
+pub struct Window<'a, M: ?Sized> {
+    base: u64,
+    data: &'a [u8],
+    inner: &'a M,
+}
+
+impl<'a, M: Memory + ?Sized> Window<'a, M> {
+    /// Borrow `len` bytes at `base` from `inner`, or `None` when they are not
+    /// in one piece there (use `inner` directly then).
+    #[inline]
+    pub fn new(inner: &'a M, base: u64, len: usize) -> Option<Self> {
+        let data = inner.borrow(base, len)?;
+        Some(Window { base, data, inner })
+    }
+}
+
+impl<M: Memory + ?Sized> Memory for Window<'_, M> {
+    #[inline]
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+        match self.borrow(addr, buf.len()) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                Ok(())
+            }
+            None => self.inner.read(addr, buf),
+        }
+    }
+
+    #[inline]
+    fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let off = addr.wrapping_sub(self.base) as usize;
+        match off.checked_add(len) {
+            Some(end) if end <= self.data.len() => Some(&self.data[off..end]),
+            _ => self.inner.borrow(addr, len),
+        }
+    }
+}
+
 /// A byte buffer standing at a fixed address: for unit tests and for small
 /// copies.
 #[derive(Debug, Clone)]
@@ -207,14 +248,19 @@ pub struct BytesAt {
     pub data: Vec<u8>,
 }
 
+/// `read` for memory that lives in this process: copy what `borrow` lends.
+pub fn read_borrowed<M: Memory + ?Sized>(m: &M, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
+    let s = m.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
+        addr,
+        len: buf.len(),
+    })?;
+    buf.copy_from_slice(s);
+    Ok(())
+}
+
 impl Memory for BytesAt {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let s = self.borrow(addr, buf.len()).ok_or(MemError::Unmapped {
-            addr,
-            len: buf.len(),
-        })?;
-        buf.copy_from_slice(s);
-        Ok(())
+        read_borrowed(self, addr, buf)
     }
     fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let off = addr.checked_sub(self.base)? as usize;

@@ -13,7 +13,7 @@ pub mod pause;
 
 pub use image::HeapImage;
 pub use maps::{Mapping, Maps};
-pub use mem::{MemError, Memory, ProcessMemory, ReadExt};
+pub use mem::{MemError, Memory, ProcessMemory, ReadExt, Window};
 pub use pause::{Pause, Quiescence};
 
 use crate::error::ExitCode;
@@ -91,6 +91,20 @@ impl TargetError {
 /// True when /proc has the process (it may be a zombie).
 pub fn process_exists(pid: i32) -> bool {
     pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// True when the process exists and is neither a zombie nor dead.
+pub fn process_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    match stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+    {
+        Some("Z") | Some("X") | Some("x") | None => false,
+        Some(_) => true,
+    }
 }
 
 /// Check that `pid` names a live process, with the right error if not.

@@ -142,7 +142,10 @@ impl Pause {
                 if stopped.contains(&tid) || gone.contains(&tid) {
                     continue;
                 }
-                match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+                match waitpid(
+                    Pid::from_raw(tid),
+                    Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
+                ) {
                     Ok(WaitStatus::StillAlive) => {}
                     Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => {
                         gone.push(tid);

@@ -43,7 +43,11 @@ pub fn run_json(args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("bad JSON from {:?}: {e}\n{}", args, String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "bad JSON from {:?}: {e}\n{}",
+            args,
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -55,7 +59,10 @@ pub fn census(pid: i32) -> serde_json::Value {
 /// In CI (CI=true) a missing prerequisite is a failure, never a silent skip.
 pub fn require(what: &str, ok: bool) -> bool {
     if !ok {
-        if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+        if std::env::var("CI")
+            .map(|v| v == "true" || v == "1")
+            .unwrap_or(false)
+        {
             panic!("prerequisite missing in CI: {what} (scripts/test.sh installs it)");
         }
         eprintln!("SKIP: prerequisite missing: {what}");
@@ -73,9 +80,11 @@ pub fn luajit() -> Option<PathBuf> {
 pub fn variant(name: &str, stripped: bool) -> Option<PathBuf> {
     let dir = std::env::var("LJLEAK_VARIANTS_DIR")
         .unwrap_or_else(|_| "/var/cache/ljleak/luajit-variants".into());
-    let p = Path::new(&dir)
-        .join(name)
-        .join(if stripped { "luajit.stripped" } else { "luajit" });
+    let p = Path::new(&dir).join(name).join(if stripped {
+        "luajit.stripped"
+    } else {
+        "luajit"
+    });
     p.exists().then_some(p)
 }
 
@@ -170,6 +179,42 @@ impl Drop for LuaProc {
     }
 }
 
+/// Start `testdata/lua/SCRIPT` under `interp`, passing the testdata folder
+/// as its first argument (the scripts find checkpoint.lua through it).
+pub fn spawn_script(interp: &Path, script: &str, args: &[&str]) -> LuaProc {
+    let td = testdata("");
+    let mut all = vec![td.to_str().expect("utf-8 path")];
+    all.extend_from_slice(args);
+    LuaProc::spawn(interp, &testdata(&format!("lua/{script}")), &all)
+}
+
+/// Same, under Debian's luajit2; None (a skip, or a failure in CI) when it
+/// is not installed.
+pub fn luajit_script(script: &str, args: &[&str]) -> Option<LuaProc> {
+    let Some(lj) = luajit() else {
+        require("/usr/bin/luajit (Debian luajit2)", false);
+        return None;
+    };
+    Some(spawn_script(&lj, script, args))
+}
+
+/// At a checkpoint: take a census, wake the script, and check that ljleak's
+/// gc.total is the VM's own figure and that the walker agrees to the byte.
+pub fn census_at_checkpoint(p: &mut LuaProc) -> serde_json::Value {
+    let c = census(p.pid);
+    let total = p.resume_total();
+    assert_eq!(
+        c["gc_total"].as_u64().expect("gc_total"),
+        total,
+        "gc.total read by ljleak vs the VM's own count"
+    );
+    assert_eq!(
+        c["walker_total"], c["gc_total"],
+        "walker total must equal gc.total: {c:#}"
+    );
+    c
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -194,11 +239,15 @@ pub struct Nginx {
 impl Nginx {
     /// Start nginx with `conf` (a file name under testdata/nginx).
     pub fn start(conf: &str, workers: u32) -> Option<Nginx> {
-        if !require("nginx with the lua module", Path::new("/usr/sbin/nginx").exists()) {
+        if !require(
+            "nginx with the lua module",
+            Path::new("/usr/sbin/nginx").exists(),
+        ) {
             return None;
         }
         let port = free_port();
-        let prefix = std::env::temp_dir().join(format!("ljleak-nginx-{}-{port}", std::process::id()));
+        let prefix =
+            std::env::temp_dir().join(format!("ljleak-nginx-{}-{port}", std::process::id()));
         std::fs::create_dir_all(prefix.join("logs")).expect("prefix");
         let text = std::fs::read_to_string(testdata(&format!("nginx/{conf}")))
             .expect("config template")
@@ -215,7 +264,11 @@ impl Nginx {
             .arg(&conf_path)
             .status()
             .expect("run nginx");
-        assert!(st.success(), "nginx failed to start; see {}/logs/error.log", prefix.display());
+        assert!(
+            st.success(),
+            "nginx failed to start; see {}/logs/error.log",
+            prefix.display()
+        );
         let pidfile = prefix.join("logs/nginx.pid");
         let deadline = Instant::now() + Duration::from_secs(10);
         let master = loop {
@@ -227,10 +280,16 @@ impl Nginx {
             assert!(Instant::now() < deadline, "nginx wrote no pid file");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let n = Nginx { master, port, prefix };
+        let n = Nginx {
+            master,
+            port,
+            prefix,
+        };
         // Wait until it answers.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while n.workers().len() < workers as usize || TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while n.workers().len() < workers as usize
+            || TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
             assert!(Instant::now() < deadline, "nginx did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -281,7 +340,9 @@ pub fn children(pid: i32) -> Vec<i32> {
     let mut v = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
                 // Fields after the command name in parentheses.
                 if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
@@ -300,7 +361,12 @@ pub fn children(pid: i32) -> Vec<i32> {
 /// One-letter process state from /proc/PID/stat (`S`, `R`, `t`...).
 pub fn proc_state(pid: i32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// Minimal HTTP/1.0 GET on 127.0.0.1.
@@ -316,7 +382,10 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: installs the stack, builds ljleak,
+# starts the bundled leaky nginx + Lua app from testdata/ on 127.0.0.1,
+# drives requests with curl, runs ljleak against its worker, writes reports
+# under reports/ and flame graphs under flamegraphs/, and stops the app.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+scripts/install-deps.sh
+cargo build --release --quiet
+ljleak=$root/target/release/ljleak
+
+port=${LJLEAK_DEMO_PORT:-18089}
+prefix=$(mktemp -d /tmp/ljleak-demo.XXXXXX)
+mkdir -p "$prefix/logs" "$prefix/tmp" reports flamegraphs
+sed -e "s#@PORT@#$port#g; s#@PREFIX@#$prefix#g; s#@TESTDATA@#$root/testdata#g; s#@WORKERS@#1#g" \
+    testdata/nginx/app.conf > "$prefix/nginx.conf"
+stop() {
+    if [ -f "$prefix/logs/nginx.pid" ]; then
+        kill -QUIT "$(cat "$prefix/logs/nginx.pid")" 2>/dev/null || true
+        sleep 0.5
+    fi
+    rm -rf "$prefix"
+}
+trap stop EXIT
+/usr/sbin/nginx -p "$prefix" -c "$prefix/nginx.conf"
+for _ in $(seq 50); do curl -fs "http://127.0.0.1:$port/hello" >/dev/null && break; sleep 0.1; done
+master=$(cat "$prefix/logs/nginx.pid")
+worker=$(pgrep -P "$master" | head -n1)
+echo "== demo app: nginx master $master, worker $worker on 127.0.0.1:$port"
+
+drive() { # drive PATH COUNT
+    for _ in $(seq "$2"); do curl -fs "http://127.0.0.1:$port$1" >/dev/null; done
+}
+
+echo "== before load"
+"$ljleak" gc -p "$worker"
+"$ljleak" objs -p "$worker" --format json -o reports/objs-before.json
+
+echo "== driving 300 requests to /leak (a cache keyed by a fresh table per request, holding cdata) and 300 to /ok"
+drive "/leak?n=2" 300
+drive "/ok?n=2" 300
+
+echo "== after load"
+"$ljleak" gc -p "$worker"
+"$ljleak" objs -p "$worker" | tee reports/objs-after.txt
+"$ljleak" objs -p "$worker" --format json -o reports/objs-after.json
+echo "== reports written to reports/ (objs-before.json, objs-after.json, objs-after.txt)"
