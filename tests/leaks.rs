@@ -12,6 +12,19 @@ use std::time::{Duration, Instant};
 
 use common::{LuaProc, Nginx};
 
+/// `/lua/leaks.lua:LINE` for the first line of testdata/lua/leaks.lua
+/// containing `text` (the end of the Lua frame's name `@…/lua/leaks.lua:LINE`).
+fn lua_line(text: &str) -> String {
+    let path = common::testdata("lua/leaks.lua");
+    let src = std::fs::read_to_string(&path).expect("leaks.lua");
+    let n = src
+        .lines()
+        .position(|l| l.contains(text))
+        .expect("line in leaks.lua")
+        + 1;
+    format!("/lua/leaks.lua:{n}")
+}
+
 fn have_uprobes() -> bool {
     common::require(
         "the uprobe PMU (/sys/bus/event_source/devices/uprobe)",
@@ -184,6 +197,20 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
             .sum()
     };
     assert_eq!(lua_malloc(12345), N * 12345, "folded:\n{f:#?}\n{err}");
+    // The Lua frame names the file and line of the ffi.C.malloc call.
+    let line = lua_line("ffi.C.malloc(size)");
+    let named: u64 = f
+        .iter()
+        .filter(|(s, _)| {
+            s.ends_with(";malloc")
+                && s.split(';')
+                    .skip_while(|f| *f != "[lua]")
+                    .nth(1)
+                    .is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
+        })
+        .map(|(_, b)| *b)
+        .sum();
+    assert_eq!(named, N * 12345, "no {line} frame: {f:#?}");
     assert_eq!(
         lua_malloc(23456),
         0,

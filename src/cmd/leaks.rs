@@ -17,6 +17,7 @@ use crate::trace::pmu::UprobePmu;
 use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
 use crate::trace::record::Sample;
 use crate::trace::session::Session;
+use crate::unwind::lua::{self, LuaFrames};
 use crate::unwind::symbols::Symbolizer;
 use crate::unwind::{End, Unwinder};
 
@@ -83,6 +84,33 @@ fn probe_set(a: &LeaksArgs, maps: &Maps) -> Result<Vec<ProbeSpec>> {
     Ok(specs)
 }
 
+/// Index the target's Lua prototypes (one short pause) for Lua frames.
+fn lua_frames(a: &LeaksArgs) -> Option<LuaFrames> {
+    let opts = crate::capture::CaptureOpts {
+        locate: super::census::locate_opts(&a.target),
+        ..Default::default()
+    };
+    let cap = match crate::capture::capture(a.target.pid, &opts) {
+        Ok(c) => c,
+        Err(e) => {
+            log::info!("no Lua frames: {e:#}");
+            return None;
+        }
+    };
+    let index = crate::luajit::frames::ProtoIndex::build(&cap.heap_vm(), cap.walk_limits());
+    log::info!(
+        "{} Lua prototypes indexed (target paused {} us)",
+        index.len(),
+        cap.pause_us
+    );
+    let object = cap.vm.luajit_object.as_deref()?;
+    let lf = LuaFrames::new(cap.pid, &cap.maps, object, &cap.vm.layout, index);
+    if lf.is_none() {
+        log::info!("no Lua frames: {object} exports no lua_pcall/lua_resume");
+    }
+    lf
+}
+
 /// Event processing state for the window.
 struct Window {
     pid: i32,
@@ -90,6 +118,8 @@ struct Window {
     stacks: StackTable,
     unwinder: Unwinder,
     frames: Vec<u64>,
+    sps: Vec<u64>,
+    lua: Option<LuaFrames>,
     truncated: u64,
     samples: u64,
     mem: ProcessMemory,
@@ -127,8 +157,15 @@ impl Window {
         let stack = if self.tracker.is_nested(s.tid, r.sp) {
             0
         } else {
-            if self.unwinder.unwind(r, s.stack, &mut self.frames) == End::Truncated {
+            if self
+                .unwinder
+                .unwind(r, s.stack, &mut self.frames, &mut self.sps)
+                == End::Truncated
+            {
                 self.truncated += 1;
+            }
+            if let Some(l) = &self.lua {
+                l.splice(&mut self.frames, &self.sps, s.stack, r.sp);
             }
             self.stacks.intern(&self.frames)
         };
@@ -158,6 +195,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let maps = Maps::read(pid)?;
     let specs = probe_set(&a, &maps)?;
     let unwinder = Unwinder::new(pid, &maps);
+    let lua = lua_frames(&a);
     let maps_at_start = maps.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -178,6 +216,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         stacks: StackTable::new(),
         unwinder,
         frames: Vec::with_capacity(64),
+        sps: Vec::with_capacity(64),
+        lua,
         truncated: 0,
         samples: 0,
         mem: ProcessMemory::new(pid),
@@ -226,9 +266,26 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         log::warn!("process {pid} exited during the window; reporting what was seen");
     }
 
+    refresh_lua_index(&a, &mut w);
     let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
     eprint!("{}", out::summary_text(&report.summary));
     write_outputs(&a, &report)
+}
+
+/// When outstanding stacks hold Lua PCs the index does not know (code
+/// loaded during the window), index the heap once more.
+fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
+    let Some(l) = &w.lua else { return };
+    let unknown = w
+        .tracker
+        .outstanding(u64::MAX, 0)
+        .flat_map(|(_, live)| w.stacks.get(live.stack).iter().copied())
+        .any(|f| lua::is_lua_pc(f) && l.locate(f).is_none());
+    if unknown && target::process_exists(w.pid) {
+        if let Some(fresh) = lua_frames(a) {
+            w.lua = Some(fresh);
+        }
+    }
 }
 
 fn progress_bar(secs: f64) -> indicatif::ProgressBar {
@@ -274,6 +331,23 @@ fn build_report(
         .map(|((stack, origin), (b, c))| {
             let mut frames = Vec::new();
             for (i, &addr) in w.stacks.get(stack).iter().enumerate() {
+                if lua::is_lua_pc(addr) {
+                    let pc = addr & !lua::LUA_PC_TAG;
+                    let name = match w.lua.as_ref().and_then(|l| l.locate(addr)) {
+                        Some(loc) => loc.to_string(),
+                        None => format!("[lua pc {pc:#x}]"),
+                    };
+                    for name in [name, lua::LUA_MARKER.to_string()] {
+                        frames.push(SiteFrame {
+                            name,
+                            addr: pc,
+                            offset: 0,
+                            size: 0,
+                            module: "lua".into(),
+                        });
+                    }
+                    continue;
+                }
                 for f in sym.frames(&maps, addr, i > 0) {
                     frames.push(SiteFrame {
                         name: f.name,

@@ -6,6 +6,7 @@
 //!
 //! Not here: turning addresses into names ([`symbols`]).
 
+pub mod lua;
 pub mod symbols;
 
 use std::collections::HashSet;
@@ -136,9 +137,14 @@ impl Unwinder {
 
     /// Unwind from `regs` over `stack` (copied from `regs.sp` up), pushing
     /// frame addresses into `out`, innermost first: the instruction pointer,
-    /// then return addresses.
-    pub fn unwind(&mut self, regs: &Regs, stack: &[u8], out: &mut Vec<u64>) -> End {
-        out.clear();
+    /// then return addresses; `sps` gets each frame's stack pointer.
+    pub fn unwind(
+        &mut self,
+        regs: &Regs,
+        stack: &[u8],
+        out: &mut Vec<u64>,
+        sps: &mut Vec<u64>,
+    ) -> End {
         let sp = regs.sp;
         let mut read = |addr: u64| -> Result<u64, ()> {
             let off = addr.checked_sub(sp).ok_or(())? as usize;
@@ -148,19 +154,23 @@ impl Unwinder {
         let mut refreshed = false;
         loop {
             out.clear();
-            let mut it = self.fh.iter_frames(
-                regs.ip,
-                UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp),
-                &mut self.cache,
-                &mut read,
-            );
+            sps.clear();
+            let mut r = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+            let mut addr = FrameAddress::InstructionPointer(regs.ip);
             let end = loop {
+                out.push(addr.address());
+                sps.push(r.sp());
                 if out.len() >= MAX_FRAMES {
                     break End::Truncated;
                 }
-                match it.next() {
-                    Ok(Some(FrameAddress::InstructionPointer(a))) => out.push(a),
-                    Ok(Some(FrameAddress::ReturnAddress(a))) => out.push(a.get()),
+                match self
+                    .fh
+                    .unwind_frame(addr, &mut r, &mut self.cache, &mut read)
+                {
+                    Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
+                        Some(a) => addr = a,
+                        None => break End::Complete,
+                    },
                     Ok(None) => break End::Complete,
                     Err(e) => {
                         log::trace!("unwind stopped after {} frames: {e:?}", out.len());
