@@ -195,7 +195,7 @@ pub struct LeaksArgs {
     #[arg(long, default_value_t = 8192, value_name = "BYTES")]
     pub stack_bytes: u32,
     /// Ring buffer pages per thread (a power of two).
-    #[arg(long, default_value_t = 1024, value_name = "PAGES")]
+    #[arg(long, default_value_t = 2048, value_name = "PAGES")]
     pub ring_pages: usize,
     /// Sites listed in JSON output.
     #[arg(long, default_value_t = 50, value_name = "N")]

@@ -237,7 +237,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let mut last_threads = Instant::now();
     let mut exited = false;
     while started.elapsed() < window && !stop.load(Ordering::SeqCst) {
-        session.wait(Duration::from_millis(50));
+        session.wait(Duration::from_millis(20));
         session.drain(|i, s| w.on_sample(&specs_copy[i], s));
         if last_threads.elapsed() > Duration::from_millis(200) {
             last_threads = Instant::now();

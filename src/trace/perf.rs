@@ -57,8 +57,14 @@ pub struct ProbeFd {
 }
 
 impl ProbeFd {
-    /// Open a disabled uprobe event for thread `tid`.
-    pub fn open(pmu: &UprobePmu, a: &ProbeAttr, tid: i32) -> Result<ProbeFd, TraceError> {
+    /// Open a disabled uprobe event for thread `tid`; poll() on its ring
+    /// wakes once `wakeup_bytes` are waiting.
+    pub fn open(
+        pmu: &UprobePmu,
+        a: &ProbeAttr,
+        tid: i32,
+        wakeup_bytes: u32,
+    ) -> Result<ProbeFd, TraceError> {
         let path = CString::new(a.path.as_str()).map_err(|_| TraceError::Open {
             what: format!("uprobe on {}", a.path),
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
@@ -80,7 +86,8 @@ impl ProbeFd {
         attr.__bindgen_anon_1.sample_period = 1;
         attr.__bindgen_anon_3.uprobe_path = path.as_ptr() as u64;
         attr.__bindgen_anon_4.probe_offset = a.offset;
-        attr.__bindgen_anon_2.wakeup_events = 0;
+        attr.__bindgen_anon_2.wakeup_watermark = wakeup_bytes;
+        attr.set_watermark(1);
         attr.set_disabled(1);
         // Timestamps on CLOCK_MONOTONIC, so the window's end can be compared
         // with sample times (--min-age).

@@ -114,7 +114,10 @@ impl Session {
     fn attach_thread(&mut self, tid: i32) -> Result<ThreadEvents, TraceError> {
         let mut fds = Vec::with_capacity(self.specs.len());
         for spec in &self.specs {
-            fds.push(ProbeFd::open(&self.pmu, &spec.attr, tid)?);
+            // Wake the reader at an eighth full: room for bursts while it
+            // drains, few wakeups.
+            let wakeup = (self.ring_pages * 4096 / 8) as u32;
+            fds.push(ProbeFd::open(&self.pmu, &spec.attr, tid, wakeup)?);
         }
         let ring = Ring::map(&fds[0], self.ring_pages)?;
         let io = |what: &str, source| TraceError::Open {

@@ -96,7 +96,13 @@ impl Symbolizer {
         };
         let Some(path) = m.file_path() else {
             let name = if m.path.is_empty() {
-                "[anon]".to_string()
+                // Anonymous executable memory: JIT-compiled code (LuaJIT
+                // traces have no unwind info, so the stack ends here).
+                if m.exec {
+                    "[jit code]".to_string()
+                } else {
+                    "[anon]".to_string()
+                }
             } else {
                 m.path.clone()
             };
