@@ -27,6 +27,8 @@ pub enum Command {
     /// Trace allocations for a while and report what is still outstanding,
     /// by stack (C and Lua), as folded stacks, stap text, SVG or JSON.
     Leaks(LeaksArgs),
+    /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
+    Probes(ProbesArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -165,6 +167,8 @@ pub enum LeakSource {
     Luajit,
     /// Both.
     All,
+    /// Only the probes named by --alloc-usdt / --free-usdt.
+    Usdt,
 }
 
 /// `ljleak leaks`.
@@ -200,9 +204,27 @@ pub struct LeaksArgs {
     /// Sites listed in JSON output.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub top: usize,
+    /// Also trace a custom allocator's USDT probe PROVIDER:NAME with
+    /// arguments (pointer, size).
+    #[arg(long, value_name = "PROVIDER:NAME")]
+    pub alloc_usdt: Option<String>,
+    /// Its free probe PROVIDER:NAME with argument (pointer).
+    #[arg(long, value_name = "PROVIDER:NAME")]
+    pub free_usdt: Option<String>,
     /// Test hook: where to look for the uprobe PMU.
     #[arg(long, value_name = "DIR", hide = true)]
     pub uprobe_pmu_dir: Option<std::path::PathBuf>,
+}
+
+/// `ljleak probes`.
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// Process ID.
+    #[arg(short = 'p', long = "pid", visible_short_alias = 'x', value_name = "PID")]
+    pub pid: i32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: CensusFormat,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

@@ -482,3 +482,89 @@ fn bad_input_gives_one_line_errors() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("no libc mapped"), "{err}");
 }
+
+/// The USDT fixture (examples/usdt_alloc.rs), built if `cargo test` was
+/// filtered to this file and did not build examples.
+fn usdt_fixture() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join("examples/usdt_alloc");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "--example", "usdt_alloc"])
+            .current_dir(common::root());
+        if release {
+            c.arg("--release");
+        }
+        assert!(
+            c.status().expect("cargo build").success(),
+            "building the USDT fixture"
+        );
+    }
+    bin
+}
+
+#[test]
+fn usdt_probes_listed_and_traced_with_kernel_managed_semaphore() {
+    if !have_uprobes() {
+        return;
+    }
+    let bin = usdt_fixture();
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let pid = p.pid.to_string();
+    // Listing.
+    let list = common::run_json(&["probes", "-p", &pid, "--format", "json"]);
+    let probes = list.as_array().expect("array");
+    let alloc: Vec<_> = probes
+        .iter()
+        .filter(|x| x["provider"] == "ljfix" && x["name"] == "alloc")
+        .collect();
+    assert!(!alloc.is_empty(), "{list}");
+    assert!(alloc.iter().all(|x| x["semaphore"].as_u64().unwrap() != 0
+        && x["args"].as_str().unwrap().split(' ').count() == 2));
+    assert!(probes
+        .iter()
+        .any(|x| x["provider"] == "ljfix" && x["name"] == "free"));
+    // Tracing: 5 blocks of 3000 bytes, 2 freed.
+    let mut t = Tracer::start(&[
+        "leaks",
+        "-p",
+        &pid,
+        "--time",
+        "2",
+        "--source",
+        "usdt",
+        "--alloc-usdt",
+        "ljfix:alloc",
+        "--free-usdt",
+        "ljfix:free",
+    ]);
+    p.send("go\n");
+    assert_eq!(
+        p.expect("done"),
+        "enabled=true",
+        "the kernel raised the semaphore"
+    );
+    let (code, err, out) = t.finish();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(summary_num(&err, "allocations"), 5, "{err}");
+    assert_eq!(summary_num(&err, "frees"), 2, "{err}");
+    assert!(
+        err.contains("outstanding 3 allocations, 9000 bytes"),
+        "{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("usdt_alloc::main") && l.ends_with(" 9000")),
+        "{out}"
+    );
+    // ljleak gone: the semaphore is back to zero.
+    p.send("go\n");
+    assert_eq!(p.expect("done"), "enabled=false");
+    p.send("quit\n");
+}

@@ -35,17 +35,75 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Probes for `--alloc-usdt` / `--free-usdt`.
+fn usdt_probes(a: &LeaksArgs, maps: &Maps, opts: ProbeOpts) -> Result<Vec<ProbeSpec>> {
+    let wanted = [
+        (Func::UsdtAlloc, &a.alloc_usdt),
+        (Func::UsdtFree, &a.free_usdt),
+    ];
+    if wanted.iter().all(|(_, w)| w.is_none()) {
+        return Ok(Vec::new());
+    }
+    if a.alloc_usdt.is_none() {
+        return Err(usage("--free-usdt needs --alloc-usdt too"));
+    }
+    let pid = a.target.pid;
+    let all = super::probes::all_probes(pid, maps);
+    let mut specs = Vec::new();
+    for (func, w) in wanted {
+        let Some(w) = w else { continue };
+        let (prov, name) = w
+            .split_once(':')
+            .ok_or_else(|| usage(format!("`{w}` is not PROVIDER:NAME")))?;
+        let found: Vec<_> = all
+            .iter()
+            .filter(|p| p.provider == prov && p.name == name)
+            .collect();
+        if found.is_empty() {
+            return Err(Classified::new(
+                ExitCode::NothingToTrace,
+                format!(
+                    "process {pid} has no USDT probe {w}; list them with `ljleak probes -p {pid}`"
+                ),
+            )
+            .into());
+        }
+        for p in found {
+            let elf = crate::target::elf::ElfFile::open(pid, &p.object)
+                .with_context(|| format!("opening {}", p.object))?;
+            let spec = probes::usdt_probe(func, p, &elf, opts).ok_or_else(|| {
+                usage(format!(
+                    "cannot use USDT probe {w}: arguments [{}] not understood",
+                    p.args
+                ))
+            })?;
+            let need = if func == Func::UsdtAlloc { 2 } else { 1 };
+            if spec.usdt_args.len() < need {
+                return Err(usage(format!(
+                    "USDT probe {w} has {} arguments, needs {need}",
+                    spec.usdt_args.len()
+                )));
+            }
+            specs.push(spec);
+        }
+    }
+    Ok(specs)
+}
+
 /// The probe set for `--source`.
 fn probe_set(a: &LeaksArgs, maps: &Maps) -> Result<Vec<ProbeSpec>> {
     let pid = a.target.pid;
     let opts = ProbeOpts {
         stack_bytes: a.stack_bytes,
     };
-    let mut specs = Vec::new();
-    if a.source != LeakSource::Luajit {
+    let mut specs = usdt_probes(a, maps, opts)?;
+    if a.source == LeakSource::Usdt && specs.is_empty() {
+        return Err(usage("--source usdt needs --alloc-usdt PROVIDER:NAME"));
+    }
+    if matches!(a.source, LeakSource::Malloc | LeakSource::All) {
         specs.extend(probes::libc_probes(pid, maps, opts)?);
     }
-    if a.source != LeakSource::Malloc {
+    if matches!(a.source, LeakSource::Luajit | LeakSource::All) {
         let found = crate::capture::locate(pid, &super::census::locate_opts(&a.target));
         match found {
             Ok((_, maps, vm)) => {
@@ -128,6 +186,22 @@ struct Window {
 }
 
 impl Window {
+    /// Unwind a sample's stack, splice Lua frames, intern it.
+    fn unwind(&mut self, s: &Sample<'_>) -> u32 {
+        let r = &s.regs;
+        if self
+            .unwinder
+            .unwind(r, s.stack, &mut self.frames, &mut self.sps)
+            == End::Truncated
+        {
+            self.truncated += 1;
+        }
+        if let Some(l) = &self.lua {
+            l.splice(&mut self.frames, &self.sps, s.stack, r.sp);
+        }
+        self.stacks.intern(&self.frames)
+    }
+
     fn on_sample(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {
         self.samples += 1;
         let r = &s.regs;
@@ -146,6 +220,24 @@ impl Window {
         }
         if spec.func == Func::Free {
             self.tracker.on_free(s.tid, r.sp, r.di);
+            return;
+        }
+        let arg = |i: usize| {
+            let (size, loc) = spec.usdt_args.get(i)?;
+            crate::trace::usdt::eval_arg(*size, loc, r, s.stack)
+        };
+        if spec.func == Func::UsdtFree {
+            if let Some(ptr) = arg(0) {
+                self.tracker.on_free(s.tid, r.sp, ptr);
+            }
+            return;
+        }
+        if spec.func == Func::UsdtAlloc {
+            let (Some(ptr), Some(size)) = (arg(0), arg(1)) else {
+                return;
+            };
+            let stack = self.unwind(s);
+            self.tracker.on_usdt_alloc(ptr, size, stack, s.time);
             return;
         }
         let args = Args {

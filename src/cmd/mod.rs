@@ -4,6 +4,7 @@
 pub mod census;
 pub mod threads;
 pub mod leaks;
+pub mod probes;
 
 use crate::cli::{Cli, Command};
 
@@ -14,6 +15,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Objs(a) => census::objs(a),
         Command::Threads(a) => threads::run(a),
         Command::Leaks(a) => leaks::leaks(a),
+        Command::Probes(a) => probes::run(a),
     }
 }
 

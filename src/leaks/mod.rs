@@ -25,6 +25,8 @@ pub enum Origin {
     Libc,
     /// LuaJIT's allocator.
     Luajit,
+    /// A custom allocator's USDT probes.
+    Usdt,
 }
 
 /// A live allocation.
@@ -139,6 +141,19 @@ impl Tracker {
         });
     }
 
+    /// A USDT allocation probe fired (no return to wait for).
+    pub fn on_usdt_alloc(&mut self, ptr: u64, size: u64, stack: u32, time: u64) {
+        let p = Pending {
+            func: Func::UsdtAlloc,
+            sp: 0,
+            args: Args::default(),
+            stack,
+            time,
+            nested: false,
+        };
+        self.alloc(ptr, size, &p, Origin::Usdt);
+    }
+
     /// free(ptr) was entered.
     pub fn on_free(&mut self, tid: u32, sp: u64, ptr: u64) {
         if self.is_nested(tid, sp) {
@@ -234,7 +249,7 @@ impl Tracker {
                     self.resize(ptr, ret, nsize, &p, Origin::Luajit, Some(osize));
                 }
             }
-            Func::Free => {}
+            Func::Free | Func::UsdtAlloc | Func::UsdtFree => {}
         }
     }
 

@@ -18,6 +18,7 @@ pub mod probes;
 pub mod record;
 pub mod session;
 pub mod site;
+pub mod usdt;
 
 use std::path::PathBuf;
 

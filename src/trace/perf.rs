@@ -48,6 +48,9 @@ pub struct ProbeAttr {
     pub regs_mask: u64,
     /// Bytes of user stack to copy (0: none).
     pub stack_bytes: u32,
+    /// File offset of a USDT semaphore the kernel should raise while the
+    /// probe exists (0: none). The uprobe PMU takes it in `config:32-63`.
+    pub ref_ctr_offset: u64,
 }
 
 /// One open uprobe event on one thread. Closing it removes the probe.
@@ -73,11 +76,11 @@ impl ProbeFd {
         let mut attr = perf_event_attr {
             type_: pmu.pmu_type,
             size: std::mem::size_of::<perf_event_attr>() as u32,
-            config: if a.retprobe {
+            config: (if a.retprobe {
                 1u64 << pmu.retprobe_bit
             } else {
                 0
-            },
+            }) | (a.ref_ctr_offset << 32),
             sample_type: a.sample_type,
             sample_regs_user: a.regs_mask,
             sample_stack_user: a.stack_bytes,

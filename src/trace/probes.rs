@@ -40,6 +40,10 @@ pub enum Func {
     Pvalloc,
     /// LuaJIT's `g->allocf(ud, ptr, osize, nsize)`.
     LuaAllocf,
+    /// A USDT allocation probe (pointer, size).
+    UsdtAlloc,
+    /// A USDT free probe (pointer).
+    UsdtFree,
 }
 
 impl Func {
@@ -71,6 +75,8 @@ impl Func {
             Func::Valloc => "valloc",
             Func::Pvalloc => "pvalloc",
             Func::LuaAllocf => "lj_alloc_f (g->allocf)",
+            Func::UsdtAlloc => "usdt alloc",
+            Func::UsdtFree => "usdt free",
         }
     }
 
@@ -82,17 +88,18 @@ impl Func {
             Func::Calloc | Func::Realloc | Func::AlignedAlloc | Func::Memalign => &[RDI, RSI],
             Func::ReallocArray | Func::PosixMemalign => &[RDI, RSI, RDX],
             Func::LuaAllocf => &[RSI, RDX, RCX],
+            Func::UsdtAlloc | Func::UsdtFree => &[],
         }
     }
 
     /// Whether the function returns a pointer we must see (free does not).
     pub fn needs_return(self) -> bool {
-        self != Func::Free
+        !matches!(self, Func::Free | Func::UsdtAlloc | Func::UsdtFree)
     }
 
     /// Whether entry samples carry a stack copy (allocations do).
     pub fn wants_stack(self) -> bool {
-        self != Func::Free
+        !matches!(self, Func::Free | Func::UsdtFree)
     }
 }
 
@@ -109,6 +116,8 @@ pub struct ProbeSpec {
     pub site: Site,
     /// The perf attributes.
     pub attr: ProbeAttr,
+    /// USDT argument locations (empty for functions).
+    pub usdt_args: Vec<(i8, super::usdt::ArgLoc)>,
 }
 
 impl ProbeSpec {
@@ -165,7 +174,9 @@ pub fn probes_for(func: Func, elf: &ElfFile, entry_offset: u64, opts: ProbeOpts)
                 sample_type: st,
                 regs_mask: REGS_MASK,
                 stack_bytes: stack,
+                ref_ctr_offset: 0,
             },
+            usdt_args: Vec::new(),
         }
     };
     let entry_stack = if func.wants_stack() {
@@ -246,4 +257,27 @@ pub fn luajit_probes(
     })?;
     let off = allocf - m.start + m.offset;
     Ok(probes_for(Func::LuaAllocf, &elf, off, opts))
+}
+
+/// A probe on USDT site `p` (its semaphore raised by the kernel while the
+/// probe exists).
+pub fn usdt_probe(
+    func: Func,
+    p: &super::usdt::SdtProbe,
+    elf: &ElfFile,
+    opts: ProbeOpts,
+) -> Option<ProbeSpec> {
+    let offset = p.offset?;
+    let args: Vec<_> = p
+        .args
+        .split_whitespace()
+        .map(super::usdt::parse_arg)
+        .collect::<Option<_>>()?;
+    let mut spec = probes_for(func, elf, offset, opts).into_iter().next()?;
+    // SDT sites are nops: the probe sits exactly there.
+    spec.site.delta = 0;
+    spec.attr.offset = offset;
+    spec.attr.ref_ctr_offset = p.semaphore_offset.unwrap_or(0);
+    spec.usdt_args = args;
+    Some(spec)
 }

@@ -15,6 +15,12 @@ const RECORD_SAMPLE: u32 = 9;
 pub mod reg {
     /// rax.
     pub const AX: u32 = 0;
+    /// rbx.
+    pub const BX: u32 = 1;
+    /// r8 (r9..r15 follow).
+    pub const R8: u32 = 16;
+    /// r15.
+    pub const R15: u32 = 23;
     /// rcx.
     pub const CX: u32 = 2;
     /// rdx.
@@ -31,9 +37,12 @@ pub mod reg {
     pub const IP: u32 = 8;
 }
 
-/// The registers ljleak samples: arguments, return value, and what the
-/// unwinder starts from.
+/// The registers ljleak samples: arguments, return value, what the
+/// unwinder starts from, and every general register (USDT arguments may
+/// live in any of them).
 pub const REGS_MASK: u64 = (1 << reg::AX)
+    | (1 << reg::BX)
+    | (0xff << reg::R8)
     | (1 << reg::CX)
     | (1 << reg::DX)
     | (1 << reg::SI)
@@ -61,6 +70,10 @@ pub struct Regs {
     pub sp: u64,
     /// rip.
     pub ip: u64,
+    /// rbx.
+    pub bx: u64,
+    /// r8..r15.
+    pub r: [u64; 8],
 }
 
 /// One PERF_RECORD_SAMPLE.
@@ -197,6 +210,8 @@ fn decode_sample<'a>(
                     reg::BP => r.bp = v,
                     reg::SP => r.sp = v,
                     reg::IP => r.ip = v,
+                    reg::BX => r.bx = v,
+                    reg::R8..=reg::R15 => r.r[(bit - reg::R8) as usize] = v,
                     _ => {}
                 }
             }
@@ -241,7 +256,9 @@ mod tests {
             | sample::STACK_USER;
         // id, ip, pid/tid, time, abi, 8 regs (ax cx dx si di bp sp ip), stack size
         let mut body = vec![7, 0x1000, (42u64 << 32) | 41, 999, 2];
-        body.extend_from_slice(&[1, 2, 3, 4, 5, 6, 0x7ff0, 0x1000]);
+        // ax bx cx dx si di bp sp ip r8..r15
+        body.extend_from_slice(&[1, 11, 2, 3, 4, 5, 6, 0x7ff0, 0x1000]);
+        body.extend_from_slice(&[8, 9, 10, 11, 12, 13, 14, 15]);
         body.push(16);
         let mut extra = vec![0xaa; 16];
         extra.extend_from_slice(&8u64.to_le_bytes());
@@ -255,6 +272,8 @@ mod tests {
         assert_eq!(s.regs.di, 5);
         assert_eq!(s.regs.cx, 2);
         assert_eq!(s.regs.sp, 0x7ff0);
+        assert_eq!(s.regs.bx, 11);
+        assert_eq!(s.regs.r[7], 15);
         assert_eq!(s.stack.len(), 8);
         assert!(!s.stack_full);
     }
