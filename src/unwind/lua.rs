@@ -144,8 +144,8 @@ mod tests {
     fn splices_interpreter_frames_only() {
         // LuaJIT object at 0x1000..0x9000 exporting lua_pcall at 0x2000..0x2100.
         let lf = LuaFrames {
-            object: vec![0x1000..0x9000],
-            entries: vec![0x2000..0x2100],
+            object: std::iter::once(0x1000..0x9000).collect(),
+            entries: std::iter::once(0x2000..0x2100).collect(),
             offs: CFrameOffsets::X64_GC64,
             index: ProtoIndex::default(),
         };
