@@ -39,10 +39,11 @@ struct Tracer {
 }
 
 impl Tracer {
-    /// Start ljleak with `args` and wait until its probes are attached.
-    fn start(args: &[&str]) -> Tracer {
+    /// Start ljleak with `args` (split at spaces) and wait until its probes
+    /// are attached.
+    fn start(args: &str) -> Tracer {
         let mut child = Command::new(common::ljleak())
-            .args(args)
+            .args(args.split(' '))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -71,6 +72,13 @@ impl Tracer {
             }
         }
         t
+    }
+
+    /// Wait for a successful exit: (stderr after the start line, stdout).
+    fn finish_ok(&mut self) -> (String, String) {
+        let (code, err, out) = self.finish();
+        assert_eq!(code, 0, "ljleak failed: {err}");
+        (err, out)
     }
 
     /// Wait for exit: (exit code, stderr after the start line, stdout).
@@ -165,26 +173,18 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
     assert_eq!(ng.get("/cok?size=1").0, 200);
     let svg = tmp("cleak.svg");
     let folded = tmp("cleak.folded");
-    let mut t = Tracer::start(&[
-        "leaks",
-        "-p",
-        &w,
-        "--time",
-        "4",
-        "--source",
-        "malloc",
-        "-o",
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 4 --source malloc -o {} --folded {}",
+        w,
         svg.to_str().unwrap(),
-        "--folded",
-        folded.to_str().unwrap(),
-    ]);
+        folded.to_str().unwrap()
+    ));
     const N: u64 = 25;
     for _ in 0..N {
         assert_eq!(ng.get("/cleak?size=12345").0, 200);
         assert_eq!(ng.get("/cok?size=23456").0, 200);
     }
-    let (code, err, _) = t.finish();
-    assert_eq!(code, 0, "{err}");
+    let (err, _) = t.finish_ok();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
     let lua_malloc = |size: u64| -> u64 {
         f.iter()
@@ -254,17 +254,11 @@ fn luajit_allocator_leak_matches_heap_growth() {
     let before = common::census(w)["gc_total"].as_i64().expect("gc_total");
     let json = tmp("lualeak.json");
     let ws = w.to_string();
-    let mut t = Tracer::start(&[
-        "leaks",
-        "-p",
-        &ws,
-        "--time",
-        "4",
-        "--source",
-        "luajit",
-        "-o",
-        json.to_str().unwrap(),
-    ]);
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 4 --source luajit -o {}",
+        ws,
+        json.to_str().unwrap()
+    ));
     const N: u64 = 40;
     for _ in 0..N {
         assert_eq!(ng.get("/lualeak").0, 200);
@@ -272,8 +266,7 @@ fn luajit_allocator_leak_matches_heap_growth() {
     // Collect the window's garbage inside the window, so what stays
     // outstanding is what the heap keeps.
     assert_eq!(ng.get("/collect").0, 200);
-    let (code, err, _) = t.finish();
-    assert_eq!(code, 0, "{err}");
+    let (err, _) = t.finish_ok();
     let after = common::census(w)["gc_total"].as_i64().expect("gc_total");
     let growth = (after - before) as f64;
     let r: serde_json::Value =
@@ -341,24 +334,15 @@ fn realloc_chain_posix_memalign_and_prewindow_frees() {
     let stap = tmp("fixture.stap");
     let folded = tmp("fixture.folded");
     let pid = p.pid.to_string();
-    let mut t = Tracer::start(&[
-        "leaks",
-        "-p",
-        &pid,
-        "--time",
-        "2",
-        "--format",
-        "stap",
-        "-o",
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 2 --format stap -o {} --folded {}",
+        pid,
         stap.to_str().unwrap(),
-        "--folded",
-        folded.to_str().unwrap(),
-    ]);
+        folded.to_str().unwrap()
+    ));
     p.send("go\n");
     p.expect("done");
-    let (code, err, _) = t.finish();
-    p.send("quit\n");
-    assert_eq!(code, 0, "{err}");
+    let (err, _) = t.finish_ok();
     assert_eq!(
         summary_num(&err, "allocations"),
         5,
@@ -401,7 +385,7 @@ fn sigkill_mid_window_leaves_no_probe() {
     let events = Path::new("/sys/kernel/tracing/uprobe_events");
     let before = std::fs::read_to_string(events).ok();
     let ws = w.to_string();
-    let t = Tracer::start(&["leaks", "-p", &ws, "--time", "30"]);
+    let t = Tracer::start(&format!("leaks -p {} --time 30", ws));
     for _ in 0..20 {
         assert_eq!(ng.get("/cleak?size=100").0, 200);
     }
@@ -428,12 +412,11 @@ fn sigkill_mid_window_leaves_no_probe() {
     assert_eq!(ng.worker(), w, "the worker did not crash");
     // A new session attaches to the same worker at once (nothing is left
     // claiming it) and sees the requests made during its window.
-    let mut t = Tracer::start(&["leaks", "-p", &ws, "--time", "1", "--source", "malloc"]);
+    let mut t = Tracer::start(&format!("leaks -p {} --time 1 --source malloc", ws));
     for _ in 0..5 {
         assert_eq!(ng.get("/cleak?size=777").0, 200);
     }
-    let (code, err, out) = t.finish();
-    assert_eq!(code, 0, "{err}");
+    let (_, out) = t.finish_ok();
     assert!(out.lines().any(|l| l.ends_with(" 3885")), "{out}");
 }
 
@@ -531,27 +514,17 @@ fn usdt_probes_listed_and_traced_with_kernel_managed_semaphore() {
         .iter()
         .any(|x| x["provider"] == "ljfix" && x["name"] == "free"));
     // Tracing: 5 blocks of 3000 bytes, 2 freed.
-    let mut t = Tracer::start(&[
-        "leaks",
-        "-p",
-        &pid,
-        "--time",
-        "2",
-        "--source",
-        "usdt",
-        "--alloc-usdt",
-        "ljfix:alloc",
-        "--free-usdt",
-        "ljfix:free",
-    ]);
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 2 --source usdt --alloc-usdt ljfix:alloc --free-usdt ljfix:free",
+        pid
+    ));
     p.send("go\n");
     assert_eq!(
         p.expect("done"),
         "enabled=true",
         "the kernel raised the semaphore"
     );
-    let (code, err, out) = t.finish();
-    assert_eq!(code, 0, "{err}");
+    let (err, out) = t.finish_ok();
     assert_eq!(summary_num(&err, "allocations"), 5, "{err}");
     assert_eq!(summary_num(&err, "frees"), 2, "{err}");
     assert!(

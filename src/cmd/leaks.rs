@@ -249,17 +249,7 @@ impl Window {
         let stack = if self.tracker.is_nested(s.tid, r.sp) {
             0
         } else {
-            if self
-                .unwinder
-                .unwind(r, s.stack, &mut self.frames, &mut self.sps)
-                == End::Truncated
-            {
-                self.truncated += 1;
-            }
-            if let Some(l) = &self.lua {
-                l.splice(&mut self.frames, &self.sps, s.stack, r.sp);
-            }
-            self.stacks.intern(&self.frames)
+            self.unwind(s)
         };
         self.tracker
             .on_entry(s.tid, spec.func, r.sp, args, stack, s.time);
