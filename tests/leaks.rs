@@ -541,3 +541,33 @@ fn usdt_probes_listed_and_traced_with_kernel_managed_semaphore() {
     assert_eq!(p.expect("done"), "enabled=false");
     p.send("quit\n");
 }
+
+#[test]
+fn ctrl_c_stops_early_and_still_reports() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(bin) = fixture(false) else { return };
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let started = Instant::now();
+    let mut t = Tracer::start(&format!("leaks -p {} --time 60 --source malloc", p.pid));
+    p.send("go\n");
+    p.expect("done");
+    common::unsafe_kill(t.child.id() as i32, 2);
+    let (err, out) = t.finish_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "did not stop early"
+    );
+    assert!(err.contains("(interrupted)"), "{err}");
+    assert!(
+        err.contains("outstanding 2 allocations, 5300 bytes"),
+        "{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with("aligned_block;posix_memalign 5000")),
+        "{out}"
+    );
+}
