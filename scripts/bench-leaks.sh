@@ -45,7 +45,8 @@ run_traced() {
     echo "$label $R req/s ($(awk -v a="$R" -v b="$BASE" 'BEGIN {printf "%.2f", a/b}') of untraced), lost events ${LOST:-?}"
 }
 run_traced "ljleak leaks (default):       "
-run_traced "ljleak leaks --source malloc:      " --source malloc
+run_traced "ljleak leaks --source malloc:  " --source malloc
+run_traced "ljleak leaks --stack-bytes 2048:" --stack-bytes 2048
 
 if command -v perf >/dev/null 2>&1; then
     LIBC=$(awk '$6 ~ /libc\.so/ {print $6; exit}' "/proc/$WORKER/maps")

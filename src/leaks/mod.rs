@@ -125,6 +125,7 @@ impl Tracker {
         let nested = self.is_nested(tid, sp);
         if nested {
             self.counts.nested += 1;
+            log::trace!("{func:?} nested in {:?}", self.pending[&tid].last().map(|p| p.func));
         }
         let p = self.pending.entry(tid).or_default();
         if p.len() >= MAX_PENDING {
@@ -158,6 +159,7 @@ impl Tracker {
     pub fn on_free(&mut self, tid: u32, sp: u64, ptr: u64) {
         if self.is_nested(tid, sp) {
             self.counts.nested += 1;
+            log::trace!("free nested in {:?}", self.pending[&tid].last().map(|p| p.func));
             return;
         }
         self.free(ptr, None);
