@@ -89,7 +89,8 @@ impl Tracer {
             o.read_to_string(&mut out).expect("stdout");
         }
         let st = self.child.wait().expect("wait");
-        let err: Vec<String> = self.stderr.try_iter().collect();
+        // The reader thread ends at EOF, once ljleak has exited.
+        let err: Vec<String> = self.stderr.iter().collect();
         (st.code().unwrap_or(-1), err.join("\n"), out)
     }
 }
@@ -310,7 +311,7 @@ fn fixture(static_: bool) -> Option<PathBuf> {
     }
     let out = tmp(if static_ { "alloc-static" } else { "alloc" });
     let mut c = Command::new("cc");
-    c.args(["-O1", "-g", "-o"])
+    c.args(["-O1", "-g", "-pthread", "-o"])
         .arg(&out)
         .arg(common::root().join("tests/fixtures/alloc.c"));
     if static_ {
@@ -569,5 +570,30 @@ fn ctrl_c_stops_early_and_still_reports() {
         out.lines()
             .any(|l| l.ends_with("aligned_block;posix_memalign 5000")),
         "{out}"
+    );
+}
+
+// Known gap: on this kernel (6.18) events opened with pid = TID of a
+// non-leader thread attach without error but deliver no samples (the leader's
+// do), whether the thread existed at attach or came later; not yet
+// understood. Run with --ignored to check a fix.
+#[test]
+#[ignore = "uprobe events on non-leader threads deliver no samples (known gap)"]
+fn threads_created_during_the_window_are_traced() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(bin) = fixture(false) else { return };
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let mut t = Tracer::start(&format!("leaks -p {} --time 2 --source malloc", p.pid));
+    p.send("thread\n");
+    p.expect("thread done");
+    let (err, out) = t.finish_ok();
+    assert!(err.contains("on 2 thread(s)"), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("in_thread;malloc") && l.ends_with(" 7777")),
+        "{out}\n{err}"
     );
 }

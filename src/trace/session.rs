@@ -99,6 +99,7 @@ impl Session {
             }
             match self.attach_thread(tid) {
                 Ok(t) => {
+                    log::debug!("tracing thread {tid}");
                     self.threads.insert(tid, t);
                     self.stats.threads += 1;
                 }
@@ -171,7 +172,8 @@ impl Session {
         let ids = &self.ids;
         let stats = &mut self.stats;
         let buf = &mut self.buf;
-        for t in self.threads.values() {
+        for (tid, t) in self.threads.iter() {
+            let before = n;
             n += t.ring.drain(buf, |rec| {
                 let lookup = |id| ids.get(&id).map(|&(_, st, m)| (st, m));
                 match record::decode(rec, lookup) {
@@ -186,6 +188,9 @@ impl Session {
                     Err(_) => stats.undecodable += 1,
                 }
             });
+            if n > before {
+                log::trace!("thread {tid}: {} records", n - before);
+            }
         }
         n
     }
