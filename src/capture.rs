@@ -168,7 +168,16 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
         let image = match image {
             Ok(i) => i,
             Err(_) if !target::process_alive(pid) => return Err(TargetError::Exited(pid).into()),
-            Err(e) => anyhow::bail!("copying the heap: {e}"),
+            Err(crate::target::MemError::Os { errno, .. })
+                if errno == libc::EPERM || errno == libc::EACCES =>
+            {
+                return Err(TargetError::Permission {
+                    pid,
+                    what: "process_vm_readv".into(),
+                }
+                .into())
+            }
+            Err(e) => anyhow::bail!("copying the heap: {e}; try again, or use --nonblocking"),
         };
         let consistency = if q.is_quiescent() {
             Consistency::Quiescent

@@ -26,6 +26,9 @@ pub enum ExitCode {
     UnsupportedLayout = 7,
     /// The target exited while ljleak was working on it.
     TargetExited = 8,
+    /// An input file is not usable: malformed snapshot, unsupported schema
+    /// version, or two snapshots that cannot be compared (`ljleak diff`).
+    BadInput = 9,
     /// Tracing is unavailable (no uprobe PMU in the kernel).
     NoTracing = 20,
     /// Nothing to trace: no libc mapped (static binary) and no LuaJIT allocator.
@@ -36,7 +39,7 @@ pub enum ExitCode {
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0  success
-  1  other failure (I/O error, inconsistent heap, bad input file)
+  1  other failure (I/O error, inconsistent heap)
   2  usage error
   3  a --fail-if gate tripped (diff)
   4  no such process
@@ -44,6 +47,7 @@ Exit codes:
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
   8  the target exited during the run
+  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)
   20 uprobe tracing unavailable (kernel without the uprobe PMU)
   21 nothing to trace (no libc mapped, e.g. a static binary; see --source)";
 

@@ -7,9 +7,11 @@
 //! [`cmd`] (the commands behind the CLI in [`cli`]).
 #![deny(missing_docs)]
 
+pub mod analysis;
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod compare;
 pub mod error;
 pub mod leaks;
 pub mod luajit;

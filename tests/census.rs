@@ -328,6 +328,9 @@ fn nginx_worker_census() {
         return;
     };
     let w = n.worker();
+    // Full collections before each census, so garbage swept in between
+    // cannot blur the delta.
+    assert_eq!(n.get("/collect").0, 200);
     let c1 = census(w);
     assert_eq!(c1["walker_total"], c1["gc_total"], "{c1:#}");
     assert_eq!(c1["luajit"]["method"], "nginx");
@@ -340,11 +343,12 @@ fn nginx_worker_census() {
     );
     let (st, body) = n.get("/tables?n=5000");
     assert_eq!((st, body.trim()), (200, "5000"));
+    assert_eq!(n.get("/collect").0, 200);
     let c2 = census(w);
     assert_eq!(c2["walker_total"], c2["gc_total"]);
     let dt = ty(&c2, "table", "count") - ty(&c1, "table", "count");
     // The 5000 kept tables plus whatever one request left as garbage.
-    assert!((5000..5000 + 200).contains(&dt), "table delta {dt}");
+    assert!((5000..5000 + 50).contains(&dt), "table delta {dt}");
     for _ in 0..20 {
         assert_eq!(n.get("/leak?n=4").0, 200);
     }
@@ -370,8 +374,11 @@ fn sigkill_while_paused_leaves_worker_running() {
     // SIGKILL is the hard case (no handler runs); SIGTERM and SIGINT end the
     // process by their default action and must leave the worker running too.
     for (round, sig) in [9, 9, 9, 9, 15, 15, 2, 2].into_iter().enumerate() {
+        let err =
+            std::env::temp_dir().join(format!("ljleak-sigkill-{}-{round}.err", std::process::id()));
         let mut child = std::process::Command::new(ljleak())
             .args([
+                "-v",
                 "objs",
                 "-p",
                 &w.to_string(),
@@ -379,18 +386,25 @@ fn sigkill_while_paused_leaves_worker_running() {
                 "10000",
             ])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
         // Wait until the worker is held in a ptrace stop.
         let t = std::time::Instant::now();
         while proc_state(w) != Some('t') {
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "round {round}: ljleak ended ({st}) before pausing: {}",
+                    std::fs::read_to_string(&err).unwrap_or_default()
+                );
+            }
             assert!(
-                t.elapsed().as_secs() < 10,
+                t.elapsed().as_secs() < 30,
                 "round {round}: worker never paused"
             );
-            std::thread::sleep(std::time::Duration::from_millis(2));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        std::fs::remove_file(&err).ok();
         unsafe_kill(child.id() as i32, sig);
         child.wait().unwrap();
         let t = std::time::Instant::now();
@@ -495,11 +509,13 @@ fn walker_survives_corrupted_heaps() {
     let Some(mut p) = luajit_script("census_populations.lua", &[]) else {
         return;
     };
-    for _ in 0..4 {
+    for _ in 0..9 {
         p.ready();
         p.resume_total();
     }
-    p.ready(); // after the strings phase
+    // After the buffers phase: tables, strings, cdata, closures, suspended
+    // coroutines with open upvalues, string.buffers.
+    assert_eq!(p.ready(), "buffers");
     let img_path = std::env::temp_dir().join(format!("ljleak-fuzz-{}.img", std::process::id()));
     let c = run_json(&[
         "objs",
@@ -555,8 +571,12 @@ fn walker_survives_corrupted_heaps() {
                 };
                 (victim, target.to_le_bytes().to_vec())
             }
-            // Garbage pointer into a random field.
-            2 => (victim + 8 * (rnd() % 8), rnd().to_le_bytes().to_vec()),
+            // Garbage into a random field (thread stacksize and top lie
+            // past 64 bytes): a pointer, or a huge count.
+            2 => {
+                let v = if rnd() % 2 == 0 { rnd() } else { 0xffff_fff0 };
+                (victim + 8 * (rnd() % 16), v.to_le_bytes().to_vec())
+            }
             // Break the string table or global state.
             _ => (g + 8 * (rnd() % 40), rnd().to_le_bytes().to_vec()),
         };
@@ -565,6 +585,14 @@ fn walker_survives_corrupted_heaps() {
         };
         let rep = {
             let vm = Vm::new(&img, &lay, g, main);
+            // The analyses built on the walk must survive the damage too:
+            // the object graph of refs and the thread backtraces.
+            if i % 5 == 0 {
+                let graph = ljleak::analysis::graph::Graph::build(&vm, lim);
+                std::hint::black_box(&graph);
+                let th = ljleak::luajit::threads::threads(&vm, lim, 64);
+                std::hint::black_box(&th);
+            }
             walk(&vm, lim, |_| {})
         };
         if rep.total() != base.total() || !rep.warnings.is_empty() {
@@ -603,12 +631,11 @@ fn busy_target_gets_best_effort_or_nonblocking_walks() {
     let j = run_json(&["objs", "-p", &pid, "--nonblocking", "--format", "json"]);
     assert_eq!(j["consistency"], "nonblocking");
     assert_eq!(j["pause_us"], 0);
-    // Even racing the mutator, the walk finds the bulk of the heap.
-    let (w, g) = (
-        j["walker_total"].as_f64().unwrap(),
-        j["gc_total"].as_f64().unwrap(),
-    );
-    assert!((w - g).abs() / g < 0.5, "walker {w} vs gc {g}");
+    // Racing the mutator, totals may be off (that is what the flag says), but
+    // the walk still ends and finds the VM's own long-lived objects.
+    assert!(j["objects"].as_u64().unwrap() > 100, "{j:#}");
+    assert!(ty(&j, "thread", "count") >= 1, "{j:#}");
+    assert!(ty(&j, "proto", "count") >= 1, "{j:#}");
     // And the target still runs.
     assert_eq!(proc_state(p.pid), Some('R'));
 }

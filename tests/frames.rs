@@ -228,3 +228,68 @@ fn frames_survive_corrupt_stacks() {
     // Corruption cuts stacks short but does not wipe them all at once.
     assert!(frames_seen > 0);
 }
+
+/// A count hook blocked in io.read: the interrupted function's line comes
+/// from the interpreter's C frame (SAVE_PC, the cframe chain), which lives
+/// on the native stack, so the walk reads the live (blocked) process.
+fn check_hook(interp: &Path) {
+    let script = testdata("lua/hook.lua");
+    let mut p = LuaProc::spawn(interp, &script, &[]);
+    let tb = traceback_locs(&p.expect("tb hook "));
+    assert_eq!(p.ready(), "hook");
+    let rel: Vec<String> = tb
+        .iter()
+        .map(|s| s.replace(&script.display().to_string(), "F"))
+        .collect();
+    assert_eq!(
+        rel[..3],
+        [s("F:21 '__mod'"), s("F:14 'busy'"), s("F:23")],
+        "{tb:?}"
+    );
+    let cap = capture(p.pid, &CaptureOpts::default()).expect("capture");
+    let index = ProtoIndex::build(&cap.heap_vm(), cap.walk_limits());
+    let live = ljleak::target::ProcessMemory::new(p.pid);
+    let vm = Vm::new(&live, &cap.vm.layout, cap.vm.roots.g, cap.vm.roots.main);
+    let bt = lua_backtrace(&vm, &index, vm.main, 50);
+    assert!(
+        matches!(bt[0].what, FuncKind::Fast { .. }),
+        "io.read on top: {:?}",
+        bt[0]
+    );
+    let got: Vec<String> = bt[1..].iter().map(frame_key).collect();
+    assert_eq!(got, tb, "backtrace through the C frame of the hook");
+    drop(p);
+}
+
+fn s(x: &str) -> String {
+    x.to_string()
+}
+
+#[test]
+fn frames_hook_gc64() {
+    let Some(lj) = luajit() else {
+        require("/usr/bin/luajit (luajit2)", false);
+        return;
+    };
+    check_hook(&lj);
+}
+
+#[test]
+fn frames_hook_nogc64() {
+    let Some(lj) = variant("luajit2-nogc64", false) else {
+        require("luajit2-nogc64 variant", false);
+        return;
+    };
+    check_hook(&lj);
+}
+
+#[test]
+fn frames_hook_upstream() {
+    for name in ["upstream-gc64", "upstream-nogc64"] {
+        let Some(lj) = variant(name, false) else {
+            require(&format!("{name} variant"), false);
+            continue;
+        };
+        check_hook(&lj);
+    }
+}

@@ -7,7 +7,6 @@ use anyhow::Result;
 use crate::capture::{self, CaptureOpts};
 use crate::cli::{CensusFormat, GcArgs, ObjsArgs, TargetArgs};
 use crate::luajit::layout::gc_state_name;
-use crate::luajit::walk::Limits;
 use crate::luajit::{census, LocateOpts, Vm};
 use crate::report::census::{census_report, census_text, gc_text, luajit_info, CensusReport};
 use crate::target::ProcessMemory;
@@ -19,17 +18,44 @@ pub(crate) fn locate_opts(t: &TargetArgs) -> LocateOpts {
     }
 }
 
-/// `ljleak gc`: one read of `g->gc.total`, no pause needed.
+/// `ljleak gc`: one read of `g->gc.total`, no pause needed. Given an nginx
+/// master, every worker in turn plus the total.
 pub fn gc(a: GcArgs) -> Result<()> {
-    let pid = a.target.pid;
-    let (exe, _maps, vm) = capture::locate(pid, &locate_opts(&a.target))?;
+    if a.format == CensusFormat::Pprof {
+        anyhow::bail!(
+            "gc has no pprof form (one number): use `ljleak objs --format pprof -o FILE`"
+        );
+    }
+    let json = a.format == CensusFormat::Json;
+    if let Some(w) = super::workers::workers_of(a.target.pid) {
+        let one = |pid| {
+            gc_report(&TargetArgs {
+                pid,
+                ..a.target.clone()
+            })
+        };
+        let text = super::workers::for_each_worker(a.target.pid, &w, json, one, gc_text)?;
+        return super::write_output(None, &text);
+    }
+    let r = gc_report(&a.target)?;
+    let text = match a.format {
+        CensusFormat::Text | CensusFormat::Pprof => gc_text(&r),
+        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+    };
+    super::write_output(None, &text)
+}
+
+/// The `gc` report of one process.
+pub fn gc_report(t: &TargetArgs) -> Result<CensusReport> {
+    let pid = t.pid;
+    let (exe, _maps, vm) = capture::locate(pid, &locate_opts(t))?;
     log::info!("VM found by {}", vm.method.name());
     let mem = ProcessMemory::new(pid);
     let v = Vm::new(&mem, &vm.layout, vm.roots.g, vm.roots.main);
     let total = v.gc_total().map_err(|e| {
         crate::target::TargetError::from_io(pid, "reading gc.total", std::io::Error::other(e))
     })?;
-    let r = CensusReport {
+    let mut r = CensusReport {
         kind: "gc".into(),
         pid,
         exe,
@@ -50,13 +76,29 @@ pub fn gc(a: GcArgs) -> Result<()> {
         objects: 0,
         image_bytes: 0,
         walk_us: 0,
+        walk_cpu_us: 0,
         warnings: Vec::new(),
+        ..Default::default()
     };
-    let text = match a.format {
-        CensusFormat::Text => gc_text(&r),
-        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
-    };
-    super::write_output(None, &text)
+    r.stamp(crate::report::envelope::Stamp::now(pid, &r.exe));
+    Ok(r)
+}
+
+/// How long the walk of the copy took: wall clock, and this thread's CPU
+/// time (what benchmarks compare: it does not grow when other processes
+/// compete for the CPU).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalkTime {
+    /// Wall-clock microseconds.
+    pub wall_us: u64,
+    /// CPU microseconds of the walking thread.
+    pub cpu_us: u64,
+}
+
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// Take a census of `pid` (shared by objs and later commands).
@@ -65,7 +107,7 @@ pub fn take_census(
     nonblocking: bool,
     attempts: u32,
     hold: Option<Duration>,
-) -> Result<(capture::Capture, census::Census, u64)> {
+) -> Result<(capture::Capture, census::Census, WalkTime)> {
     let opts = CaptureOpts {
         locate: locate_opts(t),
         nonblocking,
@@ -86,31 +128,74 @@ pub fn take_census(
         cap.image.total_bytes()
     );
     let t0 = Instant::now();
-    let vm = Vm::new(
-        &cap.image,
-        &cap.vm.layout,
-        cap.vm.roots.g,
-        cap.vm.roots.main,
-    );
-    // No list can hold more objects than the copy has room for.
-    let lim = Limits {
-        max_objects: cap.image.total_bytes() / 16 + 16,
-    };
+    let cpu0 = thread_cpu();
+    let vm = cap.heap_vm();
+    let lim = cap.walk_limits();
     let c = census::take(&vm, lim);
-    let walk_us = t0.elapsed().as_micros() as u64;
-    log::info!("walked {} objects in {} us", c.walk.objects, walk_us);
-    Ok((cap, c, walk_us))
+    let walk = WalkTime {
+        wall_us: t0.elapsed().as_micros() as u64,
+        cpu_us: thread_cpu().saturating_sub(cpu0).as_micros() as u64,
+    };
+    log::info!(
+        "walked {} objects in {} us ({} us of CPU)",
+        c.walk.objects,
+        walk.wall_us,
+        walk.cpu_us
+    );
+    Ok((cap, c, walk))
 }
 
-/// `ljleak objs`.
+/// `ljleak objs`. Given an nginx master, every worker in turn (each paused
+/// alone) plus the total.
 pub fn objs(a: ObjsArgs) -> Result<()> {
     let hold = a.debug_hold_pause_ms.map(Duration::from_millis);
-    let (cap, c, walk_us) = take_census(&a.target, a.nonblocking, a.attempts, hold)?;
-    if let Some(p) = &a.save_image {
-        cap.image.save(p)?;
+    let format = a.format.unwrap_or(if a.output.is_some() {
+        CensusFormat::Json
+    } else {
+        CensusFormat::Text
+    });
+    if let Some(w) = super::workers::workers_of(a.target.pid) {
+        let one = |pid| {
+            let t = TargetArgs {
+                pid,
+                ..a.target.clone()
+            };
+            let (cap, c, walk) = take_census(&t, a.nonblocking, a.attempts, hold)?;
+            Ok(census_report(&cap, &c, walk))
+        };
+        if format == CensusFormat::Pprof {
+            let reps = super::workers::collect(&w, one)?;
+            return super::convert::write_pprof(
+                a.output.as_deref(),
+                &crate::report::pprof::from_censuses(&reps, true),
+            );
+        }
+        let text = super::workers::for_each_worker(
+            a.target.pid,
+            &w,
+            format == CensusFormat::Json,
+            one,
+            |r| census_text(r, a.top_cdata),
+        )?;
+        return super::write_output(a.output.as_deref(), &text);
     }
-    let r = census_report(&cap, &c, walk_us);
-    let text = match a.format {
+    let (cap, c, walk) = take_census(&a.target, a.nonblocking, a.attempts, hold)?;
+    if let Some(p) = &a.save_image {
+        cap.image.save(p).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot write heap image {}: {e} (choose a new file in a writable folder)",
+                p.display()
+            )
+        })?;
+    }
+    let r = census_report(&cap, &c, walk);
+    let text = match format {
+        CensusFormat::Pprof => {
+            return super::convert::write_pprof(
+                a.output.as_deref(),
+                &crate::report::pprof::from_census(&r),
+            )
+        }
         CensusFormat::Text => census_text(&r, a.top_cdata),
         CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
     };

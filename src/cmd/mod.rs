@@ -2,7 +2,12 @@
 //! returning errors that `main` maps to exit codes.
 
 pub mod census;
+pub mod convert;
+pub mod diff;
+pub mod refs;
 pub mod threads;
+pub mod watch;
+pub mod workers;
 pub mod leaks;
 pub mod probes;
 
@@ -14,6 +19,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
         Command::Threads(a) => threads::run(a),
+        Command::Refs(a) => refs::refs(a),
+        Command::Diff(a) => diff::diff(a),
+        Command::Watch(a) => watch::watch(a),
+        Command::Convert(a) => convert::convert(a),
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
     }
@@ -22,11 +31,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// Write `text` to `path` atomically (temp file + rename) with mode 0600,
 /// or to stdout when `path` is None.
 pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    write_bytes(path, text.as_bytes())
+}
+
+/// [`write_output`] for binary data (pprof).
+pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let Some(path) = path else {
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())?;
+        out.write_all(text)?;
         return Ok(out.flush()?);
     };
     let dir = path
@@ -39,13 +53,14 @@ pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Resul
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
     let res = (|| -> std::io::Result<()> {
+        // create_new: never follow a link planted at the temp name.
+        let _ = std::fs::remove_file(&tmp);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
+        f.write_all(text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();

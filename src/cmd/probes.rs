@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::cli::{CensusFormat, ProbesArgs};
+use crate::cli::{ProbesArgs, TextOrJson};
 use crate::target::elf::ElfFile;
 use crate::target::{self, Maps};
 use crate::trace::usdt::{probes_of, SdtProbe};
@@ -24,8 +24,8 @@ pub fn run(a: ProbesArgs) -> Result<()> {
     let maps = Maps::read(a.pid)?;
     let probes = all_probes(a.pid, &maps);
     let text = match a.format {
-        CensusFormat::Json => serde_json::to_string_pretty(&probes)? + "\n",
-        CensusFormat::Text => {
+        TextOrJson::Json => serde_json::to_string_pretty(&probes)? + "\n",
+        TextOrJson::Text => {
             let mut t = String::new();
             for p in &probes {
                 let _ = write!(

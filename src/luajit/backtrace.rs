@@ -165,14 +165,10 @@ impl<M: Memory + ?Sized> Frames<'_, '_, M> {
     fn saved_pc(&self, next: Option<u64>) -> Result<Option<u64>, MemError> {
         let m = self.vm.m;
         let Some(nf) = next else {
-            // Only set while an error or hook is handled; a suspended
-            // coroutine has no C frame.
-            let cf = self.vm.lay.f.l_cframe.get(m, self.l)? & CFRAME_RAWMASK;
-            if cf == 0 {
-                return Ok(None);
-            }
-            let pc = self.cf.saved_pc(m, cf)?;
-            return Ok((pc != self.cf.saved_l(m, cf)?).then_some(pc));
+            // A suspended coroutine has no C frame; a running thread's
+            // C frame holds the PC saved when the VM last called out to C.
+            let cf = self.vm.lay.f.l_cframe.get(m, self.l)?;
+            return self.cf.current_pc(m, cf);
         };
         let ftsz = self.ftsz(nf)?;
         match FrameType::of(ftsz) {

@@ -61,6 +61,24 @@ pub struct CdataType {
     pub sum: u64,
 }
 
+/// Tables in one power-of-two size class: every table whose allocation
+/// (header, array part and hash part, as `lj_tab.c` allocates them) is at
+/// most `le` bytes and more than `le / 2`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SizeClass {
+    /// Upper bound of the class in bytes (a power of two).
+    pub le: u64,
+    /// Tables.
+    pub count: u64,
+    /// Their bytes.
+    pub sum: u64,
+}
+
+/// The power-of-two size class of an allocation of `size` bytes.
+pub fn size_class(size: u64) -> u64 {
+    size.max(1).checked_next_power_of_two().unwrap_or(u64::MAX)
+}
+
 /// A full census of one VM.
 #[derive(Debug, Clone)]
 pub struct Census {
@@ -70,6 +88,8 @@ pub struct Census {
     pub dead: CountSum,
     /// cdata grouped by C type, biggest first.
     pub cdata_types: Vec<CdataType>,
+    /// Tables by size class, smallest class first.
+    pub table_classes: Vec<SizeClass>,
     /// `g->gc.total`.
     pub gc_total: u64,
     /// `g->gc.state`.
@@ -113,6 +133,7 @@ pub fn take<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits) -> Census {
     let mut types = [Stats::default(); 9];
     let mut dead = CountSum::default();
     let mut cdata: HashMap<u64, CountSum> = HashMap::new();
+    let mut tables: std::collections::BTreeMap<u64, CountSum> = Default::default();
     let ctypeid = vm.lay.f.cd_ctypeid;
     let rep = walk::walk(vm, lim, |o| {
         types[(o.gct - gct::STR) as usize].add(o.size);
@@ -123,6 +144,11 @@ pub fn take<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits) -> Census {
         if o.gct == gct::CDATA {
             let id = ctypeid.get(vm.m, o.addr).unwrap_or(0);
             let e = cdata.entry(id).or_default();
+            e.count += 1;
+            e.sum += o.size;
+        }
+        if o.gct == gct::TAB {
+            let e = tables.entry(size_class(o.size)).or_default();
             e.count += 1;
             e.sum += o.size;
         }
@@ -150,10 +176,19 @@ pub fn take<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits) -> Census {
     });
     let f = &vm.lay.f;
     let (mcode_jit, mcode_callbacks) = walk::mcode_sizes(vm);
+    let table_classes = tables
+        .into_iter()
+        .map(|(le, cs)| SizeClass {
+            le,
+            count: cs.count,
+            sum: cs.sum,
+        })
+        .collect();
     Census {
         types,
         dead,
         cdata_types,
+        table_classes,
         gc_total: vm.gc_total().unwrap_or(0),
         gc_state: vm.gc_state().unwrap_or(u64::MAX),
         gc_threshold: f.g_threshold.get(vm.m, vm.g).unwrap_or(0),

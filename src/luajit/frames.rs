@@ -11,6 +11,11 @@
 //!
 //! The frame walk itself is in `backtrace` and re-exported here.
 //!
+//! Naming the Lua line behind a C call (an allocation stack, say): read
+//! `L->cframe` of the running thread (`g->cur_L`), then
+//! `CFrameOffsets::for_layout(lay).current_pc(mem, cframe)` and
+//! [`ProtoIndex::lookup`] of that PC.
+//!
 //! What it is not: a native (C) stack unwinder.
 
 use std::collections::HashMap;
@@ -398,6 +403,20 @@ impl CFrameOffsets {
     /// `cframe_pc(cf)`: the saved PC.
     pub fn saved_pc<M: Memory + ?Sized>(&self, m: &M, cf: u64) -> Result<u64, MemError> {
         m.uint(cf + self.pc, self.ref_size)
+    }
+
+    /// The bytecode PC the VM saved in C frame `cf` (`L->cframe`, flag bits
+    /// allowed) before calling out to C, or None when the frame holds no PC
+    /// (`cframe_pc == cframe_L`, set on VM entry; lj_debug.c
+    /// `debug_framepc`). Feed it to [`ProtoIndex::lookup`] to name the Lua
+    /// line that was running when C code (an allocation, a C function) ran.
+    pub fn current_pc<M: Memory + ?Sized>(&self, m: &M, cf: u64) -> Result<Option<u64>, MemError> {
+        let cf = cf & CFRAME_RAWMASK;
+        if cf == 0 {
+            return Ok(None);
+        }
+        let pc = self.saved_pc(m, cf)?;
+        Ok((pc != self.saved_l(m, cf)?).then_some(pc))
     }
 
     /// `cframe_L(cf)`: the lua_State.

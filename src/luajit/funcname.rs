@@ -213,24 +213,69 @@ fn kgc_str<M: Memory + ?Sized>(
     Ok(Some(vm.string(s, 256)?))
 }
 
-/// Read up to [`MAX_INFO`] bytes of a debug-info array, stopping early at
-/// unreadable memory.
-fn info_bytes<M: Memory + ?Sized>(vm: &Vm<'_, M>, at: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 256];
-    while out.len() < MAX_INFO && vm.m.read(at + out.len() as u64, &mut chunk).is_ok() {
-        out.extend_from_slice(&chunk);
-    }
-    if out.is_empty() {
-        // The tail of a mapping: go byte by byte.
-        while out.len() < 256 {
-            match vm.m.u8(at + out.len() as u64) {
-                Ok(b) => out.push(b),
-                Err(_) => break,
-            }
+/// A debug-info byte array (uvinfo, varinfo) read lazily in small chunks,
+/// at most [`MAX_INFO`] bytes, ending early at unreadable memory.
+struct Info<'v, 'm, M: Memory + ?Sized> {
+    vm: &'v Vm<'m, M>,
+    at: u64,
+    buf: Vec<u8>,
+    end: bool,
+}
+
+impl<'v, 'm, M: Memory + ?Sized> Info<'v, 'm, M> {
+    fn new(vm: &'v Vm<'m, M>, at: u64) -> Self {
+        Info {
+            vm,
+            at,
+            buf: Vec::new(),
+            end: false,
         }
     }
-    out
+
+    fn get(&mut self, i: usize) -> Option<u8> {
+        while i >= self.buf.len() {
+            if self.end || self.buf.len() >= MAX_INFO {
+                return None;
+            }
+            let a = self.at + self.buf.len() as u64;
+            let mut chunk = [0u8; 64];
+            if self.vm.m.read(a, &mut chunk).is_ok() {
+                self.buf.extend_from_slice(&chunk);
+            } else {
+                // The tail of a mapping: byte by byte.
+                match self.vm.m.u8(a) {
+                    Ok(b) => self.buf.push(b),
+                    Err(_) => self.end = true,
+                }
+            }
+        }
+        Some(self.buf[i])
+    }
+
+    /// The NUL-terminated string at `*i`; leaves `*i` past the NUL.
+    fn cstr(&mut self, i: &mut usize) -> String {
+        let start = *i;
+        while let Some(c) = self.get(*i) {
+            *i += 1;
+            if c == 0 {
+                return String::from_utf8_lossy(&self.buf[start..*i - 1]).into_owned();
+            }
+        }
+        String::from_utf8_lossy(&self.buf[start.min(self.buf.len())..]).into_owned()
+    }
+
+    fn uleb(&mut self, i: &mut usize) -> Option<u32> {
+        let mut v: u32 = 0;
+        for shift in (0..35).step_by(7) {
+            let c = self.get(*i)?;
+            *i += 1;
+            v |= ((c & 0x7f) as u32) << shift;
+            if c < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
 }
 
 /// `lj_debug_uvname`.
@@ -243,22 +288,12 @@ fn uv_name<M: Memory + ?Sized>(
     if at == 0 {
         return Ok(String::new());
     }
-    let b = info_bytes(vm, at);
-    let s = b.split(|&c| c == 0).nth(idx as usize).unwrap_or(&[]);
-    Ok(String::from_utf8_lossy(s).into_owned())
-}
-
-fn uleb(b: &[u8], i: &mut usize) -> Option<u32> {
-    let mut v: u32 = 0;
-    for shift in (0..35).step_by(7) {
-        let c = *b.get(*i)?;
-        *i += 1;
-        v |= ((c & 0x7f) as u32) << shift;
-        if c < 0x80 {
-            return Some(v);
-        }
+    let mut info = Info::new(vm, at);
+    let mut i = 0;
+    for _ in 0..idx {
+        info.cstr(&mut i);
     }
-    None
+    Ok(info.cstr(&mut i))
 }
 
 /// `debug_varname`: the local variable in `slot` at `pc`.
@@ -272,34 +307,39 @@ fn var_name<M: Memory + ?Sized>(
     if at == 0 {
         return Ok(None);
     }
-    let b = info_bytes(vm, at);
+    let mut info = Info::new(vm, at);
     let mut i = 0;
     let mut lastpc = 0u32;
-    while i < b.len() {
-        let vn = b[i];
-        let name = if (vn as usize) <= VARNAMES.len() {
+    while let Some(vn) = info.get(i) {
+        // Names are kept as positions; only the one returned is decoded.
+        let name_at = i;
+        if (vn as usize) <= VARNAMES.len() {
             if vn == 0 {
                 break;
             }
             i += 1;
-            VARNAMES[vn as usize - 1].to_string()
         } else {
-            let end = i + b[i..].iter().position(|&c| c == 0).unwrap_or(b.len() - i);
-            let n = String::from_utf8_lossy(&b[i..end]).into_owned();
-            i = end + 1;
-            n
-        };
-        let Some(d) = uleb(&b, &mut i) else { break };
+            while info.get(i).is_some_and(|c| c != 0) {
+                i += 1;
+            }
+            i += 1;
+        }
+        let Some(d) = info.uleb(&mut i) else { break };
         let startpc = lastpc.wrapping_add(d);
         lastpc = startpc;
         if startpc > pc {
             break;
         }
-        let Some(len) = uleb(&b, &mut i) else { break };
+        let Some(len) = info.uleb(&mut i) else { break };
         let endpc = startpc.wrapping_add(len);
         if pc < endpc {
             if slot == 0 {
-                return Ok(Some(name));
+                return Ok(Some(if (vn as usize) <= VARNAMES.len() {
+                    VARNAMES[vn as usize - 1].to_string()
+                } else {
+                    let mut j = name_at;
+                    info.cstr(&mut j)
+                }));
             }
             slot -= 1;
         }
@@ -327,11 +367,20 @@ mod tests {
     }
 
     #[test]
-    fn uleb128() {
-        let b = [0x05, 0xe5, 0x8e, 0x26, 0x80];
+    fn debug_info_bytes() {
+        use crate::luajit::layout::Layout;
+        use crate::target::HeapImage;
+        let img = HeapImage::from_parts(vec![(0x1000, b"ab\0cd\0\x05\xe5\x8e\x26\x80".to_vec())]);
+        let lay = Layout::builtins().remove(0);
+        let vm = Vm::new(&img, &lay, 0, 0);
+        let mut info = Info::new(&vm, 0x1000);
         let mut i = 0;
-        assert_eq!(uleb(&b, &mut i), Some(5));
-        assert_eq!(uleb(&b, &mut i), Some(624485));
-        assert_eq!(uleb(&b, &mut i), None);
+        assert_eq!(info.cstr(&mut i), "ab");
+        assert_eq!(info.cstr(&mut i), "cd");
+        assert_eq!(info.uleb(&mut i), Some(5));
+        assert_eq!(info.uleb(&mut i), Some(624485));
+        // Runs off the end of readable memory: no value, no panic.
+        assert_eq!(info.uleb(&mut i), None);
+        assert_eq!(info.get(100), None);
     }
 }

@@ -4,6 +4,7 @@
 //! each built-in table against the VM's memory.
 
 use super::fields::{Builtin, FieldMap, Variant, BUILTINS};
+use super::vm::gct;
 use crate::target::{MemError, Memory, ReadExt};
 
 /// One struct member: offset from the start of its object and byte width.
@@ -187,6 +188,7 @@ layout_struct! {
     p_uvinfo = "GCproto.uvinfo",
     p_varinfo = "GCproto.varinfo",
     p_size = "GCproto.SIZEOF",
+    p_trace = "GCproto.trace",
 
     f_ffid = "GCfuncL.ffid",
     f_nupvalues = "GCfuncL.nupvalues",
@@ -214,6 +216,9 @@ layout_struct! {
     tr_startpc = "GCtrace.startpc",
     tr_startins = "GCtrace.startins",
     tr_size = "GCtrace.SIZEOF",
+    tr_link = "GCtrace.link",
+    tr_nextroot = "GCtrace.nextroot",
+    tr_nextside = "GCtrace.nextside",
 
     ct_info = "CType.info",
     ct_size = "CType.size",
@@ -336,6 +341,9 @@ impl Layout {
     }
 }
 
+/// The last GC state (lj_obj.h GCSfinalize).
+const GCS_FINALIZE: u64 = 5;
+
 /// What a validated VM looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmRoots {
@@ -356,10 +364,10 @@ pub fn validate<M: Memory + ?Sized>(m: &M, lay: &Layout, l: u64) -> Result<VmRoo
     let rd = |fld: F, base: u64, what: &str| -> Result<u64, String> {
         fld.get(m, base).map_err(|e| format!("{what}: {e}"))
     };
-    if l == 0 || l % 4 != 0 {
+    if l == 0 || l % super::walk::OBJ_ALIGN != 0 {
         return Err(format!("lua_State {l:#x} is not an aligned pointer"));
     }
-    if rd(f.hdr_gct, l, "L->gct")? != 6 {
+    if rd(f.hdr_gct, l, "L->gct")? != gct::THREAD as u64 {
         return Err("L is not a thread object".into());
     }
     let g = rd(f.l_glref, l, "L->glref")?;
@@ -370,15 +378,19 @@ pub fn validate<M: Memory + ?Sized>(m: &M, lay: &Layout, l: u64) -> Result<VmRoo
             f.gg_g.off
         ));
     }
-    if rd(f.hdr_gct, main, "main->gct")? != 6 || rd(f.l_glref, main, "main->glref")? != g {
+    if rd(f.hdr_gct, main, "main->gct")? != gct::THREAD as u64
+        || rd(f.l_glref, main, "main->glref")? != g
+    {
         return Err("main thread does not point back to g".into());
     }
     let se = g + f.g_strempty.off;
-    if rd(f.hdr_gct, se, "strempty.gct")? != 4 || rd(f.s_len, se, "strempty.len")? != 0 {
+    if rd(f.hdr_gct, se, "strempty.gct")? != gct::STR as u64
+        || rd(f.s_len, se, "strempty.len")? != 0
+    {
         return Err("g->strempty is not an empty string".into());
     }
     let state = rd(f.g_state, g, "gc.state")?;
-    if state > 5 {
+    if state > GCS_FINALIZE {
         return Err(format!("gc.state {state} out of range"));
     }
     let mask = rd(f.g_str_mask, g, "str.mask")?;

@@ -134,14 +134,19 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
         }
         Err(why) => tried.push(format!("globalL: {why}")),
     }
-    let cands = scan_live(&mem, maps);
-    if cands.is_empty() {
-        tried.push("scan: no GG_State signature in anonymous memory".into());
-    }
-    for l in cands {
-        if let Some(vm) = attempt(Method::Scan, l, &mut tried) {
-            return Ok(vm);
+    // GG_State is LuaJIT's first allocation, so it is usually in the first
+    // mappings: stop at the first candidate that validates.
+    let mut seen = false;
+    for m in maps.list.iter().filter(|m| m.is_anon_heap()) {
+        for l in scan_mapping(&mem, m) {
+            seen = true;
+            if let Some(vm) = attempt(Method::Scan, l, &mut tried) {
+                return Ok(vm);
+            }
         }
+    }
+    if !seen {
+        tried.push("scan: no GG_State signature in anonymous memory".into());
     }
     // A VM was seen but nothing fits: say so precisely.
     if let Some(e) = layout_err {
@@ -390,16 +395,28 @@ pub fn scan(ranges: &[(u64, &[u8])]) -> Vec<u64> {
     out
 }
 
-/// [`scan`] over live anonymous mappings.
-fn scan_live(mem: &ProcessMemory, maps: &Maps) -> Vec<u64> {
+/// [`scan`] over one live mapping, read in bounded chunks that overlap by
+/// more than a GG_State signature spans.
+fn scan_mapping(mem: &ProcessMemory, m: &crate::target::Mapping) -> Vec<u64> {
+    const CHUNK: u64 = 8 << 20;
+    const OVERLAP: u64 = 16 << 10;
     let mut out = Vec::new();
-    for m in maps.list.iter().filter(|m| m.is_anon_heap()) {
-        let mut buf = vec![0u8; m.len() as usize];
-        let mut parts = [(m.start, &mut buf[..])];
-        if mem.read_many(&mut parts) != Ok(1) {
-            continue;
+    let mut buf = vec![0u8; CHUNK.min(m.len()) as usize];
+    let mut at = m.start;
+    while at < m.end {
+        let len = CHUNK.min(m.end - at) as usize;
+        let mut parts = [(at, &mut buf[..len])];
+        if mem.read_many(&mut parts) == Ok(1) {
+            for l in scan(&[(at, &buf[..len])]) {
+                if !out.contains(&l) {
+                    out.push(l);
+                }
+            }
         }
-        out.extend(scan(&[(m.start, &buf)]));
+        if at + len as u64 >= m.end {
+            break;
+        }
+        at += len as u64 - OVERLAP;
     }
     out
 }

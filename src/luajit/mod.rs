@@ -11,6 +11,8 @@ pub mod funcname;
 pub mod layout;
 pub mod locate;
 pub mod names;
+pub mod refnames;
+pub mod refs;
 pub mod threads;
 pub mod vm;
 pub mod walk;

@@ -139,6 +139,13 @@ pub struct ThreadInfo {
     pub stack_bytes: u64,
     /// Backtrace, innermost first.
     pub frames: Vec<NamedFrame>,
+    /// Bytes freed if this thread became unreachable: its own size and
+    /// stack and everything only it holds (its dominator subtree). None
+    /// until computed, or when the thread is itself unreachable.
+    pub retained: Option<u64>,
+    /// The nearest other thread whose retained bytes include this one's
+    /// (a coroutine only another coroutine holds).
+    pub held_by: Option<u64>,
 }
 
 /// Result of a thread census.
@@ -202,6 +209,8 @@ pub fn threads<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits, max_depth: usize
             main: addr == vm.main,
             stack_bytes: bytes,
             frames,
+            retained: None,
+            held_by: None,
         });
     }
     out

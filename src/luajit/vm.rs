@@ -35,6 +35,8 @@ pub mod mark {
     pub const WHITES: u8 = 0x03;
     /// Never collected.
     pub const FIXED: u8 = 0x20;
+    /// Never collected, not even at VM close (the main thread, lj_gc.h).
+    pub const SFIXED: u8 = 0x40;
     /// cdata with a finalizer.
     pub const CDATA_FIN: u8 = 0x10;
     /// Variable-length or vector cdata (a GCcdataVar precedes it).

@@ -120,6 +120,16 @@ impl Sweep {
 
 const MAX_WARNINGS: usize = 20;
 
+/// GC states in which objects wait to be swept (lj_obj.h GCSsweepstring,
+/// GCSsweep).
+const GCS_SWEEPSTRING: u64 = 3;
+const GCS_SWEEP: u64 = 4;
+/// lj_ccallback.c maps CALLBACK_MCODE_SIZE (LJ_PAGESIZE * LJ_NUM_CBPAGE).
+const CALLBACK_MCODE_SIZE: u64 = 4096;
+/// Every GC object is at least this aligned (lj_alloc.c MALLOC_ALIGNMENT is
+/// 8 on 64-bit hosts; strings and all other objects come from it).
+pub const OBJ_ALIGN: u64 = 8;
+
 struct Walker<'v, 'm, M: Memory + ?Sized, V: FnMut(&Obj)> {
     vm: &'v Vm<'m, M>,
     lim: Limits,
@@ -174,7 +184,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
 
     /// Check an object pointer and read its header: (`nextgc`, `marked`, `gct`).
     fn header(&mut self, o: u64, list: List) -> Option<(u64, u8, u8)> {
-        if o % 4 != 0 {
+        if o % OBJ_ALIGN != 0 {
             self.warn(format!(
                 "{list:?} list: misaligned object pointer {o:#x}; list cut short"
             ));
@@ -228,8 +238,8 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
         let mut link = self.vm.g + f.g_root.off;
         // Before the sweep cursor everything has been swept already; in the
         // sweep-string state the root list has not been touched yet.
-        let in_sweep = self.sweep.state == 3 || self.sweep.state == 4;
-        let mut unswept = self.sweep.state == 3;
+        let in_sweep = self.sweep.state == GCS_SWEEPSTRING || self.sweep.state == GCS_SWEEP;
+        let mut unswept = self.sweep.state == GCS_SWEEPSTRING;
         let mut o = match self.vm.gcref(link) {
             Ok(o) => o,
             Err(e) => return self.warn(format!("g->gc.root: {e}")),
@@ -247,6 +257,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let Some((next, marked, t)) = self.header(o, List::Root) else {
                 return;
             };
+            self.vm.m.prefetch(next);
             if !self.emit(o, t, marked, List::Root, unswept) {
                 return;
             }
@@ -274,6 +285,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let Some((next, marked, t)) = self.header(o, List::OpenUpvalues) else {
                 return;
             };
+            self.vm.m.prefetch(next);
             if t != gct::UPVAL {
                 return self.warn(format!(
                     "thread {th:#x}: non-upvalue {o:#x} on open upvalue chain"
@@ -310,7 +322,11 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 Ok(x) => x & !1,
                 Err(e) => return self.warn(format!("string bucket {i}: {e}")),
             };
-            let unswept = self.sweep.state == 3 && i >= self.sweep.strcursor;
+            // Chains are short: the next miss is the next bucket's head.
+            if let Ok(ahead) = self.vm.gcref(tab + (i + 2) * gcref) {
+                self.vm.m.prefetch(ahead & !1);
+            }
+            let unswept = self.sweep.state == GCS_SWEEPSTRING && i >= self.sweep.strcursor;
             while o != 0 {
                 if left == 0 {
                     return self
@@ -320,6 +336,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
                 let Some((next, marked, t)) = self.header(o, List::Strings) else {
                     break;
                 };
+                self.vm.m.prefetch(next);
                 if t != gct::STR {
                     self.warn(format!("string bucket {i}: non-string {o:#x}"));
                     break;
@@ -355,6 +372,7 @@ impl<M: Memory + ?Sized, V: FnMut(&Obj)> Walker<'_, '_, M, V> {
             let Some((next, marked, t)) = self.header(o, List::Finalizers) else {
                 return;
             };
+            self.vm.m.prefetch(next);
             if !self.emit(o, t, marked, List::Finalizers, false) {
                 return;
             }
@@ -422,7 +440,7 @@ pub fn mcode_sizes<M: Memory + ?Sized>(vm: &Vm<'_, M>) -> (u64, u64) {
     // lj_ccallback.c maps CALLBACK_MCODE_SIZE (one page) on first use.
     let cb = match vm.ctype_state() {
         Ok(cts) if cts != 0 => match f.cts_cb_mcode.get(vm.m, cts) {
-            Ok(p) if p != 0 => 4096,
+            Ok(p) if p != 0 => CALLBACK_MCODE_SIZE,
             _ => 0,
         },
         _ => 0,

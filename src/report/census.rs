@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::capture::Capture;
-use crate::luajit::census::{CdataType, Census, CountSum, Stats};
+use crate::luajit::census::{CdataType, Census, CountSum, SizeClass, Stats};
 use crate::luajit::layout::gc_state_name;
 use crate::luajit::walk::Overheads;
+use crate::report::envelope::{schema_v1, Stamp, SCHEMA_VERSION};
 
 /// Which LuaJIT build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LuajitInfo {
     /// `luajit2` or `upstream`.
     pub variant: String,
@@ -60,9 +61,15 @@ impl From<Stats> for TypeStats {
     }
 }
 
-/// The `objs` (and `gc`) JSON object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The `objs` (and `gc`) JSON object, which is also the snapshot file
+/// format (`objs -o FILE`, read back by `ljleak diff`). The envelope fields
+/// (`schema` ... `command_line`, see [`crate::report::envelope`]) have serde
+/// defaults so files written before they existed still parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CensusReport {
+    /// Snapshot schema version.
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
     /// Report kind: `census` (or `gc` for the total alone).
     pub kind: String,
     /// Target.
@@ -114,9 +121,47 @@ pub struct CensusReport {
     /// Walk time after the pause, microseconds.
     #[serde(default)]
     pub walk_us: u64,
+    /// CPU time of the walk, microseconds.
+    #[serde(default)]
+    pub walk_cpu_us: u64,
     /// Problems met during the walk.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Tables by power-of-two size class, smallest first.
+    #[serde(default)]
+    pub table_classes: Vec<SizeClass>,
+    /// When the snapshot was taken (UTC, RFC 3339).
+    #[serde(default)]
+    pub created: String,
+    /// The same instant in milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub created_unix_ms: u64,
+    /// Host name of the machine.
+    #[serde(default)]
+    pub host: String,
+    /// GNU build-id of the executable (hex).
+    #[serde(default)]
+    pub exe_build_id: Option<String>,
+    /// ljleak version that wrote the file.
+    #[serde(default)]
+    pub ljleak_version: String,
+    /// Command line that produced it.
+    #[serde(default)]
+    pub command_line: Vec<String>,
+}
+
+impl CensusReport {
+    /// Fill the envelope fields (schema, time, host, build-id, version,
+    /// command line).
+    pub fn stamp(&mut self, s: Stamp) {
+        self.schema = SCHEMA_VERSION;
+        self.created = s.created;
+        self.created_unix_ms = s.created_unix_ms;
+        self.host = s.host;
+        self.exe_build_id = s.exe_build_id;
+        self.ljleak_version = s.ljleak_version;
+        self.command_line = s.command_line;
+    }
 }
 
 /// LuaJIT info from a found VM.
@@ -134,7 +179,11 @@ pub fn luajit_info(vm: &crate::luajit::FoundVm) -> LuajitInfo {
 }
 
 /// Build the census report.
-pub fn census_report(cap: &Capture, c: &Census, walk_us: u64) -> CensusReport {
+pub fn census_report(
+    cap: &Capture,
+    c: &Census,
+    walk: crate::cmd::census::WalkTime,
+) -> CensusReport {
     let types = c
         .by_count()
         .into_iter()
@@ -149,7 +198,7 @@ pub fn census_report(cap: &Capture, c: &Census, walk_us: u64) -> CensusReport {
             c.walker_total() as i64 - c.gc_total as i64
         ));
     }
-    CensusReport {
+    let mut r = CensusReport {
         kind: "census".into(),
         pid: cap.pid,
         exe: cap.exe.clone(),
@@ -169,9 +218,14 @@ pub fn census_report(cap: &Capture, c: &Census, walk_us: u64) -> CensusReport {
         mcode_callbacks: c.mcode_callbacks,
         objects: c.walk.objects,
         image_bytes: cap.image.total_bytes(),
-        walk_us,
+        walk_us: walk.wall_us,
+        walk_cpu_us: walk.cpu_us,
         warnings,
-    }
+        table_classes: c.table_classes.clone(),
+        ..Default::default()
+    };
+    r.stamp(Stamp::now(cap.pid, &cap.exe));
+    r
 }
 
 /// lj-gc-objs style text.
@@ -229,6 +283,16 @@ pub fn census_text(r: &CensusReport, top_cdata: usize) -> String {
                 s,
                 "  {:>12} bytes  {:>9} objects  {}",
                 c.sum, c.count, c.name
+            );
+        }
+    }
+    if !r.table_classes.is_empty() {
+        let _ = writeln!(s, "\nTables by size class:");
+        for c in &r.table_classes {
+            let _ = writeln!(
+                s,
+                "  <= {:>10} bytes  {:>9} tables  {:>12} bytes",
+                c.le, c.count, c.sum
             );
         }
     }

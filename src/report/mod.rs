@@ -3,5 +3,10 @@
 //! rendering compatible with the stap++ tool it replaces.
 
 pub mod census;
+pub mod diff;
+pub mod envelope;
+pub mod plot;
+pub mod pprof;
+pub mod refs;
 pub mod threads;
 pub mod leaks;

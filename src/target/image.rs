@@ -149,7 +149,15 @@ impl HeapImage {
     /// Write the image to `path` (format: magic, count, then per segment
     /// start, length and bytes, all little-endian).
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+        use std::os::unix::fs::OpenOptionsExt;
+        // The heap holds secrets (keys, tokens, request bodies): owner-only,
+        // and never through a link someone planted at the path.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut f = std::io::BufWriter::new(file);
         f.write_all(b"LJLKIMG1")?;
         f.write_all(&(self.segs.len() as u64).to_le_bytes())?;
         for s in &self.segs {
@@ -318,6 +326,21 @@ fn salvage_pages(mem: &ProcessMemory, addr: u64, buf: &mut [u8]) -> bool {
 impl Memory for HeapImage {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemError> {
         super::mem::read_borrowed(self, addr, buf)
+    }
+
+    #[inline]
+    fn prefetch(&self, addr: u64) {
+        if let Some(b) = self.borrow(addr, 1) {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: PREFETCHT0 is a hint: it never faults and changes no
+            // state visible to the program; the pointer is into our own copy.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast());
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = b;
+        }
     }
 
     #[inline]

@@ -34,6 +34,11 @@ pub trait Memory {
     fn borrow(&self, _addr: u64, _len: usize) -> Option<&[u8]> {
         None
     }
+
+    /// Hint that `addr` will be read soon (list walks chase pointers, so
+    /// fetching the next object while sizing this one hides a cache miss).
+    #[inline]
+    fn prefetch(&self, _addr: u64) {}
 }
 
 /// Little-endian typed reads on any [`Memory`].
@@ -99,6 +104,9 @@ impl<M: Memory + ?Sized> Memory for &M {
     }
     fn borrow(&self, addr: u64, len: usize) -> Option<&[u8]> {
         (**self).borrow(addr, len)
+    }
+    fn prefetch(&self, addr: u64) {
+        (**self).prefetch(addr)
     }
 }
 
@@ -246,6 +254,41 @@ pub struct BytesAt {
     pub base: u64,
     /// The bytes.
     pub data: Vec<u8>,
+}
+
+/// Visit `count` elements of `elem` bytes at `addr`, in order, passing each
+/// one's index and bytes. One borrowed slice when the memory allows it;
+/// otherwise reads of at most 256 elements through a fixed buffer, so a
+/// length read from a damaged heap never turns into a huge allocation.
+pub fn for_each_elem<M: Memory + ?Sized>(
+    m: &M,
+    addr: u64,
+    count: u64,
+    elem: usize,
+    mut f: impl FnMut(u64, &[u8]),
+) -> Result<(), MemError> {
+    const BATCH: u64 = 256;
+    let total = count
+        .checked_mul(elem as u64)
+        .ok_or(MemError::Unmapped { addr, len: 0 })?;
+    if let Some(b) = usize::try_from(total).ok().and_then(|t| m.borrow(addr, t)) {
+        for (i, e) in b.chunks_exact(elem).enumerate() {
+            f(i as u64, e);
+        }
+        return Ok(());
+    }
+    let mut buf = vec![0u8; BATCH as usize * elem];
+    let mut i = 0;
+    while i < count {
+        let n = (count - i).min(BATCH);
+        let part = &mut buf[..n as usize * elem];
+        m.read(addr + i * elem as u64, part)?;
+        for (k, e) in part.chunks_exact(elem).enumerate() {
+            f(i + k as u64, e);
+        }
+        i += n;
+    }
+    Ok(())
 }
 
 /// `read` for memory that lives in this process: copy what `borrow` lends.

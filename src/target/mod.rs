@@ -13,7 +13,7 @@ pub mod pause;
 
 pub use image::HeapImage;
 pub use maps::{Mapping, Maps};
-pub use mem::{MemError, Memory, ProcessMemory, ReadExt, Window};
+pub use mem::{for_each_elem, MemError, Memory, ProcessMemory, ReadExt, Window};
 pub use pause::{Pause, Quiescence};
 
 use crate::error::ExitCode;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::ptrace;
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
@@ -82,126 +83,145 @@ pub fn syscall_name(n: u64) -> &'static str {
 #[derive(Debug)]
 pub struct Pause {
     pid: i32,
+    /// Seized threads, stopped or not yet.
     tids: Vec<i32>,
+    /// Signals that stopped a thread before our interrupt did (a
+    /// signal-delivery stop): handed back at detach so none is lost.
+    pending: Vec<(i32, Signal)>,
     started: Instant,
+}
+
+fn os(pid: i32, what: &str, e: Errno) -> TargetError {
+    TargetError::from_io(pid, what, std::io::Error::from_raw_os_error(e as i32))
+}
+
+fn task_alive(pid: i32, tid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists()
+}
+
+/// Outcome of one non-blocking wait on a seized thread.
+enum Waited {
+    Running,
+    Stopped(Option<Signal>),
+    Gone,
+}
+
+fn wait_once(tid: i32) -> Result<Waited, Errno> {
+    match waitpid(
+        Pid::from_raw(tid),
+        Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
+    ) {
+        Ok(WaitStatus::StillAlive) => Ok(Waited::Running),
+        Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(Errno::ECHILD) => {
+            Ok(Waited::Gone)
+        }
+        // Stopped by a signal before the interrupt: the signal must be
+        // delivered when we let go.
+        Ok(WaitStatus::Stopped(_, sig)) => Ok(Waited::Stopped(Some(sig))),
+        // PTRACE_EVENT_STOP (our interrupt, or a group stop).
+        Ok(_) => Ok(Waited::Stopped(None)),
+        Err(e) => Err(e),
+    }
 }
 
 impl Pause {
     /// Seize and interrupt every thread of `pid`, waiting up to `timeout`
-    /// for each to stop. Threads created while seizing are picked up by
-    /// listing the tasks again until the list is stable.
+    /// for each to stop. Threads created meanwhile are picked up by listing
+    /// the tasks again until the list is stable, also once everything has
+    /// stopped (a thread that was still running may have spawned another).
     pub fn new(pid: i32, timeout: Duration) -> Result<Pause, TargetError> {
-        let started = Instant::now();
         let mut pause = Pause {
             pid,
             tids: Vec::new(),
-            started,
+            pending: Vec::new(),
+            started: Instant::now(),
         };
+        let deadline = Instant::now() + timeout;
+        let mut stopped: Vec<i32> = Vec::new();
         for _round in 0..16 {
-            let tids = super::threads(pid)?;
-            let fresh: Vec<i32> = tids
+            let fresh: Vec<i32> = super::threads(pid)?
                 .into_iter()
                 .filter(|t| !pause.tids.contains(t))
                 .collect();
             if fresh.is_empty() {
-                break;
+                pause.tids.retain(|t| stopped.contains(t));
+                if !pause.tids.contains(&pid) {
+                    return Err(TargetError::Exited(pid));
+                }
+                return Ok(pause);
             }
             for tid in fresh {
                 match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
                     Err(Errno::ESRCH) if tid != pid => continue,
-                    Err(e) => {
-                        return Err(TargetError::from_io(
-                            pid,
-                            "PTRACE_SEIZE",
-                            std::io::Error::from_raw_os_error(e as i32),
-                        ))
-                    }
+                    Err(e) => return Err(os(pid, "PTRACE_SEIZE", e)),
                 }
                 pause.tids.push(tid);
-                if let Err(e) = ptrace::interrupt(Pid::from_raw(tid)) {
-                    if e != Errno::ESRCH {
-                        return Err(TargetError::from_io(
-                            pid,
-                            "PTRACE_INTERRUPT",
-                            std::io::Error::from_raw_os_error(e as i32),
-                        ));
-                    }
+                match ptrace::interrupt(Pid::from_raw(tid)) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => return Err(os(pid, "PTRACE_INTERRUPT", e)),
                 }
             }
+            pause.wait_all(&mut stopped, deadline)?;
         }
-        // Wait for each thread's stop; a thread in uninterruptible sleep gets
-        // until the deadline.
-        let deadline = Instant::now() + timeout;
-        let mut stopped: Vec<i32> = Vec::with_capacity(pause.tids.len());
-        let mut gone: Vec<i32> = Vec::new();
-        while stopped.len() + gone.len() < pause.tids.len() {
-            let mut progress = false;
-            for &tid in &pause.tids {
-                if stopped.contains(&tid) || gone.contains(&tid) {
+        Err(TargetError::Io {
+            pid,
+            what: "pausing".into(),
+            source: std::io::Error::other(
+                "threads keep appearing faster than they can be paused; try again",
+            ),
+        })
+    }
+
+    /// Wait until every seized thread has stopped or gone, until `deadline`
+    /// (a thread in uninterruptible sleep may take a while).
+    fn wait_all(&mut self, stopped: &mut Vec<i32>, deadline: Instant) -> Result<(), TargetError> {
+        loop {
+            let mut waiting = false;
+            let mut gone = Vec::new();
+            for &tid in &self.tids {
+                if stopped.contains(&tid) {
                     continue;
                 }
-                match waitpid(
-                    Pid::from_raw(tid),
-                    Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
-                ) {
-                    Ok(WaitStatus::StillAlive) => {}
-                    Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => {
-                        gone.push(tid);
-                        progress = true;
-                    }
-                    Ok(_) => {
+                match wait_once(tid).map_err(|e| os(self.pid, "waiting for a thread to stop", e))? {
+                    Waited::Running => waiting = true,
+                    Waited::Stopped(sig) => {
                         stopped.push(tid);
-                        progress = true;
+                        if let Some(sig) = sig {
+                            self.pending.push((tid, sig));
+                        }
                     }
-                    Err(Errno::ECHILD) => {
-                        gone.push(tid);
-                        progress = true;
-                    }
-                    Err(e) => {
-                        return Err(TargetError::from_io(
-                            pid,
-                            "waiting for the thread to stop",
-                            std::io::Error::from_raw_os_error(e as i32),
-                        ))
-                    }
+                    Waited::Gone => gone.push(tid),
                 }
             }
-            if !progress {
-                if Instant::now() > deadline {
-                    return Err(TargetError::Io {
-                        pid,
-                        what: "pausing".into(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "a thread did not stop in time (uninterruptible sleep?); try again",
-                        ),
-                    });
-                }
-                std::thread::sleep(Duration::from_micros(50));
+            self.tids.retain(|t| !gone.contains(t));
+            if !waiting {
+                return Ok(());
             }
+            if Instant::now() > deadline {
+                return Err(TargetError::Io {
+                    pid: self.pid,
+                    what: "pausing".into(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "a thread did not stop in time (uninterruptible sleep?); try again",
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(50));
         }
-        if gone.contains(&pid) {
-            return Err(TargetError::Exited(pid));
-        }
-        pause.tids.retain(|t| !gone.contains(t));
-        Ok(pause)
     }
 
     /// Where thread `tid` (by default the main thread) stopped.
     pub fn quiescence(&self, tid: i32) -> Result<Quiescence, TargetError> {
-        let regs = ptrace::getregs(Pid::from_raw(tid)).map_err(|e| {
-            TargetError::from_io(
-                self.pid,
-                "PTRACE_GETREGS",
-                std::io::Error::from_raw_os_error(e as i32),
-            )
-        })?;
+        let regs =
+            ptrace::getregs(Pid::from_raw(tid)).map_err(|e| os(self.pid, "PTRACE_GETREGS", e))?;
         // orig_rax is the syscall number while stopped inside (or restarting)
-        // a syscall, and -1 when the thread was stopped in user code.
+        // a syscall, and negative when the thread was stopped in user code
+        // (-1; older kernels stored ~vector on interrupt entry).
         let nr = regs.orig_rax;
-        Ok(if nr as i64 == -1 {
+        Ok(if (nr as i64) < 0 {
             Quiescence::UserCode
         } else if MM_SYSCALLS.contains(&nr) {
             Quiescence::MmSyscall(nr)
@@ -226,11 +246,35 @@ impl Pause {
         self.started.elapsed()
     }
 
+    /// Detach every seized thread, handing back any signal that stopped it.
+    /// PTRACE_DETACH needs a stopped tracee: a thread seized but not yet
+    /// stopped (an error path, a timeout) is interrupted again and waited
+    /// for, briefly, so that it is never left traced with a stop pending.
     fn detach_all(&mut self) {
-        for tid in self.tids.drain(..) {
-            // ESRCH: already gone. Nothing else can be done about a failure here.
-            let _ = ptrace::detach(Pid::from_raw(tid), None);
+        for tid in std::mem::take(&mut self.tids) {
+            let sig = self.pending.iter().find(|(t, _)| *t == tid).map(|p| p.1);
+            match ptrace::detach(Pid::from_raw(tid), sig) {
+                Ok(()) => {}
+                Err(Errno::ESRCH) if task_alive(self.pid, tid) => {
+                    let _ = ptrace::interrupt(Pid::from_raw(tid));
+                    let until = Instant::now() + Duration::from_secs(1);
+                    while Instant::now() < until {
+                        match wait_once(tid) {
+                            Ok(Waited::Running) => std::thread::sleep(Duration::from_micros(100)),
+                            Ok(Waited::Stopped(late)) => {
+                                let _ = ptrace::detach(Pid::from_raw(tid), late.or(sig));
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                // Gone, or nothing more can be done; the kernel detaches
+                // every tracee when this process exits in any case.
+                Err(_) => {}
+            }
         }
+        self.pending.clear();
     }
 }
 

@@ -19,4 +19,5 @@ end
 -- pause and the measurement; keep the checkpoint interpreted.
 if jit then jit.off(M.checkpoint, true) end
 
-return M
+-- Also callable directly: require("checkpoint")(name, collect).
+return setmetatable(M, { __call = function(_, name, collect) return M.checkpoint(name, collect) end })

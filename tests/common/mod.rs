@@ -104,14 +104,20 @@ pub struct LuaProc {
 impl LuaProc {
     /// Start `interp script args...`.
     pub fn spawn(interp: &Path, script: &Path, args: &[&str]) -> LuaProc {
-        let mut child = Command::new(interp)
-            .arg(script)
-            .args(args)
+        let mut cmd = Command::new(interp);
+        cmd.arg(script).args(args);
+        Self::spawn_cmd(cmd)
+    }
+
+    /// Start a prepared command (which must end up exec'ing the script with
+    /// the same PID, e.g. through `sh -c 'exec ...'`).
+    pub fn spawn_cmd(mut cmd: Command) -> LuaProc {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", interp.display()));
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = channel();
         std::thread::spawn(move || {
@@ -237,7 +243,8 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Start nginx with `conf` (a file name under testdata/nginx).
+    /// Start nginx with `conf` (a file name under testdata/nginx). A port
+    /// taken between `free_port` and nginx's bind is retried with another.
     pub fn start(conf: &str, workers: u32) -> Option<Nginx> {
         if !require(
             "nginx with the lua module",
@@ -245,6 +252,17 @@ impl Nginx {
         ) {
             return None;
         }
+        for attempt in 0..3 {
+            match Self::try_start(conf, workers) {
+                Ok(n) => return Some(n),
+                Err(log) if log.contains("Address already in use") && attempt < 2 => continue,
+                Err(log) => panic!("nginx failed to start:\n{log}"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn try_start(conf: &str, workers: u32) -> Result<Nginx, String> {
         let port = free_port();
         let prefix =
             std::env::temp_dir().join(format!("ljleak-nginx-{}-{port}", std::process::id()));
@@ -257,43 +275,56 @@ impl Nginx {
             .replace("@WORKERS@", &workers.to_string());
         let conf_path = prefix.join("nginx.conf");
         std::fs::write(&conf_path, text).expect("write config");
+        // The guard exists before nginx does, so every failure below stops
+        // whatever was started (Drop reads the pid file).
+        let mut n = Nginx {
+            master: 0,
+            port,
+            prefix: prefix.clone(),
+        };
         let st = Command::new("/usr/sbin/nginx")
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
             .arg(&conf_path)
-            .status()
+            .stderr(Stdio::piped())
+            .output()
             .expect("run nginx");
-        assert!(
-            st.success(),
-            "nginx failed to start; see {}/logs/error.log",
-            prefix.display()
-        );
-        let pidfile = prefix.join("logs/nginx.pid");
+        let log = || {
+            std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+                + &String::from_utf8_lossy(&st.stderr)
+        };
+        if !st.status.success() {
+            return Err(log());
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
-        let master = loop {
-            if let Ok(s) = std::fs::read_to_string(&pidfile) {
-                if let Ok(p) = s.trim().parse() {
-                    break p;
-                }
+        n.master = loop {
+            if let Some(p) = n.pid_from_file() {
+                break p;
             }
-            assert!(Instant::now() < deadline, "nginx wrote no pid file");
+            if Instant::now() > deadline {
+                return Err(format!("nginx wrote no pid file\n{}", log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let n = Nginx {
-            master,
-            port,
-            prefix,
-        };
         // Wait until it answers.
-        let deadline = Instant::now() + Duration::from_secs(10);
         while n.workers().len() < workers as usize
             || TcpStream::connect(("127.0.0.1", port)).is_err()
         {
-            assert!(Instant::now() < deadline, "nginx did not come up");
+            if Instant::now() > deadline {
+                return Err(format!("nginx did not come up\n{}", log()));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(n)
+        Ok(n)
+    }
+
+    fn pid_from_file(&self) -> Option<i32> {
+        std::fs::read_to_string(self.prefix.join("logs/nginx.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Worker PIDs (children of the master).
@@ -316,6 +347,15 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        if self.master == 0 {
+            match self.pid_from_file() {
+                Some(p) => self.master = p,
+                None => {
+                    let _ = std::fs::remove_dir_all(&self.prefix);
+                    return;
+                }
+            }
+        }
         let workers = self.workers();
         unsafe_kill(self.master, 9);
         for w in workers {

@@ -1,0 +1,125 @@
+//! `ljleak diff A B`: compare two snapshots (census JSON or folded stacks),
+//! print the deltas, draw a differential flame graph, and apply CI gates.
+
+use anyhow::Result;
+
+use crate::cli::{DiffArgs, DiffFormat};
+use crate::compare::gate::{Gate, GateResult, Metrics};
+use crate::compare::snapshot::{self, Folded, Input};
+use crate::compare::{census_diff, folded};
+use crate::error::{Classified, ExitCode};
+use crate::report::diff::{self as render, DiffJson, Style};
+
+fn bad_input(e: impl std::fmt::Display) -> anyhow::Error {
+    Classified::new(ExitCode::BadInput, e.to_string()).into()
+}
+
+/// Run `ljleak diff`.
+pub fn diff(a: DiffArgs) -> Result<()> {
+    // Gates first: a typo should not cost a comparison.
+    let gates: Vec<Gate> = a
+        .fail_if
+        .iter()
+        .map(|g| Gate::parse(g).map_err(|e| Classified::new(ExitCode::Usage, e.to_string())))
+        .collect::<Result<_, _>>()?;
+    let (fa, fb) = (a.a.display().to_string(), a.b.display().to_string());
+    let ia = snapshot::load(&a.a).map_err(bad_input)?;
+    let ib = snapshot::load(&a.b).map_err(bad_input)?;
+    snapshot::check_comparable(&fa, &ia, &fb, &ib, a.allow_build_mismatch).map_err(bad_input)?;
+    let style = if a.format == DiffFormat::Markdown {
+        Style::Markdown
+    } else {
+        Style::Text
+    };
+    let svg = a
+        .output
+        .as_ref()
+        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")));
+    let (text, results, shapes): (String, Vec<GateResult>, (Folded, Folded)) = match (&ia, &ib) {
+        (Input::Census(ra), Input::Census(rb)) => {
+            let d = census_diff::diff(&fa, ra, &fb, rb);
+            let results = eval(&gates, &d)?;
+            let tripped = results.iter().filter(|r| r.tripped).count();
+            let text = match a.format {
+                DiffFormat::Json => json(DiffJson {
+                    kind: "census",
+                    census: Some(&d),
+                    folded: None,
+                    gates: &results,
+                    tripped,
+                })?,
+                _ => render::census(&d, style, a.top),
+            };
+            (
+                text,
+                results,
+                (folded::census_folded(ra), folded::census_folded(rb)),
+            )
+        }
+        (Input::Folded(xa), Input::Folded(xb)) => {
+            let d = folded::diff(&fa, xa, &fb, xb);
+            let results = eval(&gates, &d)?;
+            let tripped = results.iter().filter(|r| r.tripped).count();
+            let text = match a.format {
+                DiffFormat::Json => json(DiffJson {
+                    kind: "folded",
+                    census: None,
+                    folded: Some(&d),
+                    gates: &results,
+                    tripped,
+                })?,
+                _ => render::folded(&d, style, a.top),
+            };
+            (text, results, (xa.clone(), xb.clone()))
+        }
+        // check_comparable rejects mixed kinds; say so again rather than panic.
+        _ => {
+            return Err(bad_input(format!(
+                "cannot compare {fa} ({}) with {fb} ({})",
+                ia.kind(),
+                ib.kind()
+            )))
+        }
+    };
+    let tripped: Vec<&GateResult> = results.iter().filter(|r| r.tripped).collect();
+    let mut out = text;
+    if a.format != DiffFormat::Json {
+        out.push_str(&render::gates(&results, style));
+    }
+    if let Some(path) = svg {
+        let mut buf = Vec::new();
+        let title = format!("ljleak diff: {fa} -> {fb}");
+        folded::differential_svg(&shapes.0, &shapes.1, &title, &mut buf)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        super::write_output(Some(path), &String::from_utf8_lossy(&buf))?;
+        super::write_output(None, &out)?;
+    } else {
+        super::write_output(a.output.as_deref(), &out)?;
+    }
+    if !tripped.is_empty() {
+        let list: Vec<String> = tripped
+            .iter()
+            .map(|r| format!("{} (observed {})", r.expr, r.observed))
+            .collect();
+        return Err(Classified::new(
+            ExitCode::GateTripped,
+            format!("{} gate(s) tripped: {}", tripped.len(), list.join(", ")),
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn eval(gates: &[Gate], m: &dyn Metrics) -> Result<Vec<GateResult>> {
+    gates
+        .iter()
+        .map(|g| {
+            g.eval(m)
+                .map_err(|e| Classified::new(ExitCode::Usage, e.to_string()).into())
+        })
+        .collect()
+}
+
+fn json(d: DiffJson<'_>) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&d)? + "\n")
+}

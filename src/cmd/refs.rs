@@ -1,0 +1,223 @@
+//! `ljleak refs`: copy the heap (pausing briefly), resume the target, then
+//! build the object graph, its dominator tree and retained sizes, and report
+//! leak suspects, the objects asked for, and a retention flame graph.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::census::locate_opts;
+use crate::analysis::graph::{Graph, NodeId};
+use crate::analysis::retention::Retention;
+use crate::capture::{self, CaptureOpts};
+use crate::cli::{RefsArgs, TextOrJson};
+use crate::error::{Classified, ExitCode};
+use crate::luajit::census::type_index;
+use crate::luajit::refs::Refs;
+use crate::luajit::vm::{type_name, TYPE_NAMES};
+use crate::report::census::luajit_info;
+use crate::report::refs::{refs_text, HeldObject, RefsReport};
+use crate::target::Memory;
+
+/// `ljleak refs`.
+pub fn refs(a: RefsArgs) -> Result<()> {
+    let want_type = match &a.ty {
+        None => None,
+        Some(t) => Some(
+            type_index(t).ok_or_else(|| {
+                Classified::new(
+                    ExitCode::Usage,
+                    format!("unknown --type `{t}`: use one of {}", TYPE_NAMES.join(", ")),
+                )
+            })? as u8
+                + crate::luajit::vm::gct::STR,
+        ),
+    };
+    let opts = CaptureOpts {
+        locate: locate_opts(&a.target),
+        nonblocking: a.nonblocking,
+        attempts: a.attempts,
+        hold_pause: None,
+    };
+    let cap = capture::capture(a.target.pid, &opts)?;
+    log::info!(
+        "layout {}; paused {} us; copied {} bytes",
+        cap.vm.layout.name,
+        cap.pause_us,
+        cap.image.total_bytes()
+    );
+    let t0 = Instant::now();
+    let vm = cap.heap_vm();
+    let lim = cap.walk_limits();
+    let graph = Graph::build(&vm, lim);
+    let t_graph = t0.elapsed();
+    let ret = Retention::compute(&graph);
+    let analysis_us = t0.elapsed().as_micros() as u64;
+    log::info!(
+        "graph of {} objects and {} references in {} ms; dominators and paths in {} ms",
+        graph.len(),
+        graph.edges(),
+        t_graph.as_millis(),
+        (t0.elapsed() - t_graph).as_millis()
+    );
+    let mut refs = Refs::new(&vm);
+    let suspects = ret
+        .suspects(a.top, 1)
+        .into_iter()
+        .map(|v| held(&graph, &ret, &mut refs, v))
+        .collect();
+    let (picked, omitted) = matches(&graph, &a, want_type);
+    let matches = picked
+        .into_iter()
+        .map(|v| held(&graph, &ret, &mut refs, v))
+        .collect();
+    if a.flamegraph.is_some() || a.folded.is_some() {
+        let (reach_bytes, _) = ret.reachable();
+        let min = a.min_frame.unwrap_or(reach_bytes / 2000).max(1);
+        let lines = ret.folded(&graph, &mut refs, min);
+        if let Some(p) = &a.folded {
+            super::write_output(Some(p), &(lines.join("\n") + "\n"))?;
+        }
+        if let Some(p) = &a.flamegraph {
+            let svg = flamegraph(&lines, a.target.pid)?;
+            super::write_output(Some(p), &svg)?;
+        }
+    }
+    if let Some(p) = &a.dump_graph {
+        super::write_output(Some(p), &dump_graph(&graph))?;
+    }
+    let (reachable_bytes, reachable_objects) = ret.reachable();
+    let mut warnings = graph.walk.warnings.clone();
+    warnings.extend(graph.warnings.iter().cloned());
+    let r = RefsReport {
+        kind: "refs".into(),
+        pid: cap.pid,
+        exe: cap.exe.clone(),
+        luajit: luajit_info(&cap.vm),
+        gc_total: vm.gc_total().unwrap_or(0),
+        objects: graph.len() as u64,
+        object_bytes: graph.walk.object_bytes,
+        edges: graph.edges() as u64,
+        reachable_objects,
+        reachable_bytes,
+        image_bytes: cap.image.total_bytes(),
+        pause_us: cap.pause_us,
+        consistency: cap.consistency.name().into(),
+        analysis_us,
+        suspects,
+        matches,
+        matches_omitted: omitted as u64,
+        warnings,
+    };
+    let text = match a.format {
+        TextOrJson::Text => refs_text(&r),
+        TextOrJson::Json => serde_json::to_string_pretty(&r)? + "\n",
+    };
+    super::write_output(None, &text)
+}
+
+/// The retention facts of node `v`.
+fn held<M: Memory + ?Sized>(
+    g: &Graph,
+    ret: &Retention,
+    refs: &mut Refs<'_, '_, M>,
+    v: NodeId,
+) -> HeldObject {
+    let k = ret.pre(v);
+    let path = ret.path_names(g, refs, v);
+    HeldObject {
+        addr: format!("{:#x}", g.addr[v as usize]),
+        ty: type_name(g.gct[v as usize]).into(),
+        desc: refs.describe(g.addr[v as usize]),
+        size: g.size[v as usize],
+        retained: k.map_or(0, |k| ret.retained[k]),
+        retained_objects: k.map_or(0, |k| ret.count[k]),
+        accumulated: k.map_or(0, |k| ret.accumulated[k]),
+        reachable: path.is_some(),
+        path: path.unwrap_or_default(),
+    }
+}
+
+/// Objects named by `--addr` (an address anywhere inside the object, so
+/// a cdata's payload address works too), then those matching `--size` /
+/// `--type`, biggest first, at most `--limit`; and how many were left out.
+fn matches(g: &Graph, a: &RefsArgs, ty: Option<u8>) -> (Vec<NodeId>, usize) {
+    let mut out: Vec<NodeId> = Vec::new();
+    for &x in &a.addr {
+        let i = g.addr.partition_point(|&o| o <= x);
+        if i > 0 && x < g.addr[i - 1] + g.size[i - 1].max(1) {
+            out.push((i - 1) as NodeId);
+        } else {
+            log::warn!("no object at {x:#x}");
+        }
+    }
+    if a.size.is_none() && ty.is_none() {
+        return (out, 0);
+    }
+    let min = a.size.unwrap_or(0);
+    let mut found: Vec<NodeId> = (0..g.len() as NodeId)
+        .filter(|&v| g.size[v as usize] >= min && ty.is_none_or(|t| g.gct[v as usize] == t))
+        .collect();
+    found.sort_unstable_by(|&x, &y| g.size[y as usize].cmp(&g.size[x as usize]).then(x.cmp(&y)));
+    let omitted = found.len().saturating_sub(a.limit);
+    found.truncate(a.limit);
+    out.extend(found);
+    (out, omitted)
+}
+
+fn flamegraph(lines: &[String], pid: i32) -> Result<String> {
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = "Retention flame graph".into();
+    opts.subtitle = Some(format!(
+        "pid {pid}: width = bytes retained; each frame a reference path from a GC root"
+    ));
+    opts.count_name = "bytes".into();
+    opts.deterministic = true;
+    let mut svg = Vec::new();
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(|s| s.as_str()), &mut svg)
+        .context("drawing the retention flame graph")?;
+    Ok(String::from_utf8_lossy(&svg).into_owned())
+}
+
+/// The strong graph as JSON: `nodes` as `[addr, type, size]`, `edges` as
+/// `[from, to]` node indexes, `roots` as node indexes.
+fn dump_graph(g: &Graph) -> String {
+    let mut s = String::with_capacity(64 * g.len() + 16 * g.edges());
+    s.push_str("{\"nodes\":[");
+    for i in 0..g.len() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(
+            s,
+            "[{},\"{}\",{}]",
+            g.addr[i],
+            type_name(g.gct[i]),
+            g.size[i]
+        );
+    }
+    s.push_str("],\"edges\":[");
+    let mut first = true;
+    for u in 0..g.len() as NodeId {
+        for &v in g.succ(u) {
+            if !first {
+                s.push(',');
+            }
+            first = false;
+            let _ = write!(s, "[{u},{v}]");
+        }
+    }
+    s.push_str("],\"roots\":[");
+    for (i, r) in g.roots.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "{r}");
+    }
+    s.push_str("]}\n");
+    s
+}

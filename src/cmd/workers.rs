@@ -1,0 +1,323 @@
+//! nginx masters: finding their workers, and running `gc`/`objs` on each
+//! worker in turn (one report per worker plus a total). Workers are paused
+//! one at a time, never all at once, so the server keeps answering.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::report::census::{CensusReport, TypeStats};
+
+/// Whether `pid` is an nginx master process (its title says so).
+pub fn is_nginx_master(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.starts_with(b"nginx: master process"))
+        .unwrap_or(false)
+}
+
+/// Child processes of `pid`, sorted.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    // /proc/PID/task/*/children lists children per thread (CONFIG_PROC_CHILDREN).
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                v.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+            }
+        }
+    }
+    if v.is_empty() && !std::path::Path::new(&format!("/proc/{pid}/task/{pid}/children")).exists() {
+        // Kernels without CONFIG_PROC_CHILDREN: scan every process's parent.
+        v = scan_children(pid);
+    }
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Children of `pid` by the parent field (4th) of every /proc/N/stat.
+fn scan_children(pid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<i32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The nginx workers of master `pid` (children titled `nginx: worker
+/// process`), or None when `pid` is not an nginx master.
+pub fn workers_of(pid: i32) -> Option<Vec<i32>> {
+    if !is_nginx_master(pid) {
+        return None;
+    }
+    let w: Vec<i32> = children(pid)
+        .into_iter()
+        .filter(|c| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .map(|t| t.starts_with(b"nginx: worker process"))
+                .unwrap_or(false)
+        })
+        .collect();
+    Some(w)
+}
+
+/// Reports of every worker of one master, and their sum.
+#[derive(Debug, Serialize)]
+pub struct WorkersReport {
+    /// Snapshot schema version.
+    pub schema: u32,
+    /// Always `workers`.
+    pub kind: String,
+    /// The master.
+    pub master: i32,
+    /// One report per worker, in PID order.
+    pub workers: Vec<CensusReport>,
+    /// The sum over workers (a census or gc report with `pid` = master).
+    pub total: CensusReport,
+}
+
+/// Sum per-worker reports into one report for the whole server.
+pub fn sum_reports(master: i32, reports: &[CensusReport]) -> CensusReport {
+    let mut t = reports.first().cloned().unwrap_or_default();
+    t.pid = master;
+    t.exe = reports.first().map(|r| r.exe.clone()).unwrap_or_default();
+    for r in reports.iter().skip(1) {
+        t.gc_total += r.gc_total;
+        t.walker_total = t.walker_total.zip(r.walker_total).map(|(a, b)| a + b);
+        t.gc_threshold += r.gc_threshold;
+        t.pause_us = t.pause_us.max(r.pause_us);
+        t.dead.count += r.dead.count;
+        t.dead.sum += r.dead.sum;
+        for (name, s) in &r.types {
+            let e = t.types.entry(name.clone()).or_insert(TypeStats {
+                count: 0,
+                sum: 0,
+                min: s.min,
+                max: s.max,
+                avg: 0,
+            });
+            e.min = if e.count == 0 {
+                s.min
+            } else {
+                e.min.min(s.min)
+            };
+            e.max = e.max.max(s.max);
+            e.count += s.count;
+            e.sum += s.sum;
+            e.avg = e.sum.checked_div(e.count).unwrap_or(0);
+        }
+        merge(
+            &mut t.cdata_types,
+            &r.cdata_types,
+            |c| c.name.clone(),
+            |c| (&mut c.count, &mut c.sum),
+        );
+        merge(
+            &mut t.table_classes,
+            &r.table_classes,
+            |c| c.le,
+            |c| (&mut c.count, &mut c.sum),
+        );
+        t.objects += r.objects;
+        t.image_bytes += r.image_bytes;
+        t.walk_us += r.walk_us;
+        t.mcode_jit += r.mcode_jit;
+        t.mcode_callbacks += r.mcode_callbacks;
+        if r.consistency != "quiescent" && r.consistency != "none" {
+            t.consistency = r.consistency.clone();
+        }
+        t.warnings
+            .extend(r.warnings.iter().map(|w| format!("worker {}: {w}", r.pid)));
+    }
+    t.cdata_types
+        .sort_by(|a, b| b.sum.cmp(&a.sum).then(a.name.cmp(&b.name)));
+    t.table_classes.sort_by_key(|c| c.le);
+    t.stopped_in = None;
+    t.gc_state = "-".into();
+    t
+}
+
+/// Add `from`'s (count, bytes) into `into`, matching entries by `key`.
+fn merge<T: Clone, K: PartialEq>(
+    into: &mut Vec<T>,
+    from: &[T],
+    key: impl Fn(&T) -> K,
+    counts: impl Fn(&mut T) -> (&mut u64, &mut u64),
+) {
+    for c in from {
+        match into.iter_mut().find(|x| key(x) == key(c)) {
+            Some(x) => {
+                let mut c = c.clone();
+                let (n, b) = counts(&mut c);
+                let (xn, xb) = counts(x);
+                *xn += *n;
+                *xb += *b;
+            }
+            None => into.push(c.clone()),
+        }
+    }
+}
+
+/// Run `one` on each worker in turn: each call pauses (at most) that worker
+/// alone, so the others keep serving.
+pub fn collect(
+    workers: &[i32],
+    mut one: impl FnMut(i32) -> Result<CensusReport>,
+) -> Result<Vec<CensusReport>> {
+    workers.iter().map(|&w| one(w)).collect()
+}
+
+/// Run `one` on every worker of `master` in turn and combine: text reports
+/// under a `== worker PID ==` heading each plus the total, or one JSON
+/// [`WorkersReport`].
+pub fn for_each_worker(
+    master: i32,
+    workers: &[i32],
+    json: bool,
+    mut one: impl FnMut(i32) -> Result<CensusReport>,
+    text: impl Fn(&CensusReport) -> String,
+) -> Result<String> {
+    if workers.is_empty() {
+        anyhow::bail!("nginx master {master} has no worker processes");
+    }
+    let reports = collect(workers, &mut one)?;
+    let mut total = sum_reports(master, &reports);
+    if let Some(first) = reports.first() {
+        total.created = first.created.clone();
+        total.created_unix_ms = first.created_unix_ms;
+    }
+    if json {
+        let r = WorkersReport {
+            schema: crate::report::envelope::SCHEMA_VERSION,
+            kind: "workers".into(),
+            master,
+            workers: reports,
+            total,
+        };
+        return Ok(serde_json::to_string_pretty(&r)? + "\n");
+    }
+    let mut s = String::new();
+    for r in &reports {
+        s.push_str(&format!("== worker {} ==\n", r.pid));
+        s.push_str(&text(r));
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "== total over {} workers of master {} ==\n",
+        reports.len(),
+        master
+    ));
+    // The total is no single process: drop the per-process `Start tracing` line.
+    let t = text(&total);
+    s.push_str(
+        t.strip_prefix("Start tracing")
+            .map_or(t.as_str(), |r| r.split_once('\n').map_or("", |x| x.1)),
+    );
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::luajit::census::{CdataType, CountSum, SizeClass};
+
+    fn rep(
+        pid: i32,
+        total: u64,
+        tables: (u64, u64),
+        cdata: &[(&str, u64, u64)],
+        classes: &[(u64, u64, u64)],
+    ) -> CensusReport {
+        let mut r = CensusReport {
+            kind: "census".into(),
+            pid,
+            gc_total: total,
+            walker_total: Some(total),
+            ..Default::default()
+        };
+        r.types.insert(
+            "table".into(),
+            TypeStats {
+                count: tables.0,
+                sum: tables.1,
+                min: 32,
+                max: 64,
+                avg: 0,
+            },
+        );
+        r.cdata_types = cdata
+            .iter()
+            .map(|(n, c, s)| CdataType {
+                name: n.to_string(),
+                count: *c,
+                sum: *s,
+            })
+            .collect();
+        r.table_classes = classes
+            .iter()
+            .map(|&(le, count, sum)| SizeClass { le, count, sum })
+            .collect();
+        r.dead = CountSum { count: 1, sum: 10 };
+        r
+    }
+
+    #[test]
+    fn sums_workers_exactly() {
+        let a = rep(
+            10,
+            1000,
+            (3, 150),
+            &[("char[?]", 2, 200), ("int", 1, 12)],
+            &[(64, 3, 150)],
+        );
+        let b = rep(
+            11,
+            500,
+            (1, 64),
+            &[("char[?]", 1, 100)],
+            &[(64, 1, 64), (128, 0, 0)],
+        );
+        let t = sum_reports(1, &[a, b]);
+        assert_eq!((t.pid, t.gc_total, t.walker_total), (1, 1500, Some(1500)));
+        assert_eq!(
+            t.types["table"],
+            TypeStats {
+                count: 4,
+                sum: 214,
+                min: 32,
+                max: 64,
+                avg: 53
+            }
+        );
+        assert_eq!(
+            t.cdata_types[0],
+            CdataType {
+                name: "char[?]".into(),
+                count: 3,
+                sum: 300
+            }
+        );
+        assert_eq!(
+            t.table_classes[0],
+            SizeClass {
+                le: 64,
+                count: 4,
+                sum: 214
+            }
+        );
+        assert_eq!(t.dead, CountSum { count: 2, sum: 20 });
+    }
+}

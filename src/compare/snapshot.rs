@@ -1,0 +1,265 @@
+//! Reading comparison inputs: census snapshots (the JSON `objs`/`gc` write)
+//! and folded-stack files (`a;b;c N` lines), with one-line errors that say
+//! what is wrong with which file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::report::census::CensusReport;
+use crate::report::envelope::SCHEMA_VERSION;
+
+/// Why an input cannot be used. Every variant maps to exit code 9
+/// ([`crate::error::ExitCode::BadInput`]).
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// Could not read the file.
+    #[error("cannot read {file}: {err}")]
+    Read {
+        /// The file.
+        file: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// JSON that is not a snapshot.
+    #[error(
+        "{file} is not a ljleak snapshot: {why} (write one with `ljleak objs -p PID -o FILE`)"
+    )]
+    Malformed {
+        /// The file.
+        file: String,
+        /// Parser message.
+        why: String,
+    },
+    /// Neither JSON nor folded stacks.
+    #[error("{file} is neither a ljleak snapshot (JSON) nor a folded-stack file: line {line}: expected `frame;frame;... COUNT`")]
+    NotFolded {
+        /// The file.
+        file: String,
+        /// 1-based line number of the first bad line.
+        line: usize,
+    },
+    /// Written by a newer ljleak.
+    #[error("{file} has snapshot schema {found}; this ljleak reads schema {SCHEMA_VERSION} and older: upgrade ljleak")]
+    Schema {
+        /// The file.
+        file: String,
+        /// Its schema.
+        found: u32,
+    },
+    /// A kind `diff` does not know.
+    #[error("{file} is a `{kind}` snapshot; ljleak diff compares `census`/`gc` snapshots and folded-stack files")]
+    UnknownKind {
+        /// The file.
+        file: String,
+        /// Its kind.
+        kind: String,
+    },
+    /// The two inputs are of different kinds.
+    #[error("cannot compare {a} ({ka}) with {b} ({kb}): give two inputs of the same kind")]
+    KindMismatch {
+        /// First file.
+        a: String,
+        /// Its kind.
+        ka: String,
+        /// Second file.
+        b: String,
+        /// Its kind.
+        kb: String,
+    },
+    /// Different LuaJIT builds: object sizes differ, so deltas would mislead.
+    #[error("{a} was taken on LuaJIT {la} and {b} on {lb}: object sizes differ between builds; compare snapshots of the same build (or pass --allow-build-mismatch)")]
+    BuildMismatch {
+        /// First file.
+        a: String,
+        /// Its layout.
+        la: String,
+        /// Second file.
+        b: String,
+        /// Its layout.
+        lb: String,
+    },
+}
+
+/// A folded-stack profile: stack (frames joined by `;`) to its count, with
+/// repeated stacks summed.
+pub type Folded = BTreeMap<String, u64>;
+
+/// One comparison input.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A census (or gc) snapshot.
+    Census(Box<CensusReport>),
+    /// Folded stacks.
+    Folded(Folded),
+}
+
+impl Input {
+    /// Kind name for messages.
+    pub fn kind(&self) -> String {
+        match self {
+            Input::Census(r) => r.kind.clone(),
+            Input::Folded(_) => "folded stacks".into(),
+        }
+    }
+}
+
+/// Read and validate `path`.
+pub fn load(path: &Path) -> Result<Input, InputError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| InputError::Read {
+        file: file.clone(),
+        err,
+    })?;
+    parse(&file, &text)
+}
+
+/// Parse the text of an input named `file`.
+pub fn parse(file: &str, text: &str) -> Result<Input, InputError> {
+    let t = text.trim_start();
+    if t.starts_with('{') {
+        return parse_census(file, t).map(|r| Input::Census(Box::new(r)));
+    }
+    parse_folded(text)
+        .map(Input::Folded)
+        .map_err(|line| InputError::NotFolded {
+            file: file.into(),
+            line,
+        })
+}
+
+fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
+    let malformed = |why: String| InputError::Malformed {
+        file: file.into(),
+        why,
+    };
+    // Look at schema and kind before the full parse, so a newer or foreign
+    // file gets that message rather than a missing-field one.
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| malformed(e.to_string()))?;
+    let schema = match v.get("schema") {
+        None => 1,
+        Some(s) => s
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| malformed("`schema` is not a number".into()))?,
+    };
+    if schema > SCHEMA_VERSION || schema == 0 {
+        return Err(InputError::Schema {
+            file: file.into(),
+            found: schema,
+        });
+    }
+    let kind = v
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .ok_or_else(|| malformed("no `kind` field".into()))?;
+    // `objs --master -o` writes every worker plus their sum: compare the sums.
+    let v = match kind {
+        "census" | "gc" => v,
+        "workers" => v
+            .get("total")
+            .cloned()
+            .ok_or_else(|| malformed("a `workers` snapshot without `total`".into()))?,
+        _ => {
+            return Err(InputError::UnknownKind {
+                file: file.into(),
+                kind: kind.into(),
+            })
+        }
+    };
+    serde_json::from_value(v).map_err(|e| malformed(e.to_string()))
+}
+
+/// Parse folded stacks; on error the 1-based number of the first bad line.
+/// Blank lines and `#` comments are skipped; an empty file is an error.
+pub fn parse_folded(text: &str) -> Result<Folded, usize> {
+    let mut out = Folded::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let (stack, n) = l.rsplit_once(' ').ok_or(i + 1)?;
+        let n: u64 = n.parse().map_err(|_| i + 1)?;
+        let stack = stack.trim_end();
+        if stack.is_empty() {
+            return Err(i + 1);
+        }
+        let e = out.entry(stack.to_string()).or_insert(0);
+        *e = e.saturating_add(n);
+    }
+    if out.is_empty() {
+        return Err(1);
+    }
+    Ok(out)
+}
+
+/// Check that `a` and `b` can be compared.
+pub fn check_comparable(
+    fa: &str,
+    a: &Input,
+    fb: &str,
+    b: &Input,
+    allow_build_mismatch: bool,
+) -> Result<(), InputError> {
+    match (a, b) {
+        (Input::Census(x), Input::Census(y)) => {
+            if x.kind != y.kind {
+                return Err(mismatch(fa, a, fb, b));
+            }
+            if !allow_build_mismatch
+                && (x.luajit.variant != y.luajit.variant || x.luajit.gc64 != y.luajit.gc64)
+            {
+                return Err(InputError::BuildMismatch {
+                    a: fa.into(),
+                    la: build_name(x),
+                    b: fb.into(),
+                    lb: build_name(y),
+                });
+            }
+            Ok(())
+        }
+        (Input::Folded(_), Input::Folded(_)) => Ok(()),
+        _ => Err(mismatch(fa, a, fb, b)),
+    }
+}
+
+fn build_name(r: &CensusReport) -> String {
+    format!(
+        "{} {}",
+        r.luajit.variant,
+        if r.luajit.gc64 { "GC64" } else { "non-GC64" }
+    )
+}
+
+fn mismatch(fa: &str, a: &Input, fb: &str, b: &Input) -> InputError {
+    InputError::KindMismatch {
+        a: fa.into(),
+        ka: a.kind(),
+        b: fb.into(),
+        kb: b.kind(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folded_sums_repeats_and_rejects_garbage() {
+        let f = parse_folded("a;b 3\n# c\n\na;b 4\nx 1\n").unwrap();
+        assert_eq!(f["a;b"], 7);
+        assert_eq!(f["x"], 1);
+        assert_eq!(parse_folded("a;b 3\nnot a number\n"), Err(2));
+        assert_eq!(parse_folded(""), Err(1));
+    }
+
+    #[test]
+    fn schema_and_kind_are_checked_first() {
+        let e = parse("f", r#"{"schema": 99, "kind": "census"}"#).unwrap_err();
+        assert!(matches!(e, InputError::Schema { found: 99, .. }), "{e}");
+        let e = parse("f", r#"{"schema": 1, "kind": "leaks"}"#).unwrap_err();
+        assert!(matches!(e, InputError::UnknownKind { .. }), "{e}");
+        let e = parse("f", r#"{"schema": 1, "kind": "census""#).unwrap_err();
+        assert!(matches!(e, InputError::Malformed { .. }), "{e}");
+    }
+}

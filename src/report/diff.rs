@@ -1,0 +1,307 @@
+//! `ljleak diff` output: aligned text, markdown (for a CI comment) and JSON.
+//! Gates come last, tripped ones after passed ones, so the end of a CI log
+//! says why the build failed.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::compare::census_diff::{CensusDiff, Delta, Row};
+use crate::compare::folded::{Change, FoldedDiff};
+use crate::compare::gate::GateResult;
+
+/// Output flavour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Aligned columns.
+    Text,
+    /// GitHub-flavoured markdown tables.
+    Markdown,
+}
+
+/// What `--format json` prints.
+#[derive(Debug, Serialize)]
+pub struct DiffJson<'a> {
+    /// `census` or `folded`.
+    pub kind: &'static str,
+    /// Census comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub census: Option<&'a CensusDiff>,
+    /// Folded comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded: Option<&'a FoldedDiff>,
+    /// Every gate, in the order given.
+    pub gates: &'a [GateResult],
+    /// How many tripped.
+    pub tripped: usize,
+}
+
+/// A table as aligned text or markdown; the first column is left-aligned,
+/// the others right-aligned.
+pub fn table(style: Style, head: &[&str], rows: &[Vec<String>]) -> String {
+    let mut s = String::new();
+    if style == Style::Markdown {
+        let _ = writeln!(s, "| {} |", head.join(" | "));
+        let aligns: Vec<&str> = (0..head.len())
+            .map(|i| if i == 0 { ":--" } else { "--:" })
+            .collect();
+        let _ = writeln!(s, "|{}|", aligns.join("|"));
+        for r in rows {
+            let cells: Vec<String> = r.iter().map(|c| c.replace('|', "\\|")).collect();
+            let _ = writeln!(s, "| {} |", cells.join(" | "));
+        }
+        return s;
+    }
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut l = String::from(" ");
+        for (i, c) in cells.iter().enumerate() {
+            if i == 0 {
+                let _ = write!(l, " {:<width$}", c, width = w[0]);
+            } else {
+                let _ = write!(l, "  {:>width$}", c, width = w[i]);
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    s.push_str(&line(head.to_vec()));
+    for r in rows {
+        s.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    s
+}
+
+/// `+12.50%`, or `new` when A was 0.
+pub fn pct(d: &Delta) -> String {
+    match d.pct {
+        Some(p) => format!("{p:+.2}%"),
+        None if d.b > 0 => "new".into(),
+        None => "-".into(),
+    }
+}
+
+fn row_cells(r: &Row) -> Vec<String> {
+    vec![
+        r.name.clone(),
+        r.count.a.to_string(),
+        r.count.b.to_string(),
+        format!("{:+}", r.count.delta),
+        r.bytes.a.to_string(),
+        r.bytes.b.to_string(),
+        format!("{:+}", r.bytes.delta),
+        pct(&r.bytes),
+    ]
+}
+
+const ROW_HEAD: [&str; 8] = [
+    "",
+    "count A",
+    "count B",
+    "Δcount",
+    "bytes A",
+    "bytes B",
+    "Δbytes",
+    "Δbytes %",
+];
+
+fn heading(style: Style, s: &mut String, title: &str) {
+    match style {
+        Style::Text => {
+            let _ = writeln!(s, "\n{title}:");
+        }
+        Style::Markdown => {
+            let _ = writeln!(s, "\n#### {title}\n");
+        }
+    }
+}
+
+fn section(style: Style, s: &mut String, title: &str, first: &str, rows: &[Row], top: usize) {
+    if rows.is_empty() {
+        return;
+    }
+    heading(style, s, title);
+    let mut head = ROW_HEAD;
+    head[0] = first;
+    let cells: Vec<Vec<String>> = rows.iter().take(top).map(row_cells).collect();
+    s.push_str(&table(style, &head, &cells));
+    if rows.len() > top {
+        let _ = writeln!(s, "  ... {} more (--top)", rows.len() - top);
+    }
+}
+
+/// A census comparison.
+pub fn census(d: &CensusDiff, style: Style, top: usize) -> String {
+    let mut s = String::new();
+    if style == Style::Markdown {
+        let _ = writeln!(s, "### ljleak diff\n");
+    }
+    for (tag, src) in [("A", &d.a), ("B", &d.b)] {
+        let _ = writeln!(
+            s,
+            "{tag}: {} (pid {} on {}, {}, {}){}",
+            src.file,
+            src.pid,
+            if src.host.is_empty() { "?" } else { &src.host },
+            if src.created.is_empty() {
+                "time unknown"
+            } else {
+                &src.created
+            },
+            src.layout,
+            if style == Style::Markdown { "  " } else { "" }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nGC total: {} -> {} bytes ({:+}, {})",
+        d.total.a,
+        d.total.b,
+        d.total.delta,
+        pct(&d.total)
+    );
+    if let Some(w) = &d.walker_total {
+        let _ = writeln!(
+            s,
+            "Walker total: {} -> {} bytes ({:+}, {})",
+            w.a,
+            w.b,
+            w.delta,
+            pct(w)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "Objects: {} -> {} ({:+}, {})",
+        d.objects.a,
+        d.objects.b,
+        d.objects.delta,
+        pct(&d.objects)
+    );
+    section(
+        style,
+        &mut s,
+        "Per type, by byte growth",
+        "type",
+        &d.types,
+        usize::MAX,
+    );
+    section(
+        style,
+        &mut s,
+        "cdata by C type, by byte growth",
+        "C type",
+        &d.cdata_types,
+        top,
+    );
+    section(
+        style,
+        &mut s,
+        "Tables by size class (bytes)",
+        "class",
+        &d.table_classes,
+        usize::MAX,
+    );
+    for w in &d.warnings {
+        let _ = writeln!(s, "\nWARNING: {w}");
+    }
+    s
+}
+
+/// A folded-stack comparison.
+pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
+    let mut s = String::new();
+    if style == Style::Markdown {
+        let _ = writeln!(s, "### ljleak diff\n");
+    }
+    let _ = writeln!(
+        s,
+        "A: {} ({} stacks, total {})",
+        d.a_file, d.stacks_a, d.total_a
+    );
+    let _ = writeln!(
+        s,
+        "B: {} ({} stacks, total {})",
+        d.b_file, d.stacks_b, d.total_b
+    );
+    let total = Delta::new(d.total_a, d.total_b);
+    let _ = writeln!(
+        s,
+        "\nTotal: {} -> {} ({:+}, {})",
+        d.total_a,
+        d.total_b,
+        total.delta,
+        pct(&total)
+    );
+    for (c, title) in [
+        (Change::New, "New stacks"),
+        (Change::Grown, "Grown stacks"),
+        (Change::Shrunk, "Shrunk stacks"),
+        (Change::Vanished, "Vanished stacks"),
+    ] {
+        let mut v: Vec<_> = d.with(c).collect();
+        if v.is_empty() {
+            continue;
+        }
+        if matches!(c, Change::Shrunk | Change::Vanished) {
+            v.sort_by_key(|x| x.delta);
+        }
+        heading(style, &mut s, &format!("{title} ({})", v.len()));
+        let rows: Vec<Vec<String>> = v
+            .iter()
+            .take(top)
+            .map(|x| {
+                vec![
+                    x.stack.clone(),
+                    x.a.to_string(),
+                    x.b.to_string(),
+                    format!("{:+}", x.delta),
+                ]
+            })
+            .collect();
+        s.push_str(&table(style, &["stack", "A", "B", "Δ"], &rows));
+        if v.len() > top {
+            let _ = writeln!(s, "  ... {} more (--top)", v.len() - top);
+        }
+    }
+    s
+}
+
+/// The gates, passed ones first and tripped ones last.
+pub fn gates(g: &[GateResult], style: Style) -> String {
+    if g.is_empty() {
+        return String::new();
+    }
+    let mut s = String::new();
+    heading(style, &mut s, "Gates");
+    let mut sorted: Vec<&GateResult> = g.iter().collect();
+    sorted.sort_by_key(|r| r.tripped);
+    for r in sorted {
+        let verdict = if r.tripped { "TRIPPED" } else { "pass" };
+        let line = format!(
+            "{verdict}  {}  (A {}, B {}, observed {})",
+            r.expr, r.a, r.b, r.observed
+        );
+        match style {
+            Style::Text => {
+                let _ = writeln!(s, "  {line}");
+            }
+            Style::Markdown => {
+                let _ = writeln!(
+                    s,
+                    "- {}",
+                    if r.tripped {
+                        format!("**{line}**")
+                    } else {
+                        line
+                    }
+                );
+            }
+        }
+    }
+    s
+}

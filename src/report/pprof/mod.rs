@@ -1,0 +1,217 @@
+//! pprof output: gzipped `profile.proto` that `go tool pprof`, speedscope,
+//! Pyroscope and Parca read as is.
+//!
+//! Input is a list of stacks (root first) with values. A census becomes
+//! stacks `TYPE` / `cdata;C TYPE` / `table;<=N bytes` with sample types
+//! `inuse_objects/count` and `inuse_space/bytes`; a folded-stack file
+//! becomes one sample type chosen by the caller. A frame written
+//! `NAME@FILE:LINE` or `FILE:LINE` gets its file and line in the Function
+//! and Line records; anything else is a bare function name.
+
+pub mod proto;
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use prost::Message;
+
+use proto::{Function, Line, Location, Profile, Sample, ValueType};
+
+/// Builds a [`Profile`], interning strings, functions and locations.
+#[derive(Debug, Default)]
+pub struct Builder {
+    p: Profile,
+    strings: HashMap<String, i64>,
+    locations: HashMap<String, u64>,
+}
+
+impl Builder {
+    /// A profile whose samples carry one value per `(type, unit)`.
+    pub fn new(sample_types: &[(&str, &str)]) -> Builder {
+        let mut b = Builder::default();
+        b.intern("");
+        for (t, u) in sample_types {
+            let vt = ValueType {
+                r#type: b.intern(t),
+                unit: b.intern(u),
+            };
+            b.p.sample_type.push(vt);
+        }
+        b
+    }
+
+    fn intern(&mut self, s: &str) -> i64 {
+        if let Some(&i) = self.strings.get(s) {
+            return i;
+        }
+        let i = self.p.string_table.len() as i64;
+        self.p.string_table.push(s.to_string());
+        self.strings.insert(s.to_string(), i);
+        i
+    }
+
+    fn location(&mut self, frame: &str) -> u64 {
+        if let Some(&id) = self.locations.get(frame) {
+            return id;
+        }
+        let (name, file, line) = split_frame(frame);
+        let id = self.p.location.len() as u64 + 1;
+        let f = Function {
+            id,
+            name: self.intern(name),
+            system_name: self.intern(name),
+            filename: self.intern(file),
+            start_line: 0,
+        };
+        self.p.function.push(f);
+        self.p.location.push(Location {
+            id,
+            mapping_id: 0,
+            address: 0,
+            line: vec![Line {
+                function_id: id,
+                line,
+            }],
+            is_folded: false,
+        });
+        self.locations.insert(frame.to_string(), id);
+        id
+    }
+
+    /// Add a stack (root first) with one value per sample type.
+    pub fn add(&mut self, stack: &[String], values: &[i64]) {
+        let location_id = stack.iter().rev().map(|f| self.location(f)).collect();
+        self.p.sample.push(Sample {
+            location_id,
+            value: values.to_vec(),
+            label: Vec::new(),
+        });
+    }
+
+    /// Set the collection time (ms since the epoch) and a comment.
+    pub fn meta(&mut self, unix_ms: u64, comment: &str) {
+        self.p.time_nanos = (unix_ms as i64).saturating_mul(1_000_000);
+        let c = self.intern(comment);
+        self.p.comment.push(c);
+    }
+
+    /// The finished profile.
+    pub fn finish(mut self) -> Profile {
+        // The last sample type (bytes) is the one viewers show first.
+        self.p.default_sample_type = self.p.sample_type.last().map(|v| v.r#type).unwrap_or(0);
+        self.p
+    }
+}
+
+/// `NAME@FILE:LINE` → (NAME, FILE, LINE); `FILE:LINE` → (FILE:LINE, FILE, LINE).
+fn split_frame(frame: &str) -> (&str, &str, i64) {
+    let (name, loc) = match frame.rsplit_once('@') {
+        Some((n, l)) if !n.is_empty() => (n, l),
+        _ => (frame, frame),
+    };
+    match loc.rsplit_once(':') {
+        Some((file, line)) if !file.is_empty() => match line.parse::<i64>() {
+            Ok(l) => (name, file, l),
+            Err(_) => (frame, "", 0),
+        },
+        _ => (frame, "", 0),
+    }
+}
+
+/// Serialize and gzip.
+pub fn encode(p: &Profile) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&p.encode_to_vec())?;
+    gz.finish()
+}
+
+/// Gunzip (if gzipped) and parse.
+pub fn decode(bytes: &[u8]) -> std::io::Result<Profile> {
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(bytes), &mut out)?;
+        out
+    } else {
+        bytes.to_vec()
+    };
+    Profile::decode(raw.as_slice())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A census as a pprof profile (`inuse_objects/count`, `inuse_space/bytes`).
+pub fn from_census(r: &crate::report::census::CensusReport) -> Profile {
+    from_censuses(std::slice::from_ref(r), false)
+}
+
+/// Several censuses (the workers of one nginx master) in one profile; with
+/// `per_process`, each stack starts with a `pid N` frame.
+pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bool) -> Profile {
+    let mut b = Builder::new(&[("inuse_objects", "count"), ("inuse_space", "bytes")]);
+    for r in rs {
+        for (mut stack, count, bytes) in crate::compare::folded::census_stacks(r) {
+            if per_process {
+                stack.insert(0, format!("pid {}", r.pid));
+            }
+            b.add(&stack, &[count as i64, bytes as i64]);
+        }
+    }
+    if let Some(r) = rs.first() {
+        let pids: Vec<String> = rs.iter().map(|r| r.pid.to_string()).collect();
+        b.meta(
+            r.created_unix_ms,
+            &format!(
+                "ljleak census of pid {} ({}) on {}",
+                pids.join(", "),
+                r.exe,
+                r.host
+            ),
+        );
+    }
+    b.finish()
+}
+
+/// Folded stacks as a profile with one sample type.
+pub fn from_folded(f: &crate::compare::snapshot::Folded, sample_type: (&str, &str)) -> Profile {
+    let mut b = Builder::new(&[sample_type]);
+    for (stack, n) in f {
+        let frames: Vec<String> = stack.split(';').map(str::to_string).collect();
+        b.add(&frames, &[*n as i64]);
+    }
+    b.finish()
+}
+
+/// Sum of each sample type over all samples.
+pub fn totals(p: &Profile) -> Vec<i64> {
+    let mut t = vec![0i64; p.sample_type.len()];
+    for s in &p.sample {
+        for (i, v) in s.value.iter().enumerate() {
+            if let Some(x) = t.get_mut(i) {
+                *x += v;
+            }
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_and_round_trip() {
+        assert_eq!(
+            split_frame("handler@app.lua:27"),
+            ("handler", "app.lua", 27)
+        );
+        assert_eq!(split_frame("app.lua:27"), ("app.lua:27", "app.lua", 27));
+        assert_eq!(split_frame("cdata"), ("cdata", "", 0));
+        let f: crate::compare::snapshot::Folded =
+            [("a;b@x.lua:3".to_string(), 5u64), ("a;c".to_string(), 7)]
+                .into_iter()
+                .collect();
+        let p = decode(&encode(&from_folded(&f, ("inuse_space", "bytes"))).unwrap()).unwrap();
+        assert_eq!(totals(&p), [12]);
+        assert_eq!(p.location.len(), 3, "frame `a` is shared");
+        assert_eq!(p.string_table[0], "");
+    }
+}
