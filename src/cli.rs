@@ -33,6 +33,11 @@ pub enum Command {
     Watch(WatchArgs),
     /// Convert a snapshot or folded-stack file to another format (pprof).
     Convert(ConvertArgs),
+    /// Trace allocations for a while and report what is still outstanding,
+    /// by stack (C and Lua), as folded stacks, stap text, SVG or JSON.
+    Leaks(LeaksArgs),
+    /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
+    Probes(ProbesArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -221,6 +226,93 @@ pub struct RefsArgs {
     /// Test hook: write the strong object graph (nodes, edges, roots) as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     pub dump_graph: Option<std::path::PathBuf>,
+}
+
+/// Output format of `leaks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeakFormat {
+    /// Flame graph (inferno).
+    Svg,
+    /// Folded stacks, root first: `a;b;c BYTES`.
+    Folded,
+    /// SystemTap-style backtraces (for stackcollapse-stap.pl).
+    Stap,
+    /// Summary and top sites.
+    Json,
+}
+
+/// Which allocators `leaks` traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeakSource {
+    /// libc malloc, calloc, realloc, free, posix_memalign...
+    Malloc,
+    /// LuaJIT's own allocator (g->allocf).
+    Luajit,
+    /// Both.
+    All,
+    /// Only the probes named by --alloc-usdt / --free-usdt.
+    Usdt,
+}
+
+/// `ljleak leaks`.
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Seconds to trace (Ctrl-C stops early and still reports).
+    #[arg(short, long, default_value_t = 10.0, value_name = "SECS")]
+    pub time: f64,
+    /// Write the report to FILE (format from --format, else from the extension).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Also write folded stacks to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<std::path::PathBuf>,
+    /// Output format (default: from -o's extension, else folded).
+    #[arg(long, value_enum)]
+    pub format: Option<LeakFormat>,
+    /// Only count allocations at least this old at the end of the window.
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub min_age: f64,
+    /// Which allocators to trace.
+    #[arg(long, value_enum, default_value = "all")]
+    pub source: LeakSource,
+    /// Bytes of user stack copied with each allocation (deeper stacks are truncated).
+    #[arg(long, default_value_t = 8192, value_name = "BYTES")]
+    pub stack_bytes: u32,
+    /// Ring buffer pages per thread (a power of two).
+    #[arg(long, default_value_t = 2048, value_name = "PAGES")]
+    pub ring_pages: usize,
+    /// Sites listed in JSON output.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub top: usize,
+    /// Also trace a custom allocator's USDT probe PROVIDER:NAME with
+    /// arguments (pointer, size).
+    #[arg(long, value_name = "PROVIDER:NAME")]
+    pub alloc_usdt: Option<String>,
+    /// Its free probe PROVIDER:NAME with argument (pointer).
+    #[arg(long, value_name = "PROVIDER:NAME")]
+    pub free_usdt: Option<String>,
+    /// Test hook: where to look for the uprobe PMU.
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub uprobe_pmu_dir: Option<std::path::PathBuf>,
+}
+
+/// `ljleak probes`.
+#[derive(Debug, Args)]
+pub struct ProbesArgs {
+    /// Process ID.
+    #[arg(
+        short = 'p',
+        long = "pid",
+        visible_short_alias = 'x',
+        value_name = "PID"
+    )]
+    pub pid: i32,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: TextOrJson,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

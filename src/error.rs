@@ -29,6 +29,10 @@ pub enum ExitCode {
     /// An input file is not usable: malformed snapshot, unsupported schema
     /// version, or two snapshots that cannot be compared (`ljleak diff`).
     BadInput = 9,
+    /// Tracing is unavailable (no uprobe PMU in the kernel).
+    NoTracing = 20,
+    /// Nothing to trace: no libc mapped (static binary) and no LuaJIT allocator.
+    NothingToTrace = 21,
 }
 
 /// Text for `--help`.
@@ -43,7 +47,9 @@ Exit codes:
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
   8  the target exited during the run
-  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)";
+  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)
+  20 uprobe tracing unavailable (kernel without the uprobe PMU)
+  21 nothing to trace (no libc mapped, e.g. a static binary; see --source)";
 
 /// An error that carries its own exit code. Commands wrap their failures in
 /// this (through `anyhow`) so that `main` can pick the right code from the
@@ -75,6 +81,9 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
             return c.code;
         }
         if let Some(e) = cause.downcast_ref::<crate::target::TargetError>() {
+            return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::trace::TraceError>() {
             return e.exit_code();
         }
     }

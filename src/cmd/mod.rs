@@ -4,6 +4,8 @@
 pub mod census;
 pub mod convert;
 pub mod diff;
+pub mod leaks;
+pub mod probes;
 pub mod refs;
 pub mod threads;
 pub mod watch;
@@ -21,6 +23,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(a) => diff::diff(a),
         Command::Watch(a) => watch::watch(a),
         Command::Convert(a) => convert::convert(a),
+        Command::Leaks(a) => leaks::leaks(a),
+        Command::Probes(a) => probes::run(a),
     }
 }
 

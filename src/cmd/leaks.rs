@@ -1,0 +1,508 @@
+//! `ljleak leaks`: open the probes, trace for the window, account live
+//! allocations, unwind and symbolize the outstanding ones, write the report.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::cli::{LeakFormat, LeakSource, LeaksArgs};
+use crate::error::{Classified, ExitCode};
+use crate::leaks::stacks::StackTable;
+use crate::leaks::{Args, Origin, Tracker};
+use crate::report::leaks::{self as out, LeakReport, LeakSite, LeakSummary, SiteFrame};
+use crate::target::{self, Maps, ProcessMemory, ReadExt};
+use crate::trace::pmu::UprobePmu;
+use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
+use crate::trace::record::Sample;
+use crate::trace::session::Session;
+use crate::unwind::lua::{self, LuaFrames};
+use crate::unwind::symbols::Symbolizer;
+use crate::unwind::{End, Unwinder};
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Classified::new(ExitCode::Usage, msg).into()
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Probes for `--alloc-usdt` / `--free-usdt`.
+fn usdt_probes(a: &LeaksArgs, maps: &Maps, opts: ProbeOpts) -> Result<Vec<ProbeSpec>> {
+    let wanted = [
+        (Func::UsdtAlloc, &a.alloc_usdt),
+        (Func::UsdtFree, &a.free_usdt),
+    ];
+    if wanted.iter().all(|(_, w)| w.is_none()) {
+        return Ok(Vec::new());
+    }
+    if a.alloc_usdt.is_none() {
+        return Err(usage("--free-usdt needs --alloc-usdt too"));
+    }
+    let pid = a.target.pid;
+    let all = super::probes::all_probes(pid, maps);
+    let mut specs = Vec::new();
+    for (func, w) in wanted {
+        let Some(w) = w else { continue };
+        let (prov, name) = w
+            .split_once(':')
+            .ok_or_else(|| usage(format!("`{w}` is not PROVIDER:NAME")))?;
+        let found: Vec<_> = all
+            .iter()
+            .filter(|p| p.provider == prov && p.name == name)
+            .collect();
+        if found.is_empty() {
+            return Err(Classified::new(
+                ExitCode::NothingToTrace,
+                format!(
+                    "process {pid} has no USDT probe {w}; list them with `ljleak probes -p {pid}`"
+                ),
+            )
+            .into());
+        }
+        for p in found {
+            let elf = crate::target::elf::ElfFile::open(pid, &p.object)
+                .with_context(|| format!("opening {}", p.object))?;
+            let spec = probes::usdt_probe(func, p, &elf, opts).ok_or_else(|| {
+                usage(format!(
+                    "cannot use USDT probe {w}: arguments [{}] not understood",
+                    p.args
+                ))
+            })?;
+            let need = if func == Func::UsdtAlloc { 2 } else { 1 };
+            if spec.usdt_args.len() < need {
+                return Err(usage(format!(
+                    "USDT probe {w} has {} arguments, needs {need}",
+                    spec.usdt_args.len()
+                )));
+            }
+            specs.push(spec);
+        }
+    }
+    Ok(specs)
+}
+
+/// The probe set for `--source`.
+fn probe_set(a: &LeaksArgs, maps: &Maps) -> Result<Vec<ProbeSpec>> {
+    let pid = a.target.pid;
+    let opts = ProbeOpts {
+        stack_bytes: a.stack_bytes,
+    };
+    let mut specs = usdt_probes(a, maps, opts)?;
+    if a.source == LeakSource::Usdt && specs.is_empty() {
+        return Err(usage("--source usdt needs --alloc-usdt PROVIDER:NAME"));
+    }
+    if matches!(a.source, LeakSource::Malloc | LeakSource::All) {
+        specs.extend(probes::libc_probes(pid, maps, opts)?);
+    }
+    if matches!(a.source, LeakSource::Luajit | LeakSource::All) {
+        let found = crate::capture::locate(pid, &super::locate_opts(&a.target));
+        match found {
+            Ok((_, maps, vm)) => {
+                let mem = ProcessMemory::new(pid);
+                let allocf = vm
+                    .layout
+                    .f
+                    .g_allocf
+                    .get(&mem, vm.roots.g)
+                    .map_err(|e| anyhow::anyhow!("reading g->allocf: {e}"))?;
+                specs.extend(probes::luajit_probes(pid, &maps, allocf, opts)?);
+            }
+            Err(e) if a.source == LeakSource::All => {
+                log::warn!("not tracing LuaJIT's allocator: {e:#}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for s in &specs {
+        log::info!(
+            "probe {}{} at {}+{:#x} (entry {:#x}: {}; probed {}{})",
+            s.func.name(),
+            if s.retprobe() { " return" } else { "" },
+            s.target_path,
+            s.attr.offset,
+            s.entry_offset,
+            s.site.entry_insn,
+            s.site.probed_insn,
+            if s.site.emulated {
+                ", emulated"
+            } else {
+                ", single-stepped"
+            }
+        );
+    }
+    Ok(specs)
+}
+
+/// Index the target's Lua prototypes (one short pause) for Lua frames.
+fn lua_frames(a: &LeaksArgs) -> Option<LuaFrames> {
+    let opts = crate::capture::CaptureOpts {
+        locate: super::locate_opts(&a.target),
+        ..Default::default()
+    };
+    let cap = match crate::capture::capture(a.target.pid, &opts) {
+        Ok(c) => c,
+        Err(e) => {
+            log::info!("no Lua frames: {e:#}");
+            return None;
+        }
+    };
+    let index = crate::luajit::frames::ProtoIndex::build(&cap.heap_vm(), cap.walk_limits());
+    log::info!(
+        "{} Lua prototypes indexed (target paused {} us)",
+        index.len(),
+        cap.pause_us
+    );
+    let object = cap.vm.luajit_object.as_deref()?;
+    let lf = LuaFrames::new(cap.pid, &cap.maps, object, &cap.vm.layout, index);
+    if lf.is_none() {
+        log::info!("no Lua frames: {object} exports no lua_pcall/lua_resume");
+    }
+    lf
+}
+
+/// Event processing state for the window.
+struct Window {
+    pid: i32,
+    tracker: Tracker,
+    stacks: StackTable,
+    unwinder: Unwinder,
+    frames: Vec<u64>,
+    sps: Vec<u64>,
+    lua: Option<LuaFrames>,
+    truncated: u64,
+    samples: u64,
+    mem: ProcessMemory,
+    /// Latest mappings (kept so a target that exits can still be symbolized).
+    maps: Maps,
+}
+
+impl Window {
+    /// Unwind a sample's stack, splice Lua frames, intern it.
+    fn unwind(&mut self, s: &Sample<'_>) -> u32 {
+        let r = &s.regs;
+        if self
+            .unwinder
+            .unwind(r, s.stack, &mut self.frames, &mut self.sps)
+            == End::Truncated
+        {
+            self.truncated += 1;
+        }
+        if let Some(l) = &self.lua {
+            l.splice(&mut self.frames, &self.sps, s.stack, r.sp);
+        }
+        self.stacks.intern(&self.frames)
+    }
+
+    fn on_sample(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {
+        self.samples += 1;
+        let r = &s.regs;
+        if spec.retprobe() {
+            let (sp, stack, mem) = (r.sp, s.stack, &self.mem);
+            self.tracker.on_return(s.tid, spec.func, r.ax, |memptr| {
+                // From the stack copy taken with the return (synchronous),
+                // else from live memory.
+                let off = memptr.checked_sub(sp)? as usize;
+                match stack.get(off..off + 8) {
+                    Some(b) => Some(u64::from_le_bytes(b.try_into().ok()?)),
+                    None => mem.u64(memptr).ok(),
+                }
+            });
+            return;
+        }
+        if spec.func == Func::Free {
+            self.tracker.on_free(s.tid, r.sp, r.di);
+            return;
+        }
+        let arg = |i: usize| {
+            let (size, loc) = spec.usdt_args.get(i)?;
+            crate::trace::usdt::eval_arg(*size, loc, r, s.stack)
+        };
+        if spec.func == Func::UsdtFree {
+            if let Some(ptr) = arg(0) {
+                self.tracker.on_free(s.tid, r.sp, ptr);
+            }
+            return;
+        }
+        if spec.func == Func::UsdtAlloc {
+            let (Some(ptr), Some(size)) = (arg(0), arg(1)) else {
+                return;
+            };
+            let stack = self.unwind(s);
+            self.tracker.on_usdt_alloc(ptr, size, stack, s.time);
+            return;
+        }
+        let args = Args {
+            a0: r.di,
+            a1: r.si,
+            a2: r.dx,
+            a3: r.cx,
+        };
+        let stack = if self.tracker.is_nested(s.tid, r.sp) {
+            0
+        } else {
+            self.unwind(s)
+        };
+        self.tracker
+            .on_entry(s.tid, spec.func, r.sp, args, stack, s.time);
+    }
+}
+
+/// `ljleak leaks`.
+pub fn leaks(a: LeaksArgs) -> Result<()> {
+    if !(a.time > 0.0 && a.time.is_finite()) {
+        return Err(usage(format!(
+            "--time must be a positive number of seconds (got {})",
+            a.time
+        )));
+    }
+    if a.min_age < 0.0 || !a.min_age.is_finite() {
+        return Err(usage("--min-age must be zero or more seconds"));
+    }
+    let pid = a.target.pid;
+    target::check_process(pid)?;
+    let pmu_dir = a
+        .uprobe_pmu_dir
+        .clone()
+        .unwrap_or_else(UprobePmu::default_dir);
+    let pmu = UprobePmu::read(&pmu_dir)?;
+    let maps = Maps::read(pid)?;
+    let specs = probe_set(&a, &maps)?;
+    let unwinder = Unwinder::new(pid, &maps);
+    let lua = lua_frames(&a);
+    let maps_at_start = maps.clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // Only fails when a handler is already set (a second run in one process).
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+
+    let mut session =
+        Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
+    let started = Instant::now();
+    let window = Duration::from_secs_f64(a.time);
+    let bar = progress_bar(a.time);
+    let mut w = Window {
+        pid,
+        tracker: Tracker::new(),
+        stacks: StackTable::new(),
+        unwinder,
+        frames: Vec::with_capacity(64),
+        sps: Vec::with_capacity(64),
+        lua,
+        truncated: 0,
+        samples: 0,
+        mem: ProcessMemory::new(pid),
+        maps: maps_at_start,
+    };
+    eprintln!(
+        "ljleak: tracing pid {pid} for {} s with {} probes{}",
+        a.time,
+        session.specs().len(),
+        if bar.is_hidden() {
+            ""
+        } else {
+            " (Ctrl-C to stop early)"
+        }
+    );
+    let specs_copy = session.specs().to_vec();
+    let mut last_threads = Instant::now();
+    let mut exited = false;
+    while started.elapsed() < window && !stop.load(Ordering::SeqCst) {
+        session.wait(Duration::from_millis(20));
+        session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+        if last_threads.elapsed() > Duration::from_millis(200) {
+            last_threads = Instant::now();
+            if !target::process_exists(pid) {
+                exited = true;
+                break;
+            }
+            session.refresh_threads()?;
+            // A zombie's maps are empty: keep the last real ones.
+            if let Ok(m) = Maps::read(pid) {
+                if !m.list.is_empty() {
+                    w.maps = m;
+                }
+            }
+        }
+        bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
+    }
+    session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+    let end = monotonic_ns();
+    let elapsed = started.elapsed();
+    let stats = session.stats;
+    // Closing the fds removes every probe before the slow part.
+    drop(session);
+    bar.finish_and_clear();
+    if exited {
+        log::warn!("process {pid} exited during the window; reporting what was seen");
+    }
+
+    refresh_lua_index(&a, &mut w);
+    let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
+    eprint!("{}", out::summary_text(&report.summary));
+    write_outputs(&a, &report)
+}
+
+/// When outstanding stacks hold Lua PCs the index does not know (code
+/// loaded during the window), index the heap once more.
+fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
+    let Some(l) = &w.lua else { return };
+    let unknown = w
+        .tracker
+        .outstanding(u64::MAX, 0)
+        .flat_map(|(_, live)| w.stacks.get(live.stack).iter().copied())
+        .any(|f| lua::is_lua_pc(f) && l.locate(f).is_none());
+    if unknown && target::process_exists(w.pid) {
+        if let Some(fresh) = lua_frames(a) {
+            w.lua = Some(fresh);
+        }
+    }
+}
+
+fn progress_bar(secs: f64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(secs.ceil() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "tracing {bar:40} {pos}/{len} s (Ctrl-C to stop early)",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn build_report(
+    a: &LeaksArgs,
+    w: &Window,
+    end: u64,
+    elapsed: Duration,
+    interrupted: bool,
+    stats: crate::trace::session::SessionStats,
+) -> Result<LeakReport> {
+    // Group outstanding allocations by stack.
+    let min_age = (a.min_age * 1e9) as u64;
+    let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, u64)> = Default::default();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for (_, l) in w.tracker.outstanding(end, min_age) {
+        let e = by_stack.entry((l.stack, l.origin)).or_default();
+        e.0 += l.size;
+        e.1 += 1;
+        n += 1;
+        bytes += l.size;
+    }
+    let maps = match Maps::read(w.pid) {
+        Ok(m) if !m.list.is_empty() => m,
+        _ => w.maps.clone(),
+    };
+    let mut sym = Symbolizer::new(w.pid);
+    let mut sites: Vec<LeakSite> = by_stack
+        .into_iter()
+        .map(|((stack, origin), (b, c))| {
+            let mut frames = Vec::new();
+            for (i, &addr) in w.stacks.get(stack).iter().enumerate() {
+                if lua::is_lua_pc(addr) {
+                    let pc = addr & !lua::LUA_PC_TAG;
+                    let name = match w.lua.as_ref().and_then(|l| l.locate(addr)) {
+                        Some(loc) => loc.to_string(),
+                        None => format!("[lua pc {pc:#x}]"),
+                    };
+                    for name in [name, lua::LUA_MARKER.to_string()] {
+                        frames.push(SiteFrame {
+                            name,
+                            addr: pc,
+                            offset: 0,
+                            size: 0,
+                            module: "lua".into(),
+                        });
+                    }
+                    continue;
+                }
+                for f in sym.frames(&maps, addr, i > 0) {
+                    frames.push(SiteFrame {
+                        name: f.name,
+                        addr: f.addr,
+                        offset: f.offset,
+                        size: f.size,
+                        module: f.module,
+                    });
+                }
+            }
+            if origin == Origin::Luajit {
+                if let Some(f) = frames.first_mut() {
+                    // Stripped builds have no symbol for LuaJIT's allocator.
+                    if f.size == 0 {
+                        f.name = "lj_alloc_f".into();
+                    }
+                }
+            }
+            LeakSite {
+                bytes: b,
+                count: c,
+                origin,
+                frames,
+            }
+        })
+        .collect();
+    sites.sort_by(|x, y| {
+        y.bytes
+            .cmp(&x.bytes)
+            .then_with(|| x.frames.len().cmp(&y.frames.len()))
+    });
+    let summary = LeakSummary {
+        pid: w.pid,
+        seconds: elapsed.as_secs_f64(),
+        interrupted,
+        threads: stats.threads,
+        source: format!("{:?}", a.source).to_lowercase(),
+        counts: w.tracker.counts,
+        outstanding_count: n,
+        outstanding_bytes: bytes,
+        lost_events: stats.lost,
+        throttled: stats.throttled,
+        truncated_stacks: w.truncated,
+        samples: w.samples,
+        min_age: a.min_age,
+    };
+    Ok(LeakReport { summary, sites })
+}
+
+fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
+    let format = a.format.unwrap_or_else(|| {
+        match a
+            .output
+            .as_ref()
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+        {
+            Some("svg") => LeakFormat::Svg,
+            Some("json") => LeakFormat::Json,
+            Some("stap") | Some("bt") => LeakFormat::Stap,
+            _ => LeakFormat::Folded,
+        }
+    });
+    let text = match format {
+        LeakFormat::Folded => out::folded(r),
+        LeakFormat::Stap => out::stap(r),
+        LeakFormat::Json => out::json(r, a.top),
+        LeakFormat::Svg => {
+            out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?
+        }
+    };
+    if let Some(f) = &a.folded {
+        super::write_output(Some(f), &out::folded(r))?;
+    }
+    super::write_output(a.output.as_deref(), &text)
+}

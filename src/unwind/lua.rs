@@ -1,0 +1,174 @@
+//! Lua frames in C stacks. When a sampled stack passes through the LuaJIT
+//! interpreter, the interpreter's C frame (`cf`, its `%rsp` while it runs
+//! bytecode) holds the `lua_State` and the saved bytecode PC (lj_frame.h
+//! `CFRAME_OFS_L`, `CFRAME_OFS_PC`). Both are read from the stack copy taken
+//! with the event, so the innermost Lua frame is exact; the PC is mapped to
+//! `chunkname:line` through a [`ProtoIndex`] built from a heap capture.
+//!
+//! An interpreter frame is a frame in the LuaJIT object called from outside
+//! it or from its exported API (`lua_pcall`, `lua_resume`, ... call
+//! `lj_vm_pcall`, `lj_vm_resume`, ..., which set up the C frame and run the
+//! bytecode; luajit2's `lua_resume` tail-calls the VM, so its caller may be
+//! nginx itself). Frames the VM calls (`lj_cf_*`, `lj_ccall_func`) have
+//! callers inside the object and are not candidates. Every interpreter
+//! activation on the stack is spliced; deeper Lua frames of one activation
+//! are not read after the event (they may have changed), a marker frame
+//! ends the Lua part instead.
+//!
+//! Not here: JIT-compiled traces (they have no unwind info; such stacks
+//! end at the trace and are counted as truncated).
+
+use std::ops::Range;
+
+use object::{Object, ObjectSymbol};
+
+use crate::luajit::frames::{CFrameOffsets, LuaLoc, ProtoIndex};
+use crate::luajit::layout::Layout;
+use crate::target::elf::ElfFile;
+use crate::target::Maps;
+
+/// Marks a frame entry that holds a saved Lua PC instead of a code address.
+pub const LUA_PC_TAG: u64 = 1 << 63;
+
+/// Name of the frame that ends the Lua part of a stack.
+pub const LUA_MARKER: &str = "[lua]";
+
+/// Whether an exported symbol is part of the Lua C API (which enters the VM).
+fn is_api(name: &str) -> bool {
+    name.starts_with("lua_") || name.starts_with("luaL_") || name.starts_with("luaJIT_")
+}
+
+/// Finds interpreter frames in unwound stacks and names Lua PCs.
+#[derive(Debug)]
+pub struct LuaFrames {
+    /// Executable ranges of the LuaJIT object.
+    object: Vec<Range<u64>>,
+    /// Its exported API functions.
+    entries: Vec<Range<u64>>,
+    offs: CFrameOffsets,
+    /// Prototypes known (rebuilt by the caller when PCs are unknown).
+    pub index: ProtoIndex,
+}
+
+impl LuaFrames {
+    /// Set up for the LuaJIT in `object` (its path as the target sees it).
+    pub fn new(
+        pid: i32,
+        maps: &Maps,
+        object: &str,
+        layout: &Layout,
+        index: ProtoIndex,
+    ) -> Option<LuaFrames> {
+        let elf = ElfFile::open(pid, object).ok()?;
+        let bias = elf.bias(maps)?;
+        let entries: Vec<Range<u64>> = elf
+            .object()
+            .dynamic_symbols()
+            .filter(|s| s.name().is_ok_and(is_api) && s.size() > 0)
+            .map(|s| bias + s.address()..bias + s.address() + s.size())
+            .collect();
+        let object: Vec<Range<u64>> = maps
+            .of_file(object)
+            .filter(|m| m.exec)
+            .map(|m| m.start..m.end)
+            .collect();
+        if object.is_empty() {
+            return None;
+        }
+        Some(LuaFrames {
+            object,
+            entries,
+            offs: CFrameOffsets::for_layout(layout),
+            index,
+        })
+    }
+
+    fn in_object(&self, a: u64) -> bool {
+        self.object.iter().any(|r| r.contains(&a))
+    }
+
+    /// In `frames` (innermost first, with each frame's stack pointer in
+    /// `sps`), replace every interpreter frame by its tagged saved PC, read
+    /// from `stack` (copied from `sp0` up). Returns how many were spliced.
+    pub fn splice(&self, frames: &mut [u64], sps: &[u64], stack: &[u8], sp0: u64) -> usize {
+        let mut n = 0;
+        for k in 1..frames.len().saturating_sub(1) {
+            // Return addresses point after the call: look at the call itself.
+            let (here, caller) = (frames[k].wrapping_sub(1), frames[k + 1].wrapping_sub(1));
+            let entered =
+                !self.in_object(caller) || self.entries.iter().any(|r| r.contains(&caller));
+            if !self.in_object(here) || self.entries.iter().any(|r| r.contains(&here)) || !entered {
+                continue;
+            }
+            let Some(pc) = self.saved_pc(sps[k], stack, sp0) else {
+                continue;
+            };
+            // A PC of a known prototype is certain; an unknown one (code
+            // loaded after the index was built) is kept if it is at least
+            // a plausible instruction address, and looked up again later.
+            if self.index.proto_of_pc(pc).is_some() || (pc % 4 == 0 && pc > 0x10000) {
+                frames[k] = pc | LUA_PC_TAG;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// `SAVE_PC` of the interpreter frame whose `%rsp` is `cf`.
+    fn saved_pc(&self, cf: u64, stack: &[u8], sp0: u64) -> Option<u64> {
+        let off = cf.checked_add(self.offs.pc)?.checked_sub(sp0)? as usize;
+        let n = self.offs.ref_size as usize;
+        let b = stack.get(off..off.checked_add(n)?)?;
+        let mut w = [0u8; 8];
+        w[..n].copy_from_slice(b);
+        let pc = u64::from_le_bytes(w);
+        (pc != 0 && pc & LUA_PC_TAG == 0).then_some(pc)
+    }
+
+    /// The location of a tagged frame entry, if its PC is known.
+    pub fn locate(&self, entry: u64) -> Option<LuaLoc> {
+        self.index.lookup(entry & !LUA_PC_TAG)
+    }
+}
+
+/// Whether a frame entry is a tagged Lua PC.
+pub fn is_lua_pc(entry: u64) -> bool {
+    entry & LUA_PC_TAG != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_interpreter_frames_only() {
+        // LuaJIT object at 0x1000..0x9000 exporting lua_pcall at 0x2000..0x2100.
+        let lf = LuaFrames {
+            object: std::iter::once(0x1000..0x9000).collect(),
+            entries: std::iter::once(0x2000..0x2100).collect(),
+            offs: CFrameOffsets::X64_GC64,
+            index: ProtoIndex::default(),
+        };
+        let sp0 = 0x7000_0000u64;
+        let cf = sp0 + 0x100;
+        let mut stack = vec![0u8; 0x200];
+        stack[0x100 + 24..0x100 + 32].copy_from_slice(&0x5555_0004u64.to_le_bytes());
+        // malloc (libc), lj_ccall_func (object, called by the VM), the VM
+        // (object, called from nginx), nginx.
+        let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x55_0000];
+        let sps = vec![sp0, sp0 + 0x40, cf, cf + 0x80];
+        assert_eq!(lf.splice(&mut frames, &sps, &stack, sp0), 1);
+        assert_eq!(frames[2], 0x5555_0004 | LUA_PC_TAG);
+        assert_eq!(
+            frames[1], 0x3000,
+            "a callee of the VM is not an interpreter frame"
+        );
+        // Called from the exported API inside the object counts too.
+        let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x2050];
+        assert_eq!(lf.splice(&mut frames, &sps, &stack, sp0), 1);
+        // A saved PC outside the stack copy is not guessed.
+        let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x55_0000];
+        assert_eq!(lf.splice(&mut frames, &sps, &stack[..0x110], sp0), 0);
+        assert!(is_lua_pc(LUA_PC_TAG | 4) && !is_lua_pc(4));
+    }
+}

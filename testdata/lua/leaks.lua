@@ -1,0 +1,38 @@
+-- Endpoints for `ljleak leaks` tests (testdata/nginx/leaks.conf). Line
+-- numbers matter: the tests look for the Lua frame of the allocating line.
+local ffi = require "ffi"
+ffi.cdef [[
+void *malloc(size_t size);
+void free(void *ptr);
+]]
+
+local M = {}
+
+local kept = {}   -- /lualeak: a table and a 4096-byte cdata per request
+
+-- Leaks `size` bytes of C memory per call: the pointer is dropped.
+function M.cleak(size)
+    local p = ffi.C.malloc(size)
+    ngx.say(p ~= nil and "leaked" or "failed")
+end
+
+-- Same allocation, freed: nothing outstanding.
+function M.cok(size)
+    local p = ffi.C.malloc(size)
+    ffi.C.free(p)
+    ngx.say("ok")
+end
+
+-- LuaJIT-allocator leak: grows a global list.
+function M.lualeak()
+    kept[#kept + 1] = { ffi.new("uint8_t[4096]") }
+    ngx.say(#kept)
+end
+
+function M.reset()
+    kept = {}
+    collectgarbage()
+    ngx.say("ok")
+end
+
+return M

@@ -1,0 +1,600 @@
+//! Live tests of `ljleak leaks`: real nginx workers and a small C fixture
+//! traced with uprobes, checked against what the workload is known to leak.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{LuaProc, Nginx};
+
+/// `/lua/leaks.lua:LINE` for the first line of testdata/lua/leaks.lua
+/// containing `text` (the end of the Lua frame's name `@…/lua/leaks.lua:LINE`).
+fn lua_line(text: &str) -> String {
+    let path = common::testdata("lua/leaks.lua");
+    let src = std::fs::read_to_string(&path).expect("leaks.lua");
+    let n = src
+        .lines()
+        .position(|l| l.contains(text))
+        .expect("line in leaks.lua")
+        + 1;
+    format!("/lua/leaks.lua:{n}")
+}
+
+fn have_uprobes() -> bool {
+    common::require(
+        "the uprobe PMU (/sys/bus/event_source/devices/uprobe)",
+        Path::new("/sys/bus/event_source/devices/uprobe/type").exists(),
+    )
+}
+
+/// A running `ljleak leaks`, killed on drop.
+struct Tracer {
+    child: Child,
+    stderr: Receiver<String>,
+}
+
+impl Tracer {
+    /// Start ljleak with `args` (split at spaces) and wait until its probes
+    /// are attached.
+    fn start(args: &str) -> Tracer {
+        let mut child = Command::new(common::ljleak())
+            .args(args.split(' '))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ljleak");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer { child, stderr: rx };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match t.stderr.recv_timeout(left) {
+                Ok(l) if l.starts_with("ljleak: tracing") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    let out = t.finish();
+                    panic!("ljleak did not start tracing: {}", out.1);
+                }
+            }
+        }
+        t
+    }
+
+    /// Wait for a successful exit: (stderr after the start line, stdout).
+    fn finish_ok(&mut self) -> (String, String) {
+        let (code, err, out) = self.finish();
+        assert_eq!(code, 0, "ljleak failed: {err}");
+        (err, out)
+    }
+
+    /// Wait for exit: (exit code, stderr after the start line, stdout).
+    fn finish(&mut self) -> (i32, String, String) {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out).expect("stdout");
+        }
+        let st = self.child.wait().expect("wait");
+        // The reader thread ends at EOF, once ljleak has exited.
+        let err: Vec<String> = self.stderr.iter().collect();
+        (st.code().unwrap_or(-1), err.join("\n"), out)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process killed on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ljleak-leaks-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("tmp dir");
+    d.join(name)
+}
+
+/// Parse folded lines into stack -> bytes.
+fn parse_folded(text: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for l in text.lines().filter(|l| !l.is_empty()) {
+        let (stack, n) = l.rsplit_once(' ').expect("folded line has a count");
+        *m.entry(stack.to_string()).or_default() += n.parse::<u64>().expect("count");
+    }
+    m
+}
+
+/// An independent collapse of the stap format (what stackcollapse-stap.pl
+/// does): frames innermost first, `sym+0xOFF/0xSIZE`, then a tab and a count.
+fn collapse_stap(text: &str) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    let mut frames: Vec<String> = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix('\t') {
+            frames.reverse();
+            *m.entry(frames.join(";")).or_default() += rest.trim().parse::<u64>().expect("count");
+            frames.clear();
+        } else if let Some((_, sym)) = l.split_once(" : ") {
+            let sym = sym.rsplit_once(" [").map(|x| x.0).unwrap_or(sym);
+            let name = sym.rsplit_once('+').map(|x| x.0).expect("sym+off/size");
+            frames.push(name.to_string());
+        }
+    }
+    m
+}
+
+/// A summary figure from the stderr summary, e.g. `outstanding N allocations`.
+fn summary_num(err: &str, before: &str) -> u64 {
+    let i = err
+        .find(before)
+        .unwrap_or_else(|| panic!("no `{before}` in summary:\n{err}"));
+    err[i + before.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{before}`"))
+}
+
+#[test]
+fn c_leak_through_ffi_malloc_is_requests_times_size() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+        return;
+    };
+    let w = ng.worker().to_string();
+    // Load the module and warm the paths before the window.
+    assert_eq!(ng.get("/cleak?size=1").0, 200);
+    assert_eq!(ng.get("/cok?size=1").0, 200);
+    let svg = tmp("cleak.svg");
+    let folded = tmp("cleak.folded");
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 4 --source malloc -o {} --folded {}",
+        w,
+        svg.to_str().unwrap(),
+        folded.to_str().unwrap()
+    ));
+    const N: u64 = 25;
+    for _ in 0..N {
+        assert_eq!(ng.get("/cleak?size=12345").0, 200);
+        assert_eq!(ng.get("/cok?size=23456").0, 200);
+    }
+    let (err, _) = t.finish_ok();
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
+    let lua_malloc = |size: u64| -> u64 {
+        f.iter()
+            .filter(|(s, b)| {
+                s.ends_with(";malloc")
+                    && s.contains("ngx_http_lua_content_by_chunk")
+                    && *b % size == 0
+            })
+            .map(|(_, b)| *b)
+            .sum()
+    };
+    assert_eq!(lua_malloc(12345), N * 12345, "folded:\n{f:#?}\n{err}");
+    // The Lua frame names the file and line of the ffi.C.malloc call.
+    let line = lua_line("ffi.C.malloc(size)");
+    let named: u64 = f
+        .iter()
+        .filter(|(s, _)| {
+            s.ends_with(";malloc")
+                && s.split(';')
+                    .skip_while(|f| *f != "[lua]")
+                    .nth(1)
+                    .is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
+        })
+        .map(|(_, b)| *b)
+        .sum();
+    assert_eq!(named, N * 12345, "no {line} frame: {f:#?}");
+    assert_eq!(
+        lua_malloc(23456),
+        0,
+        "the freeing endpoint leaves nothing: {f:#?}"
+    );
+    assert!(summary_num(&err, "outstanding") >= N, "{err}");
+    assert_eq!(summary_num(&err, "lost events"), 0, "{err}");
+    // The flame graph: valid XML, titled, with the nginx and libc frames.
+    let text = std::fs::read_to_string(&svg).expect("svg file");
+    let mut r = quick_xml::Reader::from_str(&text);
+    loop {
+        match r.read_event() {
+            Ok(quick_xml::events::Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => panic!("SVG is not valid XML at {}: {e}", r.buffer_position()),
+        }
+    }
+    for want in [
+        "Memory Leak Flame Graph",
+        "ngx_http_lua_content_by_chunk",
+        "malloc",
+        "bytes",
+    ] {
+        assert!(text.contains(want), "SVG lacks {want}");
+    }
+    // The target was not disturbed.
+    assert_eq!(ng.get("/hello"), (200, "hello\n".to_string()));
+}
+
+#[test]
+fn luajit_allocator_leak_matches_heap_growth() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+        return;
+    };
+    let w = ng.worker();
+    assert_eq!(ng.get("/lualeak").0, 200);
+    assert_eq!(ng.get("/collect").0, 200);
+    let before = common::census(w)["gc_total"].as_i64().expect("gc_total");
+    let json = tmp("lualeak.json");
+    let ws = w.to_string();
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 4 --source luajit -o {}",
+        ws,
+        json.to_str().unwrap()
+    ));
+    const N: u64 = 40;
+    for _ in 0..N {
+        assert_eq!(ng.get("/lualeak").0, 200);
+    }
+    // Collect the window's garbage inside the window, so what stays
+    // outstanding is what the heap keeps.
+    assert_eq!(ng.get("/collect").0, 200);
+    let (err, _) = t.finish_ok();
+    let after = common::census(w)["gc_total"].as_i64().expect("gc_total");
+    let growth = (after - before) as f64;
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).expect("json");
+    let out = r["summary"]["outstanding_bytes"]
+        .as_u64()
+        .expect("outstanding_bytes") as f64;
+    assert!(
+        out >= (N * 4096) as f64,
+        "outstanding {out} < {N} x 4096: {err}"
+    );
+    let ratio = out / growth;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "outstanding {out} vs heap growth {growth} (ratio {ratio:.3}): {err}"
+    );
+    // The top site is LuaJIT's allocator called from the Lua handler.
+    let top = &r["sites"][0];
+    assert_eq!(top["origin"], "luajit");
+    let names: Vec<&str> = top["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[0], "lj_alloc_f", "{names:?}");
+    assert!(
+        names.contains(&"ngx_http_lua_content_by_chunk"),
+        "{names:?}"
+    );
+    assert!(top["bytes"].as_u64().unwrap() >= N * 4096, "{top}");
+}
+
+/// Build the C fixture (static or not) into a temp dir.
+fn fixture(static_: bool) -> Option<PathBuf> {
+    if !common::require(
+        "a C compiler (cc)",
+        Command::new("cc").arg("--version").output().is_ok(),
+    ) {
+        return None;
+    }
+    let out = tmp(if static_ { "alloc-static" } else { "alloc" });
+    let mut c = Command::new("cc");
+    c.args(["-O1", "-g", "-pthread", "-o"])
+        .arg(&out)
+        .arg(common::root().join("tests/fixtures/alloc.c"));
+    if static_ {
+        c.arg("-static");
+    }
+    let st = c.status().expect("run cc");
+    assert!(st.success(), "cc failed");
+    Some(out)
+}
+
+#[test]
+fn realloc_chain_posix_memalign_and_prewindow_frees() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(bin) = fixture(false) else { return };
+    // The fixture speaks the checkpoint protocol's first half: `ready`, then
+    // steps on stdin.
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let stap = tmp("fixture.stap");
+    let folded = tmp("fixture.folded");
+    let pid = p.pid.to_string();
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 2 --format stap -o {} --folded {}",
+        pid,
+        stap.to_str().unwrap(),
+        folded.to_str().unwrap()
+    ));
+    p.send("go\n");
+    p.expect("done");
+    let (err, _) = t.finish_ok();
+    assert_eq!(
+        summary_num(&err, "allocations"),
+        5,
+        "malloc, 2 reallocs, posix_memalign, calloc: {err}"
+    );
+    assert_eq!(
+        summary_num(&err, "frees"),
+        3,
+        "2 by realloc, the calloc: {err}"
+    );
+    assert_eq!(summary_num(&err, "before the window"), 3, "{err}");
+    assert_eq!(summary_num(&err, "outstanding"), 2, "{err}");
+    assert!(err.contains("allocations, 5300 bytes"), "{err}");
+    let f = parse_folded(&std::fs::read_to_string(&folded).unwrap());
+    let site = |leaf: &str, caller: &str| {
+        f.iter()
+            .find(|(s, _)| s.ends_with(&format!("main;{caller};{leaf}")))
+            .map(|(_, b)| *b)
+    };
+    assert_eq!(site("realloc", "grow_chain"), Some(300), "{f:#?}");
+    assert_eq!(
+        site("posix_memalign", "aligned_block"),
+        Some(5000),
+        "{f:#?}"
+    );
+    // The stap text collapses to exactly the folded lines.
+    let s = collapse_stap(&std::fs::read_to_string(&stap).unwrap());
+    assert_eq!(s, f);
+}
+
+#[test]
+fn sigkill_mid_window_leaves_no_probe() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+        return;
+    };
+    let w = ng.worker();
+    let events = Path::new("/sys/kernel/tracing/uprobe_events");
+    let before = std::fs::read_to_string(events).ok();
+    let ws = w.to_string();
+    let t = Tracer::start(&format!("leaks -p {} --time 30", ws));
+    for _ in 0..20 {
+        assert_eq!(ng.get("/cleak?size=100").0, 200);
+    }
+    common::unsafe_kill(t.child.id() as i32, 9);
+    drop(t);
+    // perf-created uprobes never appear in tracefs, before or after.
+    if let Some(b) = before {
+        assert_eq!(
+            std::fs::read_to_string(events).unwrap(),
+            b,
+            "uprobe_events changed"
+        );
+        assert!(b.trim().is_empty(), "uprobe_events not empty: {b}");
+    }
+    // The worker is running, not stopped, and serves.
+    assert!(
+        matches!(common::proc_state(w), Some('S') | Some('R')),
+        "{:?}",
+        common::proc_state(w)
+    );
+    for _ in 0..50 {
+        assert_eq!(ng.get("/hello"), (200, "hello\n".to_string()));
+    }
+    assert_eq!(ng.worker(), w, "the worker did not crash");
+    // A new session attaches to the same worker at once (nothing is left
+    // claiming it) and sees the requests made during its window.
+    let mut t = Tracer::start(&format!("leaks -p {} --time 1 --source malloc", ws));
+    for _ in 0..5 {
+        assert_eq!(ng.get("/cleak?size=777").0, 200);
+    }
+    let (_, out) = t.finish_ok();
+    assert!(out.lines().any(|l| l.ends_with(" 3885")), "{out}");
+}
+
+#[test]
+fn bad_input_gives_one_line_errors() {
+    // --time 0.
+    let out = common::run(&["leaks", "-p", "1", "--time", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--time must be a positive"), "{err}");
+
+    let sleeper = Guard(Command::new("sleep").arg("60").spawn().expect("sleep"));
+    let pid = sleeper.0.id().to_string();
+    // No uprobe PMU (simulated).
+    let out = common::run(&[
+        "leaks",
+        "-p",
+        &pid,
+        "--uprobe-pmu-dir",
+        "/nonexistent/uprobe",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(20), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no uprobe PMU"), "{err}");
+
+    // A static binary: no libc to probe.
+    if !have_uprobes() {
+        return;
+    }
+    let Some(bin) = fixture(true) else { return };
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let out = common::run(&[
+        "leaks",
+        "-p",
+        &p.pid.to_string(),
+        "--source",
+        "malloc",
+        "--time",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(21), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no libc mapped"), "{err}");
+}
+
+/// The USDT fixture (examples/usdt_alloc.rs), built if `cargo test` was
+/// filtered to this file and did not build examples.
+fn usdt_fixture() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join("examples/usdt_alloc");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "--example", "usdt_alloc"])
+            .current_dir(common::root());
+        if release {
+            c.arg("--release");
+        }
+        assert!(
+            c.status().expect("cargo build").success(),
+            "building the USDT fixture"
+        );
+    }
+    bin
+}
+
+#[test]
+fn usdt_probes_listed_and_traced_with_kernel_managed_semaphore() {
+    if !have_uprobes() {
+        return;
+    }
+    let bin = usdt_fixture();
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let pid = p.pid.to_string();
+    // Listing.
+    let list = common::run_json(&["probes", "-p", &pid, "--format", "json"]);
+    let probes = list.as_array().expect("array");
+    let alloc: Vec<_> = probes
+        .iter()
+        .filter(|x| x["provider"] == "ljfix" && x["name"] == "alloc")
+        .collect();
+    assert!(!alloc.is_empty(), "{list}");
+    assert!(alloc.iter().all(|x| x["semaphore"].as_u64().unwrap() != 0
+        && x["args"].as_str().unwrap().split(' ').count() == 2));
+    assert!(probes
+        .iter()
+        .any(|x| x["provider"] == "ljfix" && x["name"] == "free"));
+    // Tracing: 5 blocks of 3000 bytes, 2 freed.
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 2 --source usdt --alloc-usdt ljfix:alloc --free-usdt ljfix:free",
+        pid
+    ));
+    p.send("go\n");
+    assert_eq!(
+        p.expect("done"),
+        "enabled=true",
+        "the kernel raised the semaphore"
+    );
+    let (err, out) = t.finish_ok();
+    assert_eq!(summary_num(&err, "allocations"), 5, "{err}");
+    assert_eq!(summary_num(&err, "frees"), 2, "{err}");
+    assert!(
+        err.contains("outstanding 3 allocations, 9000 bytes"),
+        "{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("usdt_alloc::main") && l.ends_with(" 9000")),
+        "{out}"
+    );
+    // ljleak gone: the semaphore is back to zero.
+    p.send("go\n");
+    assert_eq!(p.expect("done"), "enabled=false");
+    p.send("quit\n");
+}
+
+#[test]
+fn ctrl_c_stops_early_and_still_reports() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(bin) = fixture(false) else { return };
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let started = Instant::now();
+    let mut t = Tracer::start(&format!("leaks -p {} --time 60 --source malloc", p.pid));
+    p.send("go\n");
+    p.expect("done");
+    common::unsafe_kill(t.child.id() as i32, 2);
+    let (err, out) = t.finish_ok();
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "did not stop early"
+    );
+    assert!(err.contains("(interrupted)"), "{err}");
+    assert!(
+        err.contains("outstanding 2 allocations, 5300 bytes"),
+        "{err}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.ends_with("aligned_block;posix_memalign 5000")),
+        "{out}"
+    );
+}
+
+// Known gap: on this kernel (6.18) uprobe events opened with pid = TID of a
+// non-leader thread attach without error but deliver no samples (the
+// leader's do), whether the thread existed at attach or came later. perf
+// itself shows the same (`perf record -e probe_libc:malloc -t TID2` records
+// nothing), so it is kernel-side. Run with --ignored to check a fix.
+#[test]
+#[ignore = "uprobe events on non-leader threads deliver no samples (known gap)"]
+fn threads_created_during_the_window_are_traced() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(bin) = fixture(false) else { return };
+    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
+    p.expect("ready");
+    let mut t = Tracer::start(&format!("leaks -p {} --time 2 --source malloc", p.pid));
+    p.send("thread\n");
+    p.expect("thread done");
+    let (err, out) = t.finish_ok();
+    assert!(err.contains("on 2 thread(s)"), "{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("in_thread;malloc") && l.ends_with(" 7777")),
+        "{out}\n{err}"
+    );
+}
