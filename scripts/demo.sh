@@ -36,14 +36,24 @@ drive() { # drive PATH COUNT
 
 echo "== before load"
 "$ljleak" gc -p "$worker"
-"$ljleak" objs -p "$worker" --format json -o reports/objs-before.json
+"$ljleak" objs -p "$worker" -o reports/objs-before.json
 
-echo "== driving 300 requests to /leak (a cache keyed by a fresh table per request, holding cdata) and 300 to /ok"
+echo "== tracing allocations for 8 s while driving /leak (a cache keyed by a fresh table per request, holding cdata) and /ok"
+"$ljleak" leaks -p "$worker" --time 8 -o flamegraphs/leaks.svg --folded reports/leaks.folded &
+tracer=$!
+sleep 1.5
 drive "/leak?n=2" 300
 drive "/ok?n=2" 300
+wait "$tracer"
 
 echo "== after load"
 "$ljleak" gc -p "$worker"
 "$ljleak" objs -p "$worker" | tee reports/objs-after.txt
-"$ljleak" objs -p "$worker" --format json -o reports/objs-after.json
-echo "== reports written to reports/ (objs-before.json, objs-after.json, objs-after.txt)"
+"$ljleak" objs -p "$worker" -o reports/objs-after.json
+echo "== what grew"
+"$ljleak" diff reports/objs-before.json reports/objs-after.json --top 5 -o flamegraphs/census-diff.svg | tee reports/diff.txt
+echo "== who holds it"
+"$ljleak" refs -p "$worker" --top 3 -o flamegraphs/refs.svg | tee reports/refs.txt
+echo "== where the Lua threads are"
+"$ljleak" threads -p "$worker" | tee reports/threads.txt
+echo "== reports in reports/, flame graphs in flamegraphs/ (leaks.svg, refs.svg, census-diff.svg)"
