@@ -9,9 +9,26 @@ use crate::report::census::{CensusReport, TypeStats};
 
 /// Whether `pid` is an nginx master process (its title says so).
 pub fn is_nginx_master(pid: i32) -> bool {
+    // A worker keeps the master's title for a moment after fork, until
+    // ngx_worker_process_init renames it: the master is the one whose parent
+    // is not a master.
+    has_master_title(pid) && !parent_of(pid).is_some_and(has_master_title)
+}
+
+fn has_master_title(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| c.starts_with(b"nginx: master process"))
         .unwrap_or(false)
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Child processes of `pid`, sorted.
@@ -66,8 +83,12 @@ pub fn workers_of(pid: i32) -> Option<Vec<i32>> {
     let w: Vec<i32> = children(pid)
         .into_iter()
         .filter(|c| {
+            // Workers, and children too young to have been renamed yet.
             std::fs::read(format!("/proc/{c}/cmdline"))
-                .map(|t| t.starts_with(b"nginx: worker process"))
+                .map(|t| {
+                    t.starts_with(b"nginx: worker process")
+                        || t.starts_with(b"nginx: master process")
+                })
                 .unwrap_or(false)
         })
         .collect();
