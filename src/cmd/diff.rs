@@ -1,4 +1,5 @@
-//! `ljleak diff A B`: compare two snapshots (census JSON or folded stacks),
+//! `ljleak diff A B`: compare two snapshots (census JSON, leaks JSON or
+//! folded stacks),
 //! print the deltas, draw a differential flame graph, and apply CI gates.
 
 use anyhow::Result;
@@ -6,7 +7,7 @@ use anyhow::Result;
 use crate::cli::{DiffArgs, DiffFormat};
 use crate::compare::gate::{Gate, GateResult, Metrics};
 use crate::compare::snapshot::{self, Folded, Input};
-use crate::compare::{census_diff, folded};
+use crate::compare::{census_diff, folded, leak_diff};
 use crate::error::{Classified, ExitCode};
 use crate::report::diff::{self as render, DiffJson, Style};
 
@@ -45,6 +46,7 @@ pub fn diff(a: DiffArgs) -> Result<()> {
                     kind: "census",
                     census: Some(&d),
                     folded: None,
+                    leaks: None,
                     gates: &results,
                     tripped,
                 })?,
@@ -65,12 +67,34 @@ pub fn diff(a: DiffArgs) -> Result<()> {
                     kind: "folded",
                     census: None,
                     folded: Some(&d),
+                    leaks: None,
                     gates: &results,
                     tripped,
                 })?,
                 _ => render::folded(&d, style, a.top),
             };
             (text, results, (xa.clone(), xb.clone()))
+        }
+        (Input::Leaks(ra), Input::Leaks(rb)) => {
+            let d = leak_diff::diff(&fa, ra, &fb, rb);
+            let results = eval(&gates, &d)?;
+            let tripped = results.iter().filter(|r| r.tripped).count();
+            let text = match a.format {
+                DiffFormat::Json => json(DiffJson {
+                    kind: "leaks",
+                    census: None,
+                    folded: None,
+                    leaks: Some(&d),
+                    gates: &results,
+                    tripped,
+                })?,
+                _ => render::leaks(&d, style, a.top),
+            };
+            (
+                text,
+                results,
+                (leak_diff::bytes_folded(ra), leak_diff::bytes_folded(rb)),
+            )
         }
         // check_comparable rejects mixed kinds; say so again rather than panic.
         _ => {

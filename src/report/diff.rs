@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::compare::census_diff::{CensusDiff, Delta, Row};
 use crate::compare::folded::{Change, FoldedDiff};
 use crate::compare::gate::GateResult;
+use crate::compare::leak_diff::LeakDiff;
 
 /// Output flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub enum Style {
 /// What `--format json` prints.
 #[derive(Debug, Serialize)]
 pub struct DiffJson<'a> {
-    /// `census` or `folded`.
+    /// `census`, `leaks` or `folded`.
     pub kind: &'static str,
     /// Census comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,6 +31,9 @@ pub struct DiffJson<'a> {
     /// Folded comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded: Option<&'a FoldedDiff>,
+    /// Leak snapshot comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaks: Option<&'a LeakDiff>,
     /// Every gate, in the order given.
     pub gates: &'a [GateResult],
     /// How many tripped.
@@ -237,12 +241,7 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
         total.delta,
         pct(&total)
     );
-    for (c, title) in [
-        (Change::New, "New stacks"),
-        (Change::Grown, "Grown stacks"),
-        (Change::Shrunk, "Shrunk stacks"),
-        (Change::Vanished, "Vanished stacks"),
-    ] {
+    for (c, title) in CHANGES {
         let mut v: Vec<_> = d.with(c).collect();
         if v.is_empty() {
             continue;
@@ -267,6 +266,82 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
         if v.len() > top {
             let _ = writeln!(s, "  ... {} more (--top)", v.len() - top);
         }
+    }
+    s
+}
+
+const CHANGES: [(Change, &str); 4] = [
+    (Change::New, "New stacks"),
+    (Change::Grown, "Grown stacks"),
+    (Change::Shrunk, "Shrunk stacks"),
+    (Change::Vanished, "Vanished stacks"),
+];
+
+/// A leak snapshot comparison.
+pub fn leaks(d: &LeakDiff, style: Style, top: usize) -> String {
+    let mut s = String::new();
+    if style == Style::Markdown {
+        let _ = writeln!(s, "### ljleak diff (leaks)\n");
+    }
+    for (tag, src) in [("A", &d.a), ("B", &d.b)] {
+        let _ = writeln!(
+            s,
+            "{tag}: {} (pid {} on {}, {}, {:.1} s window, source {}, LuaJIT {}){}",
+            src.file,
+            src.pid,
+            if src.host.is_empty() { "?" } else { &src.host },
+            if src.created.is_empty() {
+                "time unknown"
+            } else {
+                &src.created
+            },
+            src.window_seconds,
+            src.source,
+            src.build,
+            if style == Style::Markdown { "  " } else { "" }
+        );
+    }
+    s.push('\n');
+    for (what, x) in [
+        ("Outstanding bytes", &d.total),
+        ("Outstanding allocations", &d.count),
+        ("Stacks", &d.stacks),
+    ] {
+        let _ = writeln!(s, "{what}: {} -> {} ({:+}, {})", x.a, x.b, x.delta, pct(x));
+    }
+    for (c, title) in CHANGES {
+        let mut v: Vec<_> = d.with(c).collect();
+        if v.is_empty() {
+            continue;
+        }
+        if matches!(c, Change::Shrunk | Change::Vanished) {
+            v.sort_by_key(|x| x.bytes.delta);
+        }
+        heading(style, &mut s, &format!("{title} ({})", v.len()));
+        let rows: Vec<Vec<String>> = v
+            .iter()
+            .take(top)
+            .map(|x| {
+                vec![
+                    x.stack.clone(),
+                    x.bytes.a.to_string(),
+                    x.bytes.b.to_string(),
+                    format!("{:+}", x.bytes.delta),
+                    format!("{:+}", x.count.delta),
+                ]
+            })
+            .collect();
+        s.push_str(&table(
+            style,
+            &["stack", "bytes A", "bytes B", "Δbytes", "Δcount"],
+            &rows,
+        ));
+        if v.len() > top {
+            let _ = writeln!(s, "  ... {} more (--top)", v.len() - top);
+        }
+    }
+    for w in &d.warnings {
+        let _ = writeln!(s, "\nWARNING: {w}");
     }
     s
 }
