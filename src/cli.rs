@@ -271,7 +271,7 @@ pub struct LeaksArgs {
     /// Also write folded stacks to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
-    /// Output format (default: from -o's extension, else folded).
+    /// Output format (default: from -o's extension: .svg, .json, .stap, .pb.gz; else folded).
     #[arg(long, value_enum)]
     pub format: Option<LeakFormat>,
     /// Only count allocations at least this old at the end of the window.

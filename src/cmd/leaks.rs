@@ -528,14 +528,14 @@ fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
             _ => LeakFormat::Folded,
         }
     });
+    if let Some(f) = &a.folded {
+        super::write_output(Some(f), &out::folded(r))?;
+    }
     let text = match format {
         LeakFormat::Folded => out::folded(r),
         LeakFormat::Stap => out::stap(r),
         LeakFormat::Json => out::json(r, a.top),
         LeakFormat::Pprof => {
-            if let Some(f) = &a.folded {
-                super::write_output(Some(f), &out::folded(r))?;
-            }
             let p = crate::report::pprof::from_leaks(r);
             return super::convert::write_pprof(a.output.as_deref(), &p);
         }
@@ -543,8 +543,5 @@ fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
             out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?
         }
     };
-    if let Some(f) = &a.folded {
-        super::write_output(Some(f), &out::folded(r))?;
-    }
     super::write_output(a.output.as_deref(), &text)
 }
