@@ -263,5 +263,13 @@ mod tests {
         assert!(trips("total>+1916"));
         assert!(trips("count>+15"));
         assert!(!trips("stacks>+0"));
+        // The differential flame graph draws the stack only A has.
+        let mut svg = Vec::new();
+        folded::differential_svg(&bytes_folded(&a), &bytes_folded(&b), "t", &mut svg).unwrap();
+        let svg = String::from_utf8(svg).unwrap();
+        assert!(
+            svg.contains(">gone<") || svg.contains("gone ("),
+            "vanished stack drawn"
+        );
     }
 }
