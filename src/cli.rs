@@ -237,8 +237,10 @@ pub enum LeakFormat {
     Folded,
     /// SystemTap-style backtraces (for stackcollapse-stap.pl).
     Stap,
-    /// Summary and top sites.
+    /// Summary and top sites (the leak snapshot file).
     Json,
+    /// Gzipped pprof profile.proto (inuse_objects/count, inuse_space/bytes).
+    Pprof,
 }
 
 /// Which allocators `leaks` traces.
@@ -269,7 +271,7 @@ pub struct LeaksArgs {
     /// Also write folded stacks to FILE.
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
-    /// Output format (default: from -o's extension, else folded).
+    /// Output format (default: from -o's extension: .svg, .json, .stap, .pb.gz; else folded).
     #[arg(long, value_enum)]
     pub format: Option<LeakFormat>,
     /// Only count allocations at least this old at the end of the window.
@@ -339,12 +341,13 @@ Gates (--fail-if, repeatable): METRIC OP VALUE, OP one of > >= < <=.
   Census metrics: total, walker_total, objects, TYPE.count, TYPE.bytes (TYPE: string,
   table, cdata, function, proto, upvalue, thread, trace, userdata, dead).
   Folded metrics: total, stacks.
+  Leaks metrics: total (outstanding bytes), count (outstanding allocations), stacks.
   A tripped gate exits with code 3; bad input files exit with 9.";
 
 /// `ljleak diff`.
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The earlier snapshot (census JSON from `objs -o`, or folded stacks).
+    /// The earlier snapshot (census JSON from `objs -o`, leaks JSON from `leaks -o`, or folded stacks).
     #[arg(value_name = "A")]
     pub a: std::path::PathBuf,
     /// The later snapshot, of the same kind.
@@ -416,7 +419,7 @@ pub enum FoldedUnit {
 /// `ljleak convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A census snapshot (objs -o) or a folded-stack file.
+    /// A census snapshot (objs -o), a leak snapshot (leaks -o X.json) or a folded-stack file.
     #[arg(value_name = "FILE")]
     pub input: std::path::PathBuf,
     /// Output format (only pprof for now).

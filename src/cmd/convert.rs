@@ -1,4 +1,4 @@
-//! `ljleak convert`: census snapshots and folded-stack files to pprof.
+//! `ljleak convert`: census and leak snapshots and folded-stack files to pprof.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -29,6 +29,7 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         snapshot::load(&a.input).map_err(|e| Classified::new(ExitCode::BadInput, e.to_string()))?;
     let profile = match input {
         Input::Census(r) => pprof::from_census(&r),
+        Input::Leaks(r) => pprof::from_leaks(&r),
         Input::Folded(f) => pprof::from_folded(
             &f,
             match a.unit {

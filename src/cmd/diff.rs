@@ -1,4 +1,5 @@
-//! `ljleak diff A B`: compare two snapshots (census JSON or folded stacks),
+//! `ljleak diff A B`: compare two snapshots (census JSON, leaks JSON or
+//! folded stacks),
 //! print the deltas, draw a differential flame graph, and apply CI gates.
 
 use anyhow::Result;
@@ -6,7 +7,7 @@ use anyhow::Result;
 use crate::cli::{DiffArgs, DiffFormat};
 use crate::compare::gate::{Gate, GateResult, Metrics};
 use crate::compare::snapshot::{self, Folded, Input};
-use crate::compare::{census_diff, folded};
+use crate::compare::{census_diff, folded, leak_diff};
 use crate::error::{Classified, ExitCode};
 use crate::report::diff::{self as render, DiffJson, Style};
 
@@ -35,43 +36,19 @@ pub fn diff(a: DiffArgs) -> Result<()> {
         .output
         .as_ref()
         .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")));
-    let (text, results, shapes): (String, Vec<GateResult>, (Folded, Folded)) = match (&ia, &ib) {
-        (Input::Census(ra), Input::Census(rb)) => {
-            let d = census_diff::diff(&fa, ra, &fb, rb);
-            let results = eval(&gates, &d)?;
-            let tripped = results.iter().filter(|r| r.tripped).count();
-            let text = match a.format {
-                DiffFormat::Json => json(DiffJson {
-                    kind: "census",
-                    census: Some(&d),
-                    folded: None,
-                    gates: &results,
-                    tripped,
-                })?,
-                _ => render::census(&d, style, a.top),
-            };
-            (
-                text,
-                results,
-                (folded::census_folded(ra), folded::census_folded(rb)),
-            )
-        }
-        (Input::Folded(xa), Input::Folded(xb)) => {
-            let d = folded::diff(&fa, xa, &fb, xb);
-            let results = eval(&gates, &d)?;
-            let tripped = results.iter().filter(|r| r.tripped).count();
-            let text = match a.format {
-                DiffFormat::Json => json(DiffJson {
-                    kind: "folded",
-                    census: None,
-                    folded: Some(&d),
-                    gates: &results,
-                    tripped,
-                })?,
-                _ => render::folded(&d, style, a.top),
-            };
-            (text, results, (xa.clone(), xb.clone()))
-        }
+    let (d, shapes): (Compared, (Folded, Folded)) = match (&ia, &ib) {
+        (Input::Census(ra), Input::Census(rb)) => (
+            Compared::Census(census_diff::diff(&fa, ra, &fb, rb)),
+            (folded::census_folded(ra), folded::census_folded(rb)),
+        ),
+        (Input::Folded(xa), Input::Folded(xb)) => (
+            Compared::Folded(folded::diff(&fa, xa, &fb, xb)),
+            (xa.clone(), xb.clone()),
+        ),
+        (Input::Leaks(ra), Input::Leaks(rb)) => (
+            Compared::Leaks(leak_diff::diff(&fa, ra, &fb, rb)),
+            (leak_diff::bytes_folded(ra), leak_diff::bytes_folded(rb)),
+        ),
         // check_comparable rejects mixed kinds; say so again rather than panic.
         _ => {
             return Err(bad_input(format!(
@@ -80,6 +57,33 @@ pub fn diff(a: DiffArgs) -> Result<()> {
                 ib.kind()
             )))
         }
+    };
+    let metrics: &dyn Metrics = match &d {
+        Compared::Census(x) => x,
+        Compared::Folded(x) => x,
+        Compared::Leaks(x) => x,
+    };
+    let results = eval(&gates, metrics)?;
+    let text = match (a.format, &d) {
+        (DiffFormat::Json, _) => {
+            let mut j = DiffJson {
+                kind: "census",
+                census: None,
+                folded: None,
+                leaks: None,
+                gates: &results,
+                tripped: results.iter().filter(|r| r.tripped).count(),
+            };
+            match &d {
+                Compared::Census(x) => j.census = Some(x),
+                Compared::Folded(x) => (j.kind, j.folded) = ("folded", Some(x)),
+                Compared::Leaks(x) => (j.kind, j.leaks) = ("leaks", Some(x)),
+            }
+            json(j)?
+        }
+        (_, Compared::Census(x)) => render::census(x, style, a.top),
+        (_, Compared::Folded(x)) => render::folded(x, style, a.top),
+        (_, Compared::Leaks(x)) => render::leaks(x, style, a.top),
     };
     let tripped: Vec<&GateResult> = results.iter().filter(|r| r.tripped).collect();
     let mut out = text;
@@ -108,6 +112,13 @@ pub fn diff(a: DiffArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The comparison of two inputs of one kind.
+enum Compared {
+    Census(census_diff::CensusDiff),
+    Folded(folded::FoldedDiff),
+    Leaks(leak_diff::LeakDiff),
 }
 
 fn eval(gates: &[Gate], m: &dyn Metrics) -> Result<Vec<GateResult>> {

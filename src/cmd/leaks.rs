@@ -142,8 +142,20 @@ fn probe_set(a: &LeaksArgs, maps: &Maps) -> Result<Vec<ProbeSpec>> {
     Ok(specs)
 }
 
-/// Index the target's Lua prototypes (one short pause) for Lua frames.
-fn lua_frames(a: &LeaksArgs) -> Option<LuaFrames> {
+/// What the Lua-frames capture learned about the target, for the snapshot.
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    /// Executable (the target's view).
+    exe: String,
+    /// LuaJIT build.
+    luajit: Option<crate::report::census::LuajitInfo>,
+    /// Total pause for the captures, microseconds.
+    pause_us: Option<u64>,
+}
+
+/// Index the target's Lua prototypes (one short pause) for Lua frames;
+/// record the exe, LuaJIT build and pause in `seen`.
+fn lua_frames(a: &LeaksArgs, seen: &mut Seen) -> Option<LuaFrames> {
     let opts = crate::capture::CaptureOpts {
         locate: super::locate_opts(&a.target),
         ..Default::default()
@@ -155,6 +167,9 @@ fn lua_frames(a: &LeaksArgs) -> Option<LuaFrames> {
             return None;
         }
     };
+    seen.exe.clone_from(&cap.exe);
+    seen.luajit = Some(crate::report::census::luajit_info(&cap.vm));
+    seen.pause_us = Some(seen.pause_us.unwrap_or(0) + cap.pause_us);
     let index = crate::luajit::frames::ProtoIndex::build(&cap.heap_vm(), cap.walk_limits());
     log::info!(
         "{} Lua prototypes indexed (target paused {} us)",
@@ -178,6 +193,7 @@ struct Window {
     frames: Vec<u64>,
     sps: Vec<u64>,
     lua: Option<LuaFrames>,
+    seen: Seen,
     truncated: u64,
     samples: u64,
     mem: ProcessMemory,
@@ -277,7 +293,11 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let maps = Maps::read(pid)?;
     let specs = probe_set(&a, &maps)?;
     let unwinder = Unwinder::new(pid, &maps);
-    let lua = lua_frames(&a);
+    let mut seen = Seen {
+        exe: target::exe_path(pid).unwrap_or_default(),
+        ..Default::default()
+    };
+    let lua = lua_frames(&a, &mut seen);
     let maps_at_start = maps.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -300,6 +320,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         frames: Vec::with_capacity(64),
         sps: Vec::with_capacity(64),
         lua,
+        seen,
         truncated: 0,
         samples: 0,
         mem: ProcessMemory::new(pid),
@@ -364,7 +385,7 @@ fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
         .flat_map(|(_, live)| w.stacks.get(live.stack).iter().copied())
         .any(|f| lua::is_lua_pc(f) && l.locate(f).is_none());
     if unknown && target::process_exists(w.pid) {
-        if let Some(fresh) = lua_frames(a) {
+        if let Some(fresh) = lua_frames(a, &mut w.seen) {
             w.lua = Some(fresh);
         }
     }
@@ -476,7 +497,20 @@ fn build_report(
         samples: w.samples,
         min_age: a.min_age,
     };
-    Ok(LeakReport { summary, sites })
+    let exe = w.seen.exe.clone();
+    let mut r = LeakReport {
+        pid: w.pid,
+        window_seconds: summary.seconds,
+        pause_us: w.seen.pause_us,
+        luajit: w.seen.luajit.clone(),
+        sites_total: sites.len() as u64,
+        summary,
+        sites,
+        ..Default::default()
+    };
+    r.stamp(crate::report::envelope::Stamp::now(w.pid, &exe));
+    r.exe = exe;
+    Ok(r)
 }
 
 fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
@@ -490,19 +524,24 @@ fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
             Some("svg") => LeakFormat::Svg,
             Some("json") => LeakFormat::Json,
             Some("stap") | Some("bt") => LeakFormat::Stap,
+            Some("gz") | Some("pb") | Some("pprof") => LeakFormat::Pprof,
             _ => LeakFormat::Folded,
         }
     });
+    if let Some(f) = &a.folded {
+        super::write_output(Some(f), &out::folded(r))?;
+    }
     let text = match format {
         LeakFormat::Folded => out::folded(r),
         LeakFormat::Stap => out::stap(r),
         LeakFormat::Json => out::json(r, a.top),
+        LeakFormat::Pprof => {
+            let p = crate::report::pprof::from_leaks(r);
+            return super::convert::write_pprof(a.output.as_deref(), &p);
+        }
         LeakFormat::Svg => {
             out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?
         }
     };
-    if let Some(f) = &a.folded {
-        super::write_output(Some(f), &out::folded(r))?;
-    }
     super::write_output(a.output.as_deref(), &text)
 }

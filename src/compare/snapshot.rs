@@ -1,5 +1,5 @@
-//! Reading comparison inputs: census snapshots (the JSON `objs`/`gc` write)
-//! and folded-stack files (`a;b;c N` lines), with one-line errors that say
+//! Reading comparison inputs: census snapshots (the JSON `objs`/`gc` write),
+//! leak snapshots (the JSON `leaks -o X.json` writes) and folded-stack files (`a;b;c N` lines), with one-line errors that say
 //! what is wrong with which file.
 
 use std::collections::BTreeMap;
@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::report::census::CensusReport;
 use crate::report::envelope::SCHEMA_VERSION;
+use crate::report::leaks::LeakReport;
 
 /// Why an input cannot be used. Every variant maps to exit code 9
 /// ([`crate::error::ExitCode::BadInput`]).
@@ -47,7 +48,7 @@ pub enum InputError {
         found: u32,
     },
     /// A kind `diff` does not know.
-    #[error("{file} is a `{kind}` snapshot; ljleak diff compares `census`/`gc` snapshots and folded-stack files")]
+    #[error("{file} is a `{kind}` snapshot; ljleak diff compares `census`/`gc` snapshots, `leaks` snapshots and folded-stack files")]
     UnknownKind {
         /// The file.
         file: String,
@@ -89,6 +90,8 @@ pub type Folded = BTreeMap<String, u64>;
 pub enum Input {
     /// A census (or gc) snapshot.
     Census(Box<CensusReport>),
+    /// A leak snapshot.
+    Leaks(Box<LeakReport>),
     /// Folded stacks.
     Folded(Folded),
 }
@@ -98,6 +101,7 @@ impl Input {
     pub fn kind(&self) -> String {
         match self {
             Input::Census(r) => r.kind.clone(),
+            Input::Leaks(_) => "leaks".into(),
             Input::Folded(_) => "folded stacks".into(),
         }
     }
@@ -117,7 +121,7 @@ pub fn load(path: &Path) -> Result<Input, InputError> {
 pub fn parse(file: &str, text: &str) -> Result<Input, InputError> {
     let t = text.trim_start();
     if t.starts_with('{') {
-        return parse_census(file, t).map(|r| Input::Census(Box::new(r)));
+        return parse_json(file, t);
     }
     parse_folded(text)
         .map(Input::Folded)
@@ -127,7 +131,7 @@ pub fn parse(file: &str, text: &str) -> Result<Input, InputError> {
         })
 }
 
-fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
+fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
     let malformed = |why: String| InputError::Malformed {
         file: file.into(),
         why,
@@ -155,6 +159,11 @@ fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
     // `objs --master -o` writes every worker plus their sum: compare the sums.
     let v = match kind {
         "census" | "gc" => v,
+        "leaks" => {
+            return serde_json::from_value(v)
+                .map(|r| Input::Leaks(Box::new(r)))
+                .map_err(|e| malformed(e.to_string()))
+        }
         "workers" => v
             .get("total")
             .cloned()
@@ -166,7 +175,9 @@ fn parse_census(file: &str, text: &str) -> Result<CensusReport, InputError> {
             })
         }
     };
-    serde_json::from_value(v).map_err(|e| malformed(e.to_string()))
+    serde_json::from_value(v)
+        .map(|r| Input::Census(Box::new(r)))
+        .map_err(|e| malformed(e.to_string()))
 }
 
 /// Parse folded stacks; on error the 1-based number of the first bad line.
@@ -218,6 +229,23 @@ pub fn check_comparable(
             }
             Ok(())
         }
+        (Input::Leaks(x), Input::Leaks(y)) => {
+            // Allocation stacks of different builds are not comparable
+            // either; an unknown build (no LuaJIT found) matches anything.
+            let differ = match (&x.luajit, &y.luajit) {
+                (Some(p), Some(q)) => p.variant != q.variant || p.gc64 != q.gc64,
+                _ => false,
+            };
+            if differ && !allow_build_mismatch {
+                return Err(InputError::BuildMismatch {
+                    a: fa.into(),
+                    la: x.build_name(),
+                    b: fb.into(),
+                    lb: y.build_name(),
+                });
+            }
+            Ok(())
+        }
         (Input::Folded(_), Input::Folded(_)) => Ok(()),
         _ => Err(mismatch(fa, a, fb, b)),
     }
@@ -257,8 +285,11 @@ mod tests {
     fn schema_and_kind_are_checked_first() {
         let e = parse("f", r#"{"schema": 99, "kind": "census"}"#).unwrap_err();
         assert!(matches!(e, InputError::Schema { found: 99, .. }), "{e}");
-        let e = parse("f", r#"{"schema": 1, "kind": "leaks"}"#).unwrap_err();
+        let e = parse("f", r#"{"schema": 1, "kind": "refs"}"#).unwrap_err();
         assert!(matches!(e, InputError::UnknownKind { .. }), "{e}");
+        // A leak snapshot written before the envelope: summary and sites only.
+        let i = parse("f", r#"{"kind": "leaks", "summary": {}, "sites": []}"#).unwrap();
+        assert!(matches!(i, Input::Leaks(_)));
         let e = parse("f", r#"{"schema": 1, "kind": "census""#).unwrap_err();
         assert!(matches!(e, InputError::Malformed { .. }), "{e}");
     }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use crate::trace::probes::Func;
 
 /// Where an allocation came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// libc malloc and friends.
@@ -66,7 +66,8 @@ struct Pending {
 }
 
 /// Counters for the summary.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counts {
     /// Allocations seen (outermost calls that returned a pointer).
     pub allocs: u64,

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::compare::census_diff::{CensusDiff, Delta, Row};
 use crate::compare::folded::{Change, FoldedDiff};
 use crate::compare::gate::GateResult;
+use crate::compare::leak_diff::LeakDiff;
 
 /// Output flavour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +23,7 @@ pub enum Style {
 /// What `--format json` prints.
 #[derive(Debug, Serialize)]
 pub struct DiffJson<'a> {
-    /// `census` or `folded`.
+    /// `census`, `leaks` or `folded`.
     pub kind: &'static str,
     /// Census comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -30,6 +31,9 @@ pub struct DiffJson<'a> {
     /// Folded comparison.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded: Option<&'a FoldedDiff>,
+    /// Leak snapshot comparison.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaks: Option<&'a LeakDiff>,
     /// Every gate, in the order given.
     pub gates: &'a [GateResult],
     /// How many tripped.
@@ -141,20 +145,15 @@ pub fn census(d: &CensusDiff, style: Style, top: usize) -> String {
         let _ = writeln!(s, "### ljleak diff\n");
     }
     for (tag, src) in [("A", &d.a), ("B", &d.b)] {
-        let _ = writeln!(
-            s,
-            "{tag}: {} (pid {} on {}, {}, {}){}",
-            src.file,
+        s.push_str(&source_line(
+            style,
+            tag,
+            &src.file,
             src.pid,
-            if src.host.is_empty() { "?" } else { &src.host },
-            if src.created.is_empty() {
-                "time unknown"
-            } else {
-                &src.created
-            },
-            src.layout,
-            if style == Style::Markdown { "  " } else { "" }
-        );
+            &src.host,
+            &src.created,
+            &src.layout,
+        ));
     }
     let _ = writeln!(
         s,
@@ -237,36 +236,138 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
         total.delta,
         pct(&total)
     );
-    for (c, title) in [
-        (Change::New, "New stacks"),
-        (Change::Grown, "Grown stacks"),
-        (Change::Shrunk, "Shrunk stacks"),
-        (Change::Vanished, "Vanished stacks"),
+    let sections = Sections {
+        style,
+        top,
+        head: &["stack", "A", "B", "Δ"],
+    };
+    sections.write(
+        &mut s,
+        &d.stacks,
+        |x| (x.change, x.delta),
+        |x| {
+            vec![
+                x.stack.clone(),
+                x.a.to_string(),
+                x.b.to_string(),
+                format!("{:+}", x.delta),
+            ]
+        },
+    );
+    s
+}
+
+/// One table per kind of change (new, grown, shrunk, vanished): growth
+/// largest first, shrinkage largest first, at most `top` rows each.
+struct Sections<'a> {
+    style: Style,
+    top: usize,
+    head: &'a [&'a str],
+}
+
+impl Sections<'_> {
+    fn write<T>(
+        &self,
+        s: &mut String,
+        all: &[T],
+        key: impl Fn(&T) -> (Change, i64),
+        cells: impl Fn(&T) -> Vec<String>,
+    ) {
+        for (c, title) in [
+            (Change::New, "New stacks"),
+            (Change::Grown, "Grown stacks"),
+            (Change::Shrunk, "Shrunk stacks"),
+            (Change::Vanished, "Vanished stacks"),
+        ] {
+            let mut v: Vec<&T> = all.iter().filter(|x| key(x).0 == c).collect();
+            if v.is_empty() {
+                continue;
+            }
+            if matches!(c, Change::Shrunk | Change::Vanished) {
+                v.sort_by_key(|x| key(x).1);
+            }
+            heading(self.style, s, &format!("{title} ({})", v.len()));
+            let rows: Vec<Vec<String>> = v.iter().take(self.top).map(|x| cells(x)).collect();
+            s.push_str(&table(self.style, self.head, &rows));
+            if v.len() > self.top {
+                let _ = writeln!(s, "  ... {} more (--top)", v.len() - self.top);
+            }
+        }
+    }
+}
+
+/// The `A:`/`B:` line naming a snapshot; `what` follows host and time.
+fn source_line(
+    style: Style,
+    tag: &str,
+    file: &str,
+    pid: i32,
+    host: &str,
+    created: &str,
+    what: &str,
+) -> String {
+    format!(
+        "{tag}: {file} (pid {pid} on {}, {}, {what}){}\n",
+        if host.is_empty() { "?" } else { host },
+        if created.is_empty() {
+            "time unknown"
+        } else {
+            created
+        },
+        if style == Style::Markdown { "  " } else { "" }
+    )
+}
+
+/// A leak snapshot comparison.
+pub fn leaks(d: &LeakDiff, style: Style, top: usize) -> String {
+    let mut s = String::new();
+    if style == Style::Markdown {
+        let _ = writeln!(s, "### ljleak diff (leaks)\n");
+    }
+    for (tag, src) in [("A", &d.a), ("B", &d.b)] {
+        let what = format!(
+            "{:.1} s window, source {}, LuaJIT {}",
+            src.window_seconds, src.source, src.build
+        );
+        s.push_str(&source_line(
+            style,
+            tag,
+            &src.file,
+            src.pid,
+            &src.host,
+            &src.created,
+            &what,
+        ));
+    }
+    s.push('\n');
+    for (what, x) in [
+        ("Outstanding bytes", &d.total),
+        ("Outstanding allocations", &d.count),
+        ("Stacks", &d.stacks),
     ] {
-        let mut v: Vec<_> = d.with(c).collect();
-        if v.is_empty() {
-            continue;
-        }
-        if matches!(c, Change::Shrunk | Change::Vanished) {
-            v.sort_by_key(|x| x.delta);
-        }
-        heading(style, &mut s, &format!("{title} ({})", v.len()));
-        let rows: Vec<Vec<String>> = v
-            .iter()
-            .take(top)
-            .map(|x| {
-                vec![
-                    x.stack.clone(),
-                    x.a.to_string(),
-                    x.b.to_string(),
-                    format!("{:+}", x.delta),
-                ]
-            })
-            .collect();
-        s.push_str(&table(style, &["stack", "A", "B", "Δ"], &rows));
-        if v.len() > top {
-            let _ = writeln!(s, "  ... {} more (--top)", v.len() - top);
-        }
+        let _ = writeln!(s, "{what}: {} -> {} ({:+}, {})", x.a, x.b, x.delta, pct(x));
+    }
+    let sections = Sections {
+        style,
+        top,
+        head: &["stack", "bytes A", "bytes B", "Δbytes", "Δcount"],
+    };
+    sections.write(
+        &mut s,
+        &d.changed,
+        |x| (x.change, x.bytes.delta),
+        |x| {
+            vec![
+                x.stack.clone(),
+                x.bytes.a.to_string(),
+                x.bytes.b.to_string(),
+                format!("{:+}", x.bytes.delta),
+                format!("{:+}", x.count.delta),
+            ]
+        },
+    );
+    for w in &d.warnings {
+        let _ = writeln!(s, "\nWARNING: {w}");
     }
     s
 }

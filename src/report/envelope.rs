@@ -20,7 +20,10 @@ pub fn schema_v1() -> u32 {
 }
 
 /// Envelope values for a snapshot taken now of `pid` running `exe`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Reports other than the census embed it with `#[serde(flatten)]`, so the
+/// fields sit at the top level of the file as in a census snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Stamp {
     /// UTC time, RFC 3339 with milliseconds.
     pub created: String,

@@ -3,16 +3,24 @@
 //! ` 0x… : sym+0x…/0x… [module]`, then a tab and the bytes, as
 //! stackcollapse-stap.pl reads it), an SVG flame graph drawn with inferno,
 //! and JSON with the summary and the top sites.
+//!
+//! The JSON is also the leak snapshot file (`leaks -o leaks.json`, read back
+//! by `ljleak diff` and `ljleak convert`): the census envelope
+//! ([`crate::report::envelope`]) at the top level with kind `leaks`, the
+//! target's exe and LuaJIT build, the window and pause, then `summary` and
+//! `sites` (frames innermost first; [`folded_map`] gives them root first).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::leaks::{Counts, Origin};
+use crate::report::census::LuajitInfo;
+use crate::report::envelope::{schema_v1, Stamp, SCHEMA_VERSION};
 
 /// A frame as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteFrame {
     /// Name (function, Lua `chunk:line`, or `module+0xOFF`).
     pub name: String,
@@ -27,7 +35,7 @@ pub struct SiteFrame {
 }
 
 /// Outstanding memory allocated from one stack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeakSite {
     /// Outstanding bytes.
     pub bytes: u64,
@@ -40,7 +48,8 @@ pub struct LeakSite {
 }
 
 /// The summary always printed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LeakSummary {
     /// Target.
     pub pid: i32,
@@ -70,13 +79,57 @@ pub struct LeakSummary {
     pub min_age: f64,
 }
 
-/// The whole report.
-#[derive(Debug, Clone, Default, Serialize)]
+/// The whole report, which is also the leak snapshot file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LeakReport {
+    /// Snapshot schema version.
+    #[serde(default = "schema_v1")]
+    pub schema: u32,
+    /// Always `leaks`.
+    #[serde(default)]
+    pub kind: String,
+    /// Target.
+    #[serde(default)]
+    pub pid: i32,
+    /// Its executable.
+    #[serde(default)]
+    pub exe: String,
+    /// LuaJIT build, when the target runs one that was found.
+    #[serde(default)]
+    pub luajit: Option<LuajitInfo>,
+    /// Seconds traced.
+    #[serde(default)]
+    pub window_seconds: f64,
+    /// Microseconds the target was paused (to index Lua prototypes), if it was.
+    #[serde(default)]
+    pub pause_us: Option<u64>,
+    /// Distinct outstanding stacks, before `--top` cut `sites`.
+    #[serde(default)]
+    pub sites_total: u64,
+    /// When, where, which binary, which ljleak and command line.
+    #[serde(flatten)]
+    pub stamp: Stamp,
     /// Summary.
     pub summary: LeakSummary,
     /// Sites, most bytes first.
     pub sites: Vec<LeakSite>,
+}
+
+impl LeakReport {
+    /// Fill the envelope: kind `leaks`, schema, and `s`.
+    pub fn stamp(&mut self, s: Stamp) {
+        self.schema = SCHEMA_VERSION;
+        self.kind = "leaks".into();
+        self.stamp = s;
+    }
+
+    /// The LuaJIT build as `variant GC64`, or `unknown`.
+    pub fn build_name(&self) -> String {
+        match &self.luajit {
+            Some(l) => format!("{} {}", l.variant, if l.gc64 { "GC64" } else { "non-GC64" }),
+            None => "unknown".into(),
+        }
+    }
 }
 
 /// Make a frame name safe for the folded format (`;` separates frames).
@@ -84,20 +137,32 @@ fn folded_name(n: &str) -> String {
     n.replace(';', ":").replace('\n', " ")
 }
 
+/// A site's stack as one folded key: frame names root first, joined by `;`.
+pub fn stack_key(s: &LeakSite) -> String {
+    let stack: Vec<String> = s
+        .frames
+        .iter()
+        .rev()
+        .map(|f| folded_name(&f.name))
+        .collect();
+    stack.join(";")
+}
+
+/// Stack key ([`stack_key`]) to (bytes, allocations), identical stacks merged.
+pub fn folded_map(r: &LeakReport) -> BTreeMap<String, (u64, u64)> {
+    let mut merged: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for s in &r.sites {
+        let e = merged.entry(stack_key(s)).or_default();
+        e.0 += s.bytes;
+        e.1 += s.count;
+    }
+    merged
+}
+
 /// Folded lines, root first, identical stacks merged, sorted.
 pub fn folded(r: &LeakReport) -> String {
-    let mut merged: BTreeMap<String, u64> = BTreeMap::new();
-    for s in &r.sites {
-        let stack: Vec<String> = s
-            .frames
-            .iter()
-            .rev()
-            .map(|f| folded_name(&f.name))
-            .collect();
-        *merged.entry(stack.join(";")).or_default() += s.bytes;
-    }
     let mut out = String::new();
-    for (k, v) in merged {
+    for (k, (v, _)) in folded_map(r) {
         let _ = writeln!(out, "{k} {v}");
     }
     out
@@ -212,7 +277,6 @@ mod tests {
 
     fn report() -> LeakReport {
         LeakReport {
-            summary: LeakSummary::default(),
             sites: vec![
                 LeakSite {
                     bytes: 300,
@@ -237,6 +301,7 @@ mod tests {
                     frames: vec![frame("malloc", 0x11), frame("main", 0x32)],
                 },
             ],
+            ..Default::default()
         }
     }
 

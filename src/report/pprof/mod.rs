@@ -6,7 +6,9 @@
 //! `inuse_objects/count` and `inuse_space/bytes`; a folded-stack file
 //! becomes one sample type chosen by the caller. A frame written
 //! `NAME@FILE:LINE` or `FILE:LINE` gets its file and line in the Function
-//! and Line records; anything else is a bare function name.
+//! and Line records; anything else is a bare function name. A leak report
+//! keeps its frames' structure: Lua frames get their chunk file and line, C
+//! frames their module as the file.
 
 pub mod proto;
 
@@ -55,6 +57,12 @@ impl Builder {
             return id;
         }
         let (name, file, line) = split_frame(frame);
+        self.new_location(frame.to_string(), name, file, line)
+    }
+
+    /// A location (and its function) for `name` in `file` at `line`,
+    /// remembered under `key`.
+    fn new_location(&mut self, key: String, name: &str, file: &str, line: i64) -> u64 {
         let id = self.p.location.len() as u64 + 1;
         let f = Function {
             id,
@@ -74,8 +82,29 @@ impl Builder {
             }],
             is_folded: false,
         });
-        self.locations.insert(frame.to_string(), id);
+        self.locations.insert(key, id);
         id
+    }
+
+    /// Add a stack of (name, file, line) frames, root first, with one
+    /// value per sample type.
+    pub fn add_frames(&mut self, stack: &[(&str, &str, i64)], values: &[i64]) {
+        let location_id = stack
+            .iter()
+            .rev()
+            .map(|&(name, file, line)| {
+                let key = format!("{name}\0{file}\0{line}");
+                match self.locations.get(&key) {
+                    Some(&id) => id,
+                    None => self.new_location(key, name, file, line),
+                }
+            })
+            .collect();
+        self.p.sample.push(Sample {
+            location_id,
+            value: values.to_vec(),
+            label: Vec::new(),
+        });
     }
 
     /// Add a stack (root first) with one value per sample type.
@@ -170,6 +199,44 @@ pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bo
     b.finish()
 }
 
+/// A leak frame as (function name, file, line): a Lua frame `@/path/x.lua:42`
+/// is in file `/path/x.lua` (chunk name without its `@`/`=`) at line 42; a C
+/// frame is its symbol in its module.
+fn leak_frame(f: &crate::report::leaks::SiteFrame) -> (&str, &str, i64) {
+    if f.module == "lua" {
+        if let Some((chunk, line)) = f.name.rsplit_once(':') {
+            if let Ok(line) = line.parse::<i64>() {
+                let file = chunk
+                    .strip_prefix('@')
+                    .or_else(|| chunk.strip_prefix('='))
+                    .unwrap_or(chunk);
+                return (&f.name, file, line);
+            }
+        }
+    }
+    (&f.name, &f.module, 0)
+}
+
+/// A leak report as a profile (`inuse_objects/count`, `inuse_space/bytes`
+/// of the allocations outstanding at the end of the window).
+pub fn from_leaks(r: &crate::report::leaks::LeakReport) -> Profile {
+    let mut b = Builder::new(&[("inuse_objects", "count"), ("inuse_space", "bytes")]);
+    for s in &r.sites {
+        let frames: Vec<(&str, &str, i64)> = s.frames.iter().rev().map(leak_frame).collect();
+        b.add_frames(&frames, &[s.count as i64, s.bytes as i64]);
+    }
+    b.meta(
+        r.stamp.created_unix_ms,
+        &format!(
+            "ljleak leaks of pid {} ({}) on {}: outstanding after a {:.1} s window",
+            r.pid, r.exe, r.stamp.host, r.window_seconds
+        ),
+    );
+    let mut p = b.finish();
+    p.duration_nanos = (r.window_seconds * 1e9) as i64;
+    p
+}
+
 /// Folded stacks as a profile with one sample type.
 pub fn from_folded(f: &crate::compare::snapshot::Folded, sample_type: (&str, &str)) -> Profile {
     let mut b = Builder::new(&[sample_type]);
@@ -213,5 +280,27 @@ mod tests {
         assert_eq!(totals(&p), [12]);
         assert_eq!(p.location.len(), 3, "frame `a` is shared");
         assert_eq!(p.string_table[0], "");
+    }
+
+    #[test]
+    fn leak_frames_get_file_and_line() {
+        use crate::report::leaks::SiteFrame;
+        let fr = |name: &str, module: &str| SiteFrame {
+            name: name.into(),
+            addr: 0,
+            offset: 0,
+            size: 0,
+            module: module.into(),
+        };
+        assert_eq!(
+            leak_frame(&fr("@/a/x.lua:42", "lua")),
+            ("@/a/x.lua:42", "/a/x.lua", 42)
+        );
+        assert_eq!(leak_frame(&fr("=stdin:3", "lua")), ("=stdin:3", "stdin", 3));
+        assert_eq!(leak_frame(&fr("[lua]", "lua")), ("[lua]", "lua", 0));
+        assert_eq!(
+            leak_frame(&fr("malloc", "/lib/libc.so.6")),
+            ("malloc", "/lib/libc.so.6", 0)
+        );
     }
 }
