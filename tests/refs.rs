@@ -453,6 +453,51 @@ fn nginx_worker_leak_cache_is_the_top_suspect() {
         "{}",
         r["warnings"]
     );
+    // Which holder grew between two refs snapshots is one `ljleak diff`.
+    for _ in 0..REQS {
+        assert_eq!(ng.get("/leak?n=4").0, 200);
+    }
+    let r2 = refs_json(&w, &["--top", "3"]);
+    let (a, b) = (tmp("a.json"), tmp("b.json"));
+    std::fs::write(&a, r.to_string()).unwrap();
+    std::fs::write(&b, r2.to_string()).unwrap();
+    let d = run_json(&[
+        "diff",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let grew = r2["suspects"][0]["retained"].as_i64().unwrap() - top["retained"].as_i64().unwrap();
+    assert!(
+        grew > (REQS * 4 * 4096) as i64,
+        "the cache kept growing: {grew}"
+    );
+    let stacks = d["folded"]["stacks"].as_array().expect("stack list");
+    let first = &stacks[0];
+    let stack = first["stack"].as_str().unwrap();
+    assert!(stack.starts_with("registry;._LOADED;.app;"), "{first}");
+    assert!(stack.contains("upvalue cache"), "{first}");
+    assert_eq!(first["delta"].as_i64().unwrap(), grew, "{first}");
+    // And a gate on it trips.
+    let out = std::process::Command::new(common::ljleak())
+        .args([
+            "diff",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--fail-if",
+            "total>+100KB",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(a).ok();
+    std::fs::remove_file(b).ok();
     // The worker keeps serving.
     assert_eq!(ng.get("/hello").0, 200);
 }

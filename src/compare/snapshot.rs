@@ -48,7 +48,7 @@ pub enum InputError {
         found: u32,
     },
     /// A kind `diff` does not know.
-    #[error("{file} is a `{kind}` snapshot; ljleak diff compares `census`/`gc` snapshots, `leaks` snapshots and folded-stack files")]
+    #[error("{file} is a `{kind}` snapshot; ljleak diff compares `census`/`gc`, `leaks` and `refs` snapshots and folded-stack files")]
     UnknownKind {
         /// The file.
         file: String,
@@ -159,6 +159,15 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
     // `objs --master -o` writes every worker plus their sum: compare the sums.
     let v = match kind {
         "census" | "gc" => v,
+        // A refs report compares as folded stacks: each suspect's named path
+        // from a root is its stack, its retained bytes the weight. Names
+        // (not addresses) are stable across runs, so "which holder grew
+        // between A and B" is one `ljleak diff`.
+        "refs" => {
+            return serde_json::from_value::<crate::report::refs::RefsReport>(v)
+                .map(|r| Input::Folded(refs_folded(&r)))
+                .map_err(|e| malformed(e.to_string()))
+        }
         "leaks" => {
             return serde_json::from_value(v)
                 .map(|r| Input::Leaks(Box::new(r)))
@@ -178,6 +187,19 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
     serde_json::from_value(v)
         .map(|r| Input::Census(Box::new(r)))
         .map_err(|e| malformed(e.to_string()))
+}
+
+/// Suspects of a refs report as folded stacks: path frames root first,
+/// then the holder's type; weight = retained bytes. Unreachable suspects
+/// (no path) are left out.
+pub fn refs_folded(r: &crate::report::refs::RefsReport) -> Folded {
+    let mut f = Folded::new();
+    for h in r.suspects.iter().filter(|h| !h.path.is_empty()) {
+        let mut frames: Vec<String> = h.path.iter().map(|p| p.replace(';', ",")).collect();
+        frames.push(h.ty.clone());
+        *f.entry(frames.join(";")).or_default() += h.retained;
+    }
+    f
 }
 
 /// Parse folded stacks; on error the 1-based number of the first bad line.
@@ -285,7 +307,7 @@ mod tests {
     fn schema_and_kind_are_checked_first() {
         let e = parse("f", r#"{"schema": 99, "kind": "census"}"#).unwrap_err();
         assert!(matches!(e, InputError::Schema { found: 99, .. }), "{e}");
-        let e = parse("f", r#"{"schema": 1, "kind": "refs"}"#).unwrap_err();
+        let e = parse("f", r#"{"schema": 1, "kind": "threads"}"#).unwrap_err();
         assert!(matches!(e, InputError::UnknownKind { .. }), "{e}");
         // A leak snapshot written before the envelope: summary and sites only.
         let i = parse("f", r#"{"kind": "leaks", "summary": {}, "sites": []}"#).unwrap();
