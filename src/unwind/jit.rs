@@ -38,9 +38,13 @@ const MAX_SIZETRACE: u64 = 1 << 16;
 /// Largest plausible trace (`maxmcode` defaults to 512 KB for all traces).
 const MAX_SZMCODE: u64 = 64 << 20;
 /// Least time between two re-reads of the trace list (each pauses the
-/// target for about a millisecond; re-reads only happen while new traces
-/// keep appearing in stacks).
-pub const REFRESH_EVERY: Duration = Duration::from_millis(250);
+/// target for well under a millisecond). Traces are compiled in bursts at
+/// warm-up and their code runs at once, so a new trace must be found soon.
+pub const REFRESH_MIN: Duration = Duration::from_millis(20);
+/// Longest time between two re-reads: the interval doubles after every
+/// re-read that did not find the address asked for (code that is no
+/// trace, or a trace already gone), up to this.
+pub const REFRESH_MAX: Duration = Duration::from_secs(2);
 
 /// One compiled trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,8 +176,9 @@ pub fn read_traces<M: Memory + ?Sized>(
     Ok(out)
 }
 
-/// The traces of one VM, re-read (paused, at most every [`REFRESH_EVERY`])
-/// when a stack reaches code that is in no file and in no known trace.
+/// The traces of one VM, re-read (paused, at most every [`REFRESH_MIN`],
+/// backing off to [`REFRESH_MAX`]) when a stack reaches code that is in no
+/// file and in no known trace.
 #[derive(Debug)]
 pub struct TraceMap {
     pid: i32,
@@ -184,6 +189,8 @@ pub struct TraceMap {
     /// File-backed executable mappings (code that is never a trace).
     files: Vec<Range<u64>>,
     last_refresh: Option<Instant>,
+    /// Current least time between re-reads.
+    interval: Duration,
     /// Times the list was re-read.
     pub refreshes: u32,
 }
@@ -218,6 +225,7 @@ impl TraceMap {
             traces,
             files: file_code(maps),
             last_refresh: None,
+            interval: REFRESH_MIN,
             refreshes: 0,
         }
     }
@@ -243,7 +251,7 @@ impl TraceMap {
         if self.files.iter().any(|r| r.contains(&addr))
             || self
                 .last_refresh
-                .is_some_and(|t| t.elapsed() < REFRESH_EVERY)
+                .is_some_and(|t| t.elapsed() < self.interval)
         {
             return None;
         }
@@ -252,12 +260,20 @@ impl TraceMap {
             return None;
         };
         self.files = file_code(&maps);
-        let anon_code = maps.find(addr).is_some_and(|m| m.exec && m.path.is_empty());
-        if !anon_code {
+        // Not only executable mappings: LuaJIT makes its code area
+        // writable, not executable, while it assembles a trace (lj_mcode.c
+        // MCPROT_GEN), and the maps may be read just then.
+        let anon = maps.find(addr).is_some_and(|m| m.path.is_empty());
+        if !anon {
             return None;
         }
         self.refresh();
-        self.lookup(addr)
+        let found = self.lookup(addr);
+        self.interval = match found {
+            Some(_) => REFRESH_MIN,
+            None => (self.interval * 2).min(REFRESH_MAX),
+        };
+        found
     }
 
     /// Read the trace list again, with the target paused.

@@ -120,15 +120,22 @@ impl LuaFrames {
         n
     }
 
-    /// `SAVE_PC` of the interpreter frame whose `%rsp` is `cf`.
+    /// `SAVE_PC` of the interpreter frame whose `%rsp` is `cf`; None when
+    /// it holds `SAVE_L` instead, as set on VM entry (lj_vm_cpcall,
+    /// lj_vm_resume, ...: "any value outside of bytecode") and left so
+    /// until the interpreter first calls out: no Lua PC was saved (lj_debug.c
+    /// `debug_framepc`), e.g. while a trace entered from there still runs.
     fn saved_pc(&self, cf: u64, stack: &[u8], sp0: u64) -> Option<u64> {
-        let off = cf.checked_add(self.offs.pc)?.checked_sub(sp0)? as usize;
-        let n = self.offs.ref_size as usize;
-        let b = stack.get(off..off.checked_add(n)?)?;
-        let mut w = [0u8; 8];
-        w[..n].copy_from_slice(b);
-        let pc = u64::from_le_bytes(w);
-        (pc != 0 && pc & LUA_PC_TAG == 0).then_some(pc)
+        let slot = |at: u64| -> Option<u64> {
+            let off = cf.checked_add(at)?.checked_sub(sp0)? as usize;
+            let n = self.offs.ref_size as usize;
+            let b = stack.get(off..off.checked_add(n)?)?;
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(b);
+            Some(u64::from_le_bytes(w))
+        };
+        let pc = slot(self.offs.pc)?;
+        (pc != 0 && pc & LUA_PC_TAG == 0 && Some(pc) != slot(self.offs.l)).then_some(pc)
     }
 
     /// The location of a tagged frame entry, if its PC is known. For a
@@ -201,6 +208,11 @@ mod tests {
         // Called from the exported API inside the object counts too.
         let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x2050];
         assert_eq!(lf.splice(&mut frames, &sps, &stack, sp0), 1);
+        // No PC saved since VM entry (SAVE_PC == SAVE_L): not spliced.
+        let mut no_pc = stack.clone();
+        no_pc[0x100 + 16..0x100 + 24].copy_from_slice(&0x5555_0004u64.to_le_bytes());
+        let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x55_0000];
+        assert_eq!(lf.splice(&mut frames, &sps, &no_pc, sp0), 0);
         // A saved PC outside the stack copy is not guessed.
         let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x55_0000];
         assert_eq!(lf.splice(&mut frames, &sps, &stack[..0x110], sp0), 0);
