@@ -116,12 +116,8 @@ pub fn is_trace(entry: u64) -> bool {
 
 /// `(traceno, startpc)` of a trace frame entry.
 pub fn decode(entry: u64) -> Option<(u32, u64)> {
-    is_trace(entry).then(|| {
-        (
-            ((entry >> TRACENO_SHIFT) & 0xffff) as u32,
-            (entry & PC_MASK) << 2,
-        )
-    })
+    let no = ((entry >> TRACENO_SHIFT) & 0xffff) as u32;
+    is_trace(entry).then_some((no, (entry & PC_MASK) << 2))
 }
 
 /// Read every live trace of the VM whose `jit_State` is at `j`: the
