@@ -598,3 +598,80 @@ fn threads_created_during_the_window_are_traced() {
         "{out}\n{err}"
     );
 }
+
+/// Lines `first..=last` of testdata/lua/app.lua, from the first line
+/// containing `from` to the first one after it containing `to`.
+fn app_lines(from: &str, to: &str) -> std::ops::RangeInclusive<u32> {
+    let src = std::fs::read_to_string(common::testdata("lua/app.lua")).expect("app.lua");
+    let lines: Vec<&str> = src.lines().collect();
+    let a = lines.iter().position(|l| l.contains(from)).expect(from);
+    let b = a + lines[a..].iter().position(|l| l.contains(to)).expect(to);
+    (a as u32 + 1)..=(b as u32 + 1)
+}
+
+#[test]
+fn jit_compiled_leak_is_unwound_through_the_trace() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(ng) = Nginx::start("app.conf", 1) else {
+        return;
+    };
+    let w = ng.worker().to_string();
+    // Warm up so that `work` is JIT-compiled around attach time (it takes
+    // some 150 calls here): its trace is then either in the capture taken
+    // at attach or found by re-reading the trace list.
+    for _ in 0..100 {
+        assert_eq!(ng.get("/leak?n=2").0, 200);
+    }
+    let mut t = Tracer::start(&format!("leaks -p {w} --time 5 --source luajit"));
+    const N: u64 = 300;
+    for _ in 0..N {
+        assert_eq!(ng.get("/leak?n=2").0, 200);
+    }
+    let (err, out) = t.finish_ok();
+    let f = parse_folded(&out);
+    let total: u64 = f.values().sum();
+    assert!(total >= N * 2 * 4096, "outstanding {total}: {err}");
+    // (a) Stacks that end at trace code (no unwind info) are rare now.
+    let truncated: u64 = f
+        .iter()
+        .filter(|(s, _)| s.starts_with("[jit code]"))
+        .map(|(_, b)| *b)
+        .sum();
+    assert!(
+        truncated * 10 < total,
+        "{truncated} of {total} bytes under [jit code]: {f:#?}"
+    );
+    // (b) The top stack went through a trace of the leaking code, named by
+    // its start line, and on into nginx below it.
+    let (top, bytes) = f.iter().max_by_key(|(_, b)| **b).expect("a stack");
+    assert!(*bytes * 2 >= N * 2 * 4096, "top {bytes}: {f:#?}");
+    let frames: Vec<&str> = top.split(';').collect();
+    let leaky = app_lines("local function work(n)", "ngx.say(count)");
+    let at = frames
+        .iter()
+        .position(|fr| {
+            let Some(rest) = fr.strip_prefix('@') else {
+                return false;
+            };
+            let Some((loc, no)) = rest.split_once(" (trace ") else {
+                return false;
+            };
+            let line = loc
+                .rsplit_once("/lua/app.lua:")
+                .and_then(|(_, l)| l.parse::<u32>().ok());
+            no.trim_end_matches(')').parse::<u32>().is_ok()
+                && line.is_some_and(|l| leaky.contains(&l))
+        })
+        .unwrap_or_else(|| panic!("no app.lua:{leaky:?} (trace N) frame in {top}"));
+    assert!(
+        frames[..at].contains(&"ngx_http_lua_run_thread"),
+        "the trace frame's callers are not nginx's: {top}"
+    );
+    assert!(
+        !frames[at + 1..].iter().any(|f| f.starts_with("[lua pc")),
+        "a helper called by the trace was taken for an interpreter frame: {top}"
+    );
+    assert_eq!(frames.last(), Some(&"lj_alloc_f"), "{top}");
+}

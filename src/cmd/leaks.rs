@@ -177,7 +177,10 @@ fn lua_frames(a: &LeaksArgs, seen: &mut Seen) -> Option<LuaFrames> {
         cap.pause_us
     );
     let object = cap.vm.luajit_object.as_deref()?;
-    let lf = LuaFrames::new(cap.pid, &cap.maps, object, &cap.vm.layout, index);
+    let mut lf = LuaFrames::new(cap.pid, &cap.maps, object, &cap.vm.layout, index);
+    if let Some(l) = lf.as_mut() {
+        l.traces = Some(crate::unwind::jit::TraceMap::from_capture(&cap));
+    }
     if lf.is_none() {
         log::info!("no Lua frames: {object} exports no lua_pcall/lua_resume");
     }
@@ -292,12 +295,13 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let pmu = UprobePmu::read(&pmu_dir)?;
     let maps = Maps::read(pid)?;
     let specs = probe_set(&a, &maps)?;
-    let unwinder = Unwinder::new(pid, &maps);
+    let mut unwinder = Unwinder::new(pid, &maps);
     let mut seen = Seen {
         exe: target::exe_path(pid).unwrap_or_default(),
         ..Default::default()
     };
-    let lua = lua_frames(&a, &mut seen);
+    let mut lua = lua_frames(&a, &mut seen);
+    unwinder.jit = lua.as_mut().and_then(|l| l.traces.take());
     let maps_at_start = maps.clone();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -435,11 +439,7 @@ fn build_report(
             let mut frames = Vec::new();
             for (i, &addr) in w.stacks.get(stack).iter().enumerate() {
                 if lua::is_lua_pc(addr) {
-                    let pc = addr & !lua::LUA_PC_TAG;
-                    let name = match w.lua.as_ref().and_then(|l| l.locate(addr)) {
-                        Some(loc) => loc.to_string(),
-                        None => format!("[lua pc {pc:#x}]"),
-                    };
+                    let (pc, name) = lua::frame_name(w.lua.as_ref(), addr);
                     for name in [name, lua::LUA_MARKER.to_string()] {
                         frames.push(SiteFrame {
                             name,

@@ -15,8 +15,10 @@
 //! are not read after the event (they may have changed), a marker frame
 //! ends the Lua part instead.
 //!
-//! Not here: JIT-compiled traces (they have no unwind info; such stacks
-//! end at the trace and are counted as truncated).
+//! A JIT-compiled trace frame (see [`super::jit`]) stands for the
+//! interpreter frame it runs in: it is named by the trace's start line, and
+//! the C functions a trace calls (`lj_tab_new`, `lj_mem_newgco`, ...) are
+//! not interpreter frames even though their caller is outside the object.
 
 use std::ops::Range;
 
@@ -48,6 +50,8 @@ pub struct LuaFrames {
     offs: CFrameOffsets,
     /// Prototypes known (rebuilt by the caller when PCs are unknown).
     pub index: ProtoIndex,
+    /// JIT traces read from the same capture, for the unwinder to take.
+    pub traces: Option<super::jit::TraceMap>,
 }
 
 impl LuaFrames {
@@ -80,6 +84,7 @@ impl LuaFrames {
             entries,
             offs: CFrameOffsets::for_layout(layout),
             index,
+            traces: None,
         })
     }
 
@@ -95,8 +100,9 @@ impl LuaFrames {
         for k in 1..frames.len().saturating_sub(1) {
             // Return addresses point after the call: look at the call itself.
             let (here, caller) = (frames[k].wrapping_sub(1), frames[k + 1].wrapping_sub(1));
-            let entered =
-                !self.in_object(caller) || self.entries.iter().any(|r| r.contains(&caller));
+            // Called from a trace: a helper of JIT-compiled code.
+            let entered = !is_lua_pc(frames[k + 1])
+                && (!self.in_object(caller) || self.entries.iter().any(|r| r.contains(&caller)));
             if !self.in_object(here) || self.entries.iter().any(|r| r.contains(&here)) || !entered {
                 continue;
             }
@@ -114,20 +120,55 @@ impl LuaFrames {
         n
     }
 
-    /// `SAVE_PC` of the interpreter frame whose `%rsp` is `cf`.
+    /// `SAVE_PC` of the interpreter frame whose `%rsp` is `cf`; None when
+    /// it holds `SAVE_L` instead, as set on VM entry (lj_vm_cpcall,
+    /// lj_vm_resume, ...: "any value outside of bytecode") and left so
+    /// until the interpreter first calls out: no Lua PC was saved (lj_debug.c
+    /// `debug_framepc`), e.g. while a trace entered from there still runs.
     fn saved_pc(&self, cf: u64, stack: &[u8], sp0: u64) -> Option<u64> {
-        let off = cf.checked_add(self.offs.pc)?.checked_sub(sp0)? as usize;
-        let n = self.offs.ref_size as usize;
-        let b = stack.get(off..off.checked_add(n)?)?;
-        let mut w = [0u8; 8];
-        w[..n].copy_from_slice(b);
-        let pc = u64::from_le_bytes(w);
-        (pc != 0 && pc & LUA_PC_TAG == 0).then_some(pc)
+        let slot = |at: u64| -> Option<u64> {
+            let off = cf.checked_add(at)?.checked_sub(sp0)? as usize;
+            let n = self.offs.ref_size as usize;
+            let b = stack.get(off..off.checked_add(n)?)?;
+            let mut w = [0u8; 8];
+            w[..n].copy_from_slice(b);
+            Some(u64::from_le_bytes(w))
+        };
+        let pc = slot(self.offs.pc)?;
+        (pc != 0 && pc & LUA_PC_TAG == 0 && Some(pc) != slot(self.offs.l)).then_some(pc)
     }
 
-    /// The location of a tagged frame entry, if its PC is known.
+    /// The location of a tagged frame entry, if its PC is known. For a
+    /// trace frame, the line where the trace starts.
     pub fn locate(&self, entry: u64) -> Option<LuaLoc> {
-        self.index.lookup(entry & !LUA_PC_TAG)
+        match super::jit::decode(entry) {
+            // `lookup` takes a saved PC (one past the instruction).
+            Some((_, startpc)) => self.index.lookup(startpc + 4),
+            None => self.index.lookup(entry & !LUA_PC_TAG),
+        }
+    }
+}
+
+/// The PC and the frame name of a tagged entry: `chunk:line` for an
+/// interpreter frame; `chunk:line (trace N)` for a trace frame, where the
+/// line is the one the trace *starts* at, not necessarily the allocating
+/// line (the exact PC would have to be recovered from the trace's
+/// snapshots, which is not done); a `[lua pc 0x…]` / `[trace N]` marker
+/// when the prototype is not known.
+pub fn frame_name(lf: Option<&LuaFrames>, entry: u64) -> (u64, String) {
+    let loc = lf.and_then(|l| l.locate(entry));
+    match super::jit::decode(entry) {
+        Some((no, startpc)) => match loc {
+            Some(loc) => (startpc, format!("{loc} (trace {no})")),
+            None => (startpc, format!("[trace {no}]")),
+        },
+        None => {
+            let pc = entry & !LUA_PC_TAG;
+            match loc {
+                Some(loc) => (pc, loc.to_string()),
+                None => (pc, format!("[lua pc {pc:#x}]")),
+            }
+        }
     }
 }
 
@@ -148,6 +189,7 @@ mod tests {
             entries: std::iter::once(0x2000..0x2100).collect(),
             offs: CFrameOffsets::X64_GC64,
             index: ProtoIndex::default(),
+            traces: None,
         };
         let sp0 = 0x7000_0000u64;
         let cf = sp0 + 0x100;
@@ -166,9 +208,31 @@ mod tests {
         // Called from the exported API inside the object counts too.
         let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x2050];
         assert_eq!(lf.splice(&mut frames, &sps, &stack, sp0), 1);
+        // No PC saved since VM entry (SAVE_PC == SAVE_L): not spliced.
+        let mut no_pc = stack.clone();
+        no_pc[0x100 + 16..0x100 + 24].copy_from_slice(&0x5555_0004u64.to_le_bytes());
+        let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x55_0000];
+        assert_eq!(lf.splice(&mut frames, &sps, &no_pc, sp0), 0);
         // A saved PC outside the stack copy is not guessed.
         let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, 0x55_0000];
         assert_eq!(lf.splice(&mut frames, &sps, &stack[..0x110], sp0), 0);
         assert!(is_lua_pc(LUA_PC_TAG | 4) && !is_lua_pc(4));
+        // A C function called from a trace is not an interpreter frame; the
+        // trace entry stays as the unwinder made it.
+        let tr = super::super::jit::Trace {
+            mcode: 0x7f00_0000,
+            end: 0x7f00_1000,
+            cfa_off: 96,
+            traceno: 3,
+            startpc: 0x5555_0100,
+        };
+        let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, tr.entry(), 0x55_0000];
+        let sps = vec![sp0, sp0 + 0x40, cf, cf + 0x80, cf + 0x100];
+        assert_eq!(lf.splice(&mut frames, &sps, &stack, sp0), 0);
+        assert_eq!(frames[3], tr.entry());
+        assert_eq!(
+            frame_name(Some(&lf), tr.entry()),
+            (0x5555_0100, "[trace 3]".to_string())
+        );
     }
 }

@@ -4,8 +4,11 @@
 //! with each event. Debian's nginx, LuaJIT and libc have no frame pointers,
 //! so the kernel's own callchains are useless there (tracing.md).
 //!
+//! JIT-compiled Lua traces have no CFI; [`jit`] steps over them.
+//!
 //! Not here: turning addresses into names ([`symbols`]).
 
+pub mod jit;
 pub mod lua;
 pub mod symbols;
 
@@ -40,6 +43,8 @@ pub struct Unwinder {
     cache: CacheX86_64,
     loaded: HashSet<(String, u64)>,
     last_refresh: Option<Instant>,
+    /// Live LuaJIT traces, to unwind through JIT-compiled code.
+    pub jit: Option<jit::TraceMap>,
 }
 
 impl std::fmt::Debug for Unwinder {
@@ -68,6 +73,7 @@ impl Unwinder {
             cache: CacheX86_64::new(),
             loaded: HashSet::new(),
             last_refresh: None,
+            jit: None,
         };
         u.load(maps);
         u
@@ -158,15 +164,19 @@ impl Unwinder {
             let mut r = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
             let mut addr = FrameAddress::InstructionPointer(regs.ip);
             let end = loop {
-                out.push(addr.address());
+                let trace = (self.jit.as_mut()).and_then(|j| j.find(addr.address_for_lookup()));
+                out.push(trace.as_ref().map_or(addr.address(), jit::Trace::entry));
                 sps.push(r.sp());
                 if out.len() >= MAX_FRAMES {
                     break End::Truncated;
                 }
-                match self
-                    .fh
-                    .unwind_frame(addr, &mut r, &mut self.cache, &mut read)
-                {
+                let step = match &trace {
+                    Some(t) => t.unwind(&mut r, &mut read),
+                    None => self
+                        .fh
+                        .unwind_frame(addr, &mut r, &mut self.cache, &mut read),
+                };
+                match step {
                     Ok(Some(ret)) => match FrameAddress::from_return_address(ret) {
                         Some(a) => addr = a,
                         None => break End::Complete,
