@@ -598,3 +598,79 @@ fn threads_created_during_the_window_are_traced() {
         "{out}\n{err}"
     );
 }
+
+/// `--sample-bytes`: only sampled allocations are tracked, each weighted by
+/// the bytes it stands for; the leak's estimate lands near the truth, with
+/// its Lua frame, and the freeing endpoint still leaves nothing.
+#[test]
+fn sampled_c_leak_estimate_is_close_to_the_truth() {
+    if !have_uprobes() {
+        return;
+    }
+    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+        return;
+    };
+    let w = ng.worker().to_string();
+    assert_eq!(ng.get("/cleak_interp?size=1").0, 200);
+    assert_eq!(ng.get("/cok?size=1").0, 200);
+    let folded = tmp("sampled.folded");
+    // Mean 64 KiB between samples: a 12345-byte allocation is sampled with
+    // p = 1 - exp(-12345/65536) = 0.17, so N requests give ~0.17 N samples
+    // (about 70 here: a relative error of ~12% per standard deviation).
+    let mut t = Tracer::start(&format!(
+        "leaks -p {w} --time 8 --source malloc --sample-bytes 65536 -o {}",
+        folded.to_str().unwrap()
+    ));
+    const N: u64 = 400;
+    const SIZE: u64 = 12345;
+    for _ in 0..N {
+        assert_eq!(ng.get(&format!("/cleak_interp?size={SIZE}")).0, 200);
+        assert_eq!(ng.get("/cok?size=23456").0, 200);
+    }
+    let (err, _) = t.finish_ok();
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
+    let line = lua_line("malloc(size) -- interpreted");
+    let lua_frame = |s: &str| {
+        s.split(';')
+            .skip_while(|f| *f != "[lua]")
+            .nth(1)
+            .map(str::to_string)
+    };
+    let est: u64 = f
+        .iter()
+        .filter(|(s, _)| {
+            s.ends_with(";malloc")
+                && lua_frame(s).is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
+        })
+        .map(|(_, b)| *b)
+        .sum();
+    let truth = N * SIZE;
+    assert!(
+        est.abs_diff(truth) * 100 <= truth * 35,
+        "estimate {est} vs true {truth} outstanding bytes at {line}:\n{f:#?}\n{err}"
+    );
+    // The freeing endpoint's malloc (a later line of leaks.lua) is absent.
+    let cok_line = {
+        let src = std::fs::read_to_string(common::testdata("lua/leaks.lua")).expect("leaks.lua");
+        let n = src
+            .lines()
+            .position(|l| l.contains("function M.cok"))
+            .expect("cok")
+            + 2;
+        format!("/lua/leaks.lua:{n}")
+    };
+    assert!(
+        !f.keys()
+            .any(|s| lua_frame(s).is_some_and(|f| f.ends_with(&cok_line))),
+        "freed allocations are not outstanding: {f:#?}"
+    );
+    // Sampling is said, and it really sampled: far fewer tracked than made.
+    assert!(err.contains("outstanding figures are estimates"), "{err}");
+    let made = summary_num(&err, "allocations");
+    let tracked = summary_num(&err, "bytes: ");
+    assert!(
+        tracked * 3 < made,
+        "sampled {tracked} of {made} allocations:\n{err}"
+    );
+    assert_eq!(summary_num(&err, "lost events"), 0, "{err}");
+}
