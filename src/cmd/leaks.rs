@@ -177,13 +177,18 @@ struct Window {
     /// Stacks of tracked allocations (unwound at the end).
     stacks: DeferredStacks,
     samples: u64,
+    /// Samples per probe of the set (for -v: which probes cost most).
+    hits: Vec<u64>,
     mem: ProcessMemory,
     /// Latest mappings (kept so a target that exits can still be symbolized).
     maps: Maps,
 }
 
 impl Window {
-    fn on_sample(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {
+    fn on_sample(&mut self, i: usize, spec: &ProbeSpec, s: &Sample<'_>) {
+        if let Some(h) = self.hits.get_mut(i) {
+            *h += 1;
+        }
         self.event(spec, s);
         for h in self.tracker.released() {
             self.stacks.release(h);
@@ -305,6 +310,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         tracker,
         stacks: DeferredStacks::new(unwinder, lua, deferred::DEFAULT_CAP_BYTES),
         samples: 0,
+        hits: vec![0; session.specs().len()],
         mem: ProcessMemory::new(pid),
         maps: maps_at_start,
     };
@@ -326,7 +332,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         if a.debug_discard {
             session.drain(|_, _| w.samples += 1);
         } else {
-            session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+            session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
         }
         if last_threads.elapsed() > Duration::from_millis(200) {
             last_threads = Instant::now();
@@ -344,7 +350,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         }
         bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
     }
-    session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+    session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
     let end = monotonic_ns();
     let elapsed = started.elapsed();
     let stats = session.stats;
@@ -355,6 +361,13 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         log::warn!("process {pid} exited during the window; reporting what was seen");
     }
 
+    for (spec, n) in specs_copy.iter().zip(&w.hits).filter(|x| *x.1 > 0) {
+        log::info!(
+            "{n} hits on {}{}",
+            spec.func.name(),
+            if spec.retprobe() { " return" } else { "" }
+        );
+    }
     w.resolve_outstanding();
     refresh_lua_index(&a, &mut w);
     let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
