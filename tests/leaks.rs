@@ -160,18 +160,31 @@ fn summary_num(err: &str, before: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number after `{before}`"))
 }
 
+/// The leaks app on one worker with `paths` requested once (loads the
+/// module and warms the paths before the window); None when a prerequisite
+/// is missing outside CI.
+fn leaks_nginx(paths: &[&str]) -> Option<Nginx> {
+    if !have_uprobes() {
+        return None;
+    }
+    let ng = Nginx::start("leaks.conf", 1)?;
+    for p in paths {
+        assert_eq!(ng.get(p).0, 200, "{p}");
+    }
+    Some(ng)
+}
+
+/// The Lua frame of a folded stack: the one after the `[lua]` marker.
+fn lua_frame(stack: &str) -> Option<&str> {
+    stack.split(';').skip_while(|f| *f != "[lua]").nth(1)
+}
+
 #[test]
 fn c_leak_through_ffi_malloc_is_requests_times_size() {
-    if !have_uprobes() {
-        return;
-    }
-    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+    let Some(ng) = leaks_nginx(&["/cleak?size=1", "/cok?size=1"]) else {
         return;
     };
     let w = ng.worker().to_string();
-    // Load the module and warm the paths before the window.
-    assert_eq!(ng.get("/cleak?size=1").0, 200);
-    assert_eq!(ng.get("/cok?size=1").0, 200);
     let svg = tmp("cleak.svg");
     let folded = tmp("cleak.folded");
     let mut t = Tracer::start(&format!(
@@ -204,10 +217,7 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
         .iter()
         .filter(|(s, _)| {
             s.ends_with(";malloc")
-                && s.split(';')
-                    .skip_while(|f| *f != "[lua]")
-                    .nth(1)
-                    .is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
+                && lua_frame(s).is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
         })
         .map(|(_, b)| *b)
         .sum();
@@ -604,15 +614,10 @@ fn threads_created_during_the_window_are_traced() {
 /// its Lua frame, and the freeing endpoint still leaves nothing.
 #[test]
 fn sampled_c_leak_estimate_is_close_to_the_truth() {
-    if !have_uprobes() {
-        return;
-    }
-    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+    let Some(ng) = leaks_nginx(&["/cleak_interp?size=1", "/cok?size=1"]) else {
         return;
     };
     let w = ng.worker().to_string();
-    assert_eq!(ng.get("/cleak_interp?size=1").0, 200);
-    assert_eq!(ng.get("/cok?size=1").0, 200);
     let folded = tmp("sampled.folded");
     // Mean 64 KiB between samples: a 12345-byte allocation is sampled with
     // p = 1 - exp(-12345/65536) = 0.17, so N requests give ~0.17 N samples
@@ -630,12 +635,6 @@ fn sampled_c_leak_estimate_is_close_to_the_truth() {
     let (err, _) = t.finish_ok();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
     let line = lua_line("malloc(size) -- interpreted");
-    let lua_frame = |s: &str| {
-        s.split(';')
-            .skip_while(|f| *f != "[lua]")
-            .nth(1)
-            .map(str::to_string)
-    };
     let est: u64 = f
         .iter()
         .filter(|(s, _)| {
