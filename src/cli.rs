@@ -283,6 +283,12 @@ pub struct LeaksArgs {
     /// Bytes of user stack copied with each allocation (deeper stacks are truncated).
     #[arg(long, default_value_t = 8192, value_name = "BYTES")]
     pub stack_bytes: u32,
+    /// Sample allocations: on average one per N allocated bytes, each
+    /// weighted by the bytes it stands for (outstanding figures become
+    /// unbiased estimates). Saves ljleak's work per allocation, not the
+    /// uprobe's.
+    #[arg(long, value_name = "N")]
+    pub sample_bytes: Option<u64>,
     /// Ring buffer pages per thread (a power of two).
     #[arg(long, default_value_t = 2048, value_name = "PAGES")]
     pub ring_pages: usize,
@@ -299,6 +305,10 @@ pub struct LeaksArgs {
     /// Test hook: where to look for the uprobe PMU.
     #[arg(long, value_name = "DIR", hide = true)]
     pub uprobe_pmu_dir: Option<std::path::PathBuf>,
+    /// Benchmark hook: read and drop every record (measures the kernel's
+    /// share of the overhead; the report is empty).
+    #[arg(long, hide = true)]
+    pub debug_discard: bool,
 }
 
 /// `ljleak probes`.

@@ -160,18 +160,31 @@ fn summary_num(err: &str, before: &str) -> u64 {
         .unwrap_or_else(|| panic!("no number after `{before}`"))
 }
 
+/// The leaks app on one worker with `paths` requested once (loads the
+/// module and warms the paths before the window); None when a prerequisite
+/// is missing outside CI.
+fn leaks_nginx(paths: &[&str]) -> Option<Nginx> {
+    if !have_uprobes() {
+        return None;
+    }
+    let ng = Nginx::start("leaks.conf", 1)?;
+    for p in paths {
+        assert_eq!(ng.get(p).0, 200, "{p}");
+    }
+    Some(ng)
+}
+
+/// The Lua frame of a folded stack: the one after the `[lua]` marker.
+fn lua_frame(stack: &str) -> Option<&str> {
+    stack.split(';').skip_while(|f| *f != "[lua]").nth(1)
+}
+
 #[test]
 fn c_leak_through_ffi_malloc_is_requests_times_size() {
-    if !have_uprobes() {
-        return;
-    }
-    let Some(ng) = Nginx::start("leaks.conf", 1) else {
+    let Some(ng) = leaks_nginx(&["/cleak?size=1", "/cok?size=1"]) else {
         return;
     };
     let w = ng.worker().to_string();
-    // Load the module and warm the paths before the window.
-    assert_eq!(ng.get("/cleak?size=1").0, 200);
-    assert_eq!(ng.get("/cok?size=1").0, 200);
     let svg = tmp("cleak.svg");
     let folded = tmp("cleak.folded");
     let mut t = Tracer::start(&format!(
@@ -204,10 +217,7 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
         .iter()
         .filter(|(s, _)| {
             s.ends_with(";malloc")
-                && s.split(';')
-                    .skip_while(|f| *f != "[lua]")
-                    .nth(1)
-                    .is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
+                && lua_frame(s).is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
         })
         .map(|(_, b)| *b)
         .sum();
@@ -674,4 +684,69 @@ fn jit_compiled_leak_is_unwound_through_the_trace() {
         "a helper called by the trace was taken for an interpreter frame: {top}"
     );
     assert_eq!(frames.last(), Some(&"lj_alloc_f"), "{top}");
+}
+
+/// `--sample-bytes`: only sampled allocations are tracked, each weighted by
+/// the bytes it stands for; the leak's estimate lands near the truth, with
+/// its Lua frame, and the freeing endpoint still leaves nothing.
+#[test]
+fn sampled_c_leak_estimate_is_close_to_the_truth() {
+    let Some(ng) = leaks_nginx(&["/cleak_interp?size=1", "/cok?size=1"]) else {
+        return;
+    };
+    let w = ng.worker().to_string();
+    let folded = tmp("sampled.folded");
+    // Mean 64 KiB between samples: a 12345-byte allocation is sampled with
+    // p = 1 - exp(-12345/65536) = 0.17, so N requests give ~0.17 N samples
+    // (about 70 here: a relative error of ~12% per standard deviation).
+    let mut t = Tracer::start(&format!(
+        "leaks -p {w} --time 8 --source malloc --sample-bytes 65536 -o {}",
+        folded.to_str().unwrap()
+    ));
+    const N: u64 = 400;
+    const SIZE: u64 = 12345;
+    for _ in 0..N {
+        assert_eq!(ng.get(&format!("/cleak_interp?size={SIZE}")).0, 200);
+        assert_eq!(ng.get("/cok?size=23456").0, 200);
+    }
+    let (err, _) = t.finish_ok();
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
+    let line = lua_line("malloc(size) -- interpreted");
+    let est: u64 = f
+        .iter()
+        .filter(|(s, _)| {
+            s.ends_with(";malloc")
+                && lua_frame(s).is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
+        })
+        .map(|(_, b)| *b)
+        .sum();
+    let truth = N * SIZE;
+    assert!(
+        est.abs_diff(truth) * 100 <= truth * 35,
+        "estimate {est} vs true {truth} outstanding bytes at {line}:\n{f:#?}\n{err}"
+    );
+    // The freeing endpoint's malloc (a later line of leaks.lua) is absent.
+    let cok_line = {
+        let src = std::fs::read_to_string(common::testdata("lua/leaks.lua")).expect("leaks.lua");
+        let n = src
+            .lines()
+            .position(|l| l.contains("function M.cok"))
+            .expect("cok")
+            + 2;
+        format!("/lua/leaks.lua:{n}")
+    };
+    assert!(
+        !f.keys()
+            .any(|s| lua_frame(s).is_some_and(|f| f.ends_with(&cok_line))),
+        "freed allocations are not outstanding: {f:#?}"
+    );
+    // Sampling is said, and it really sampled: far fewer tracked than made.
+    assert!(err.contains("outstanding figures are estimates"), "{err}");
+    let made = summary_num(&err, "allocations");
+    let tracked = summary_num(&err, "bytes: ");
+    assert!(
+        tracked * 3 < made,
+        "sampled {tracked} of {made} allocations:\n{err}"
+    );
+    assert_eq!(summary_num(&err, "lost events"), 0, "{err}");
 }

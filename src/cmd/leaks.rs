@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 
 use crate::cli::{LeakFormat, LeakSource, LeaksArgs};
 use crate::error::{Classified, ExitCode};
-use crate::leaks::stacks::StackTable;
+use crate::leaks::deferred::{self, DeferredStacks};
+use crate::leaks::sample::{Sampler, SamplingSummary};
 use crate::leaks::{Args, Origin, Tracker};
 use crate::report::leaks::{self as out, LeakReport, LeakSite, LeakSummary, SiteFrame};
 use crate::target::{self, Maps, ProcessMemory, ReadExt};
@@ -19,7 +20,7 @@ use crate::trace::record::Sample;
 use crate::trace::session::Session;
 use crate::unwind::lua::{self, LuaFrames};
 use crate::unwind::symbols::Symbolizer;
-use crate::unwind::{End, Unwinder};
+use crate::unwind::Unwinder;
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     Classified::new(ExitCode::Usage, msg).into()
@@ -191,37 +192,44 @@ fn lua_frames(a: &LeaksArgs, seen: &mut Seen) -> Option<LuaFrames> {
 struct Window {
     pid: i32,
     tracker: Tracker,
-    stacks: StackTable,
-    unwinder: Unwinder,
-    frames: Vec<u64>,
-    sps: Vec<u64>,
-    lua: Option<LuaFrames>,
+    /// Stacks of tracked allocations (unwound at the end).
+    stacks: DeferredStacks,
+    /// What was learnt about the target (for the snapshot envelope).
     seen: Seen,
-    truncated: u64,
     samples: u64,
+    /// Samples per probe of the set (for -v: which probes cost most).
+    hits: Vec<u64>,
     mem: ProcessMemory,
     /// Latest mappings (kept so a target that exits can still be symbolized).
     maps: Maps,
 }
 
 impl Window {
-    /// Unwind a sample's stack, splice Lua frames, intern it.
-    fn unwind(&mut self, s: &Sample<'_>) -> u32 {
-        let r = &s.regs;
-        if self
-            .unwinder
-            .unwind(r, s.stack, &mut self.frames, &mut self.sps)
-            == End::Truncated
-        {
-            self.truncated += 1;
+    fn on_sample(&mut self, i: usize, spec: &ProbeSpec, s: &Sample<'_>) {
+        if let Some(h) = self.hits.get_mut(i) {
+            *h += 1;
         }
-        if let Some(l) = &self.lua {
-            l.splice(&mut self.frames, &self.sps, s.stack, r.sp);
+        self.event(spec, s);
+        for h in self.tracker.released() {
+            self.stacks.release(h);
         }
-        self.stacks.intern(&self.frames)
     }
 
-    fn on_sample(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {
+    /// Unwind the stacks of the allocations still live (the others were
+    /// dropped unwound when freed).
+    fn resolve_outstanding(&mut self) {
+        let stacks = &mut self.stacks;
+        self.tracker.map_stacks(|h| stacks.resolve(h));
+        log::info!(
+            "stacks: {} kept raw (peak {} KB), {} dropped on free, {} unwound",
+            stacks.stats.deferred,
+            stacks.stats.peak_bytes / 1024,
+            stacks.stats.dropped,
+            stacks.stats.unwound
+        );
+    }
+
+    fn event(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {
         self.samples += 1;
         let r = &s.regs;
         if spec.retprobe() {
@@ -255,8 +263,9 @@ impl Window {
             let (Some(ptr), Some(size)) = (arg(0), arg(1)) else {
                 return;
             };
-            let stack = self.unwind(s);
-            self.tracker.on_usdt_alloc(ptr, size, stack, s.time);
+            let stacks = &mut self.stacks;
+            self.tracker
+                .on_usdt_alloc(ptr, size, s.time, || stacks.keep(r, s.stack));
             return;
         }
         let args = Args {
@@ -265,13 +274,11 @@ impl Window {
             a2: r.dx,
             a3: r.cx,
         };
-        let stack = if self.tracker.is_nested(s.tid, r.sp) {
-            0
-        } else {
-            self.unwind(s)
-        };
+        let stacks = &mut self.stacks;
         self.tracker
-            .on_entry(s.tid, spec.func, r.sp, args, stack, s.time);
+            .on_entry(s.tid, spec.func, r.sp, args, s.time, || {
+                stacks.keep(r, s.stack)
+            });
     }
 }
 
@@ -285,6 +292,9 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     }
     if a.min_age < 0.0 || !a.min_age.is_finite() {
         return Err(usage("--min-age must be zero or more seconds"));
+    }
+    if a.sample_bytes == Some(0) {
+        return Err(usage("--sample-bytes must be at least 1 byte"));
     }
     let pid = a.target.pid;
     target::check_process(pid)?;
@@ -316,17 +326,17 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let started = Instant::now();
     let window = Duration::from_secs_f64(a.time);
     let bar = progress_bar(a.time);
+    let mut tracker = Tracker::new();
+    if let Some(n) = a.sample_bytes {
+        tracker.set_sampler(Sampler::new(n, monotonic_ns() ^ ((pid as u64) << 32)));
+    }
     let mut w = Window {
         pid,
-        tracker: Tracker::new(),
-        stacks: StackTable::new(),
-        unwinder,
-        frames: Vec::with_capacity(64),
-        sps: Vec::with_capacity(64),
-        lua,
+        tracker,
+        stacks: DeferredStacks::new(unwinder, lua, deferred::DEFAULT_CAP_BYTES),
         seen,
-        truncated: 0,
         samples: 0,
+        hits: vec![0; session.specs().len()],
         mem: ProcessMemory::new(pid),
         maps: maps_at_start,
     };
@@ -345,7 +355,11 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let mut exited = false;
     while started.elapsed() < window && !stop.load(Ordering::SeqCst) {
         session.wait(Duration::from_millis(20));
-        session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+        if a.debug_discard {
+            session.drain(|_, _| w.samples += 1);
+        } else {
+            session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
+        }
         if last_threads.elapsed() > Duration::from_millis(200) {
             last_threads = Instant::now();
             if !target::process_exists(pid) {
@@ -362,7 +376,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         }
         bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
     }
-    session.drain(|i, s| w.on_sample(&specs_copy[i], s));
+    session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
     let end = monotonic_ns();
     let elapsed = started.elapsed();
     let stats = session.stats;
@@ -373,6 +387,14 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         log::warn!("process {pid} exited during the window; reporting what was seen");
     }
 
+    for (spec, n) in specs_copy.iter().zip(&w.hits).filter(|x| *x.1 > 0) {
+        log::info!(
+            "{n} hits on {}{}",
+            spec.func.name(),
+            if spec.retprobe() { " return" } else { "" }
+        );
+    }
+    w.resolve_outstanding();
     refresh_lua_index(&a, &mut w);
     let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
     eprint!("{}", out::summary_text(&report.summary));
@@ -382,15 +404,15 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
 /// When outstanding stacks hold Lua PCs the index does not know (code
 /// loaded during the window), index the heap once more.
 fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
-    let Some(l) = &w.lua else { return };
+    let Some(l) = &w.stacks.lua else { return };
     let unknown = w
         .tracker
         .outstanding(u64::MAX, 0)
-        .flat_map(|(_, live)| w.stacks.get(live.stack).iter().copied())
+        .flat_map(|(_, live)| w.stacks.table.get(live.stack).iter().copied())
         .any(|f| lua::is_lua_pc(f) && l.locate(f).is_none());
     if unknown && target::process_exists(w.pid) {
         if let Some(fresh) = lua_frames(a, &mut w.seen) {
-            w.lua = Some(fresh);
+            w.stacks.lua = Some(fresh);
         }
     }
 }
@@ -419,14 +441,21 @@ fn build_report(
 ) -> Result<LeakReport> {
     // Group outstanding allocations by stack.
     let min_age = (a.min_age * 1e9) as u64;
-    let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, u64)> = Default::default();
-    let (mut n, mut bytes) = (0u64, 0u64);
+    // Sampled allocations stand for `weight / size` allocations each.
+    let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, f64)> = Default::default();
+    let (mut n, mut bytes, mut sampled) = (0f64, 0u64, 0u64);
     for (_, l) in w.tracker.outstanding(end, min_age) {
+        let count = if l.size > 0 {
+            l.weight as f64 / l.size as f64
+        } else {
+            1.0
+        };
         let e = by_stack.entry((l.stack, l.origin)).or_default();
-        e.0 += l.size;
-        e.1 += 1;
-        n += 1;
-        bytes += l.size;
+        e.0 += l.weight;
+        e.1 += count;
+        n += count;
+        bytes += l.weight;
+        sampled += 1;
     }
     let maps = match Maps::read(w.pid) {
         Ok(m) if !m.list.is_empty() => m,
@@ -437,9 +466,9 @@ fn build_report(
         .into_iter()
         .map(|((stack, origin), (b, c))| {
             let mut frames = Vec::new();
-            for (i, &addr) in w.stacks.get(stack).iter().enumerate() {
+            for (i, &addr) in w.stacks.table.get(stack).iter().enumerate() {
                 if lua::is_lua_pc(addr) {
-                    let (pc, name) = lua::frame_name(w.lua.as_ref(), addr);
+                    let (pc, name) = lua::frame_name(w.stacks.lua.as_ref(), addr);
                     for name in [name, lua::LUA_MARKER.to_string()] {
                         frames.push(SiteFrame {
                             name,
@@ -471,7 +500,7 @@ fn build_report(
             }
             LeakSite {
                 bytes: b,
-                count: c,
+                count: c.round() as u64,
                 origin,
                 frames,
             }
@@ -489,13 +518,18 @@ fn build_report(
         threads: stats.threads,
         source: format!("{:?}", a.source).to_lowercase(),
         counts: w.tracker.counts,
-        outstanding_count: n,
+        outstanding_count: n.round() as u64,
         outstanding_bytes: bytes,
         lost_events: stats.lost,
         throttled: stats.throttled,
-        truncated_stacks: w.truncated,
+        truncated_stacks: w.stacks.truncated,
         samples: w.samples,
         min_age: a.min_age,
+        sampling: w.tracker.sampler().map(|s| SamplingSummary {
+            sample_bytes: a.sample_bytes.unwrap_or(0),
+            sampled: s.sampled,
+            outstanding_sampled: sampled,
+        }),
     };
     let exe = w.seen.exe.clone();
     let mut r = LeakReport {

@@ -77,6 +77,9 @@ pub struct LeakSummary {
     pub samples: u64,
     /// `--min-age` in seconds.
     pub min_age: f64,
+    /// With `--sample-bytes`: outstanding figures are estimates from these samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<crate::leaks::sample::SamplingSummary>,
 }
 
 /// The whole report, which is also the leak snapshot file.
@@ -258,6 +261,13 @@ pub fn summary_text(s: &LeakSummary) -> String {
         "  lost events {}, throttled {}, truncated stacks {}, nested calls {}, unmatched entries {}, failed calls {}",
         s.lost_events, s.throttled, s.truncated_stacks, c.nested, c.unmatched, c.failed
     );
+    if let Some(sm) = &s.sampling {
+        let _ = writeln!(
+            out,
+            "  sampled 1 per {} bytes: {} allocations sampled, outstanding figures are estimates from {} sampled allocations; frees of untracked pointers {}",
+            sm.sample_bytes, sm.sampled, sm.outstanding_sampled, c.untracked_frees
+        );
+    }
     out
 }
 

@@ -202,8 +202,9 @@ impl Ring {
         unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU64) }
     }
 
-    /// Copy out every complete record now in the buffer, then release the
-    /// space to the kernel. `f` gets each record's bytes (header included).
+    /// Hand every complete record now in the buffer to `f` (its bytes,
+    /// header included: in place, or copied into `buf` when it wraps
+    /// around the end), then release the space to the kernel.
     pub fn drain(&self, buf: &mut Vec<u8>, mut f: impl FnMut(&[u8])) -> usize {
         let head = self
             .meta(std::mem::offset_of!(perf_event_mmap_page, data_head))
@@ -218,10 +219,27 @@ impl Ring {
             if size < 8 || tail + size > head {
                 break;
             }
-            buf.clear();
-            buf.resize(size as usize, 0);
-            self.copy(tail, buf);
-            f(buf);
+            let start = (tail % self.data_size) as usize;
+            if start + size as usize <= self.data_size as usize {
+                // Most records do not wrap: hand them out in place, so
+                // stack bytes nobody keeps are never copied (8 KB a record).
+                // SAFETY: [start, start + size) lies inside the data area
+                // of the mapping, which lives as long as `self`; the kernel
+                // writes only at or past data_head and does not reuse space
+                // below data_tail, which is advanced after `f` returns.
+                let rec = unsafe {
+                    std::slice::from_raw_parts(
+                        self.map.as_ptr().add(self.data_off + start),
+                        size as usize,
+                    )
+                };
+                f(rec);
+            } else {
+                buf.clear();
+                buf.resize(size as usize, 0);
+                self.copy(tail, buf);
+                f(buf);
+            }
             tail += size;
             n += 1;
         }

@@ -35,4 +35,13 @@ function M.reset()
     ngx.say("ok")
 end
 
+-- /cleak_interp: cleak kept out of the JIT compiler. Sampling tests make
+-- hundreds of requests, enough for LuaJIT to compile cleak, and compiled
+-- traces have no unwind info (their stacks end at `[jit code]`).
+function M.cleak_interp(size)
+    local p = ffi.C.malloc(size) -- interpreted
+    ngx.say(p ~= nil and "leaked" or "failed")
+end
+jit.off(M.cleak_interp)
+
 return M
