@@ -746,3 +746,72 @@ fn watch_csv_ctrl_c_and_bad_status_url() {
     let o = run(&["watch", "-p", "999999999", "--count", "2"]);
     assert_eq!(code(&o), 4, "no such process: {}", stderr(&o));
 }
+
+/// `leaks --master`: every worker traced over the same window, one folded
+/// file per worker, and a total that is exactly their sum.
+#[test]
+fn leaks_on_every_worker_of_a_master() {
+    if !require(
+        "uprobe PMU",
+        std::path::Path::new("/sys/bus/event_source/devices/uprobe/type").exists(),
+    ) {
+        return;
+    }
+    let Some(n) = Nginx::start("app.conf", 2) else {
+        return;
+    };
+    let workers = n.workers();
+    assert_eq!(workers.len(), 2);
+    let dir = std::env::temp_dir().join(format!("ljleak-leaks-master-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let total = dir.join("all.folded");
+    let child = std::process::Command::new(ljleak())
+        .args([
+            "leaks",
+            "--master",
+            &n.master.to_string(),
+            "--time",
+            "3",
+            "--source",
+            "luajit",
+            "--folded",
+        ])
+        .arg(&total)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for _ in 0..60 {
+        assert_eq!(n.get("/leak?n=1").0, 200);
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let sum = |p: &std::path::Path| -> u64 {
+        std::fs::read_to_string(p)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{err}", p.display()))
+            .lines()
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    };
+    let per: Vec<u64> = workers
+        .iter()
+        .map(|w| sum(&dir.join(format!("all-{w}.folded"))))
+        .collect();
+    assert_eq!(
+        sum(&total),
+        per.iter().sum::<u64>(),
+        "total is the sum of the workers"
+    );
+    // 60 requests, each keeping a 4096-byte cdata, spread over the workers.
+    assert!(per.iter().sum::<u64>() >= 60 * 4096, "{per:?}\n{err}");
+    for w in &workers {
+        assert!(
+            err.contains(&format!("pid {w}")),
+            "worker {w} traced: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(n.get("/hello").0, 200);
+}

@@ -298,6 +298,14 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     }
     let pid = a.target.pid;
     target::check_process(pid)?;
+    if let Some(ws) = super::workers::workers_of(pid) {
+        return super::workers::leaks_on_workers(
+            pid,
+            &ws,
+            a.output.as_deref(),
+            a.folded.as_deref(),
+        );
+    }
     let pmu_dir = a
         .uprobe_pmu_dir
         .clone()

@@ -2,6 +2,8 @@
 //! worker in turn (one report per worker plus a total). Workers are paused
 //! one at a time, never all at once, so the server keeps answering.
 
+use std::path::Path;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -340,5 +342,205 @@ mod tests {
             }
         );
         assert_eq!(t.dead, CountSum { count: 2, sum: 20 });
+    }
+}
+
+/// `ljleak leaks` on an nginx master: one ljleak per worker, all traced over
+/// the same window (child processes of this one, so each has its own probes,
+/// rings and Ctrl-C handling, and all stop with it), each worker's files
+/// named with its PID (`leaks.svg` → `leaks-1234.svg`), and a total — the
+/// sum of their folded stacks — in the files the user named (folded or SVG).
+pub fn leaks_on_workers(
+    master: i32,
+    workers: &[i32],
+    output: Option<&Path>,
+    folded: Option<&Path>,
+) -> Result<()> {
+    use crate::error::{Classified, ExitCode};
+    if workers.is_empty() {
+        return Err(Classified::new(
+            ExitCode::NoProcess,
+            format!("nginx master {master} has no worker processes"),
+        )
+        .into());
+    }
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.into_string())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow::anyhow!("arguments are not UTF-8: give the worker PIDs one by one"))?;
+    let tmp_dir = std::env::temp_dir();
+    let mut children = Vec::new();
+    for &w in workers {
+        let own_folded = match folded {
+            Some(f) => std::path::PathBuf::from(with_pid(f, w)),
+            None => tmp_dir.join(format!("ljleak-leaks-{master}-{w}.folded")),
+        };
+        let mut args = worker_argv(&argv[1..], w, |p| with_pid(Path::new(p), w));
+        if folded.is_none() {
+            args.push("--folded".into());
+            args.push(own_folded.to_string_lossy().into_owned());
+        }
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        children.push((w, own_folded, child));
+    }
+    let mut total: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut failed = None;
+    let mut stdout = String::new();
+    for (w, own_folded, child) in children {
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            failed.get_or_insert((w, out.status.code().unwrap_or(1)));
+            continue;
+        }
+        if output.is_none() {
+            stdout.push_str(&format!("# worker {w} (nginx master {master})\n"));
+            stdout.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        let text = std::fs::read_to_string(&own_folded).unwrap_or_default();
+        if folded.is_none() {
+            let _ = std::fs::remove_file(&own_folded);
+        }
+        for line in text.lines() {
+            if let Some((stack, n)) = line.rsplit_once(' ') {
+                if let Ok(n) = n.parse::<u64>() {
+                    *total.entry(stack.to_string()).or_default() += n;
+                }
+            }
+        }
+    }
+    if let Some((w, code)) = failed {
+        return Err(anyhow::anyhow!(
+            "tracing worker {w} failed (its error is above; exit code {code})"
+        ));
+    }
+    let total_folded: String = total.iter().map(|(s, n)| format!("{s} {n}\n")).collect();
+    if let Some(f) = folded {
+        super::write_output(Some(f), &total_folded)?;
+    }
+    match output {
+        Some(o) if o.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) => {
+            let mut opts = inferno::flamegraph::Options::default();
+            opts.title = format!("Memory Leak Flame Graph (nginx master {master}, {} workers)", workers.len());
+            opts.count_name = "bytes".into();
+            opts.deterministic = true;
+            let mut svg = Vec::new();
+            let lines: Vec<&str> = if total_folded.is_empty() {
+                vec!["(no outstanding allocations) 1"]
+            } else {
+                total_folded.lines().collect()
+            };
+            inferno::flamegraph::from_lines(&mut opts, lines, &mut svg)
+                .map_err(|e| anyhow::anyhow!("drawing the total flame graph: {e}"))?;
+            super::write_bytes(Some(o), &svg)?;
+        }
+        Some(o) if o.extension().is_some_and(|e| e == "folded") => super::write_output(Some(o), &total_folded)?,
+        Some(o) => eprintln!(
+            "ljleak: per-worker reports written next to {} (-PID); the total is written for .svg and .folded outputs",
+            o.display()
+        ),
+        None => {
+            stdout.push_str(&format!("# total of {} workers (nginx master {master})\n", workers.len()));
+            stdout.push_str(&total_folded);
+            super::write_output(None, &stdout)?;
+        }
+    }
+    Ok(())
+}
+
+/// `dir/name.ext` → `dir/name-PID.ext`.
+fn with_pid(p: &Path, pid: i32) -> String {
+    let stem = p
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match p.extension() {
+        Some(e) => format!("{stem}-{pid}.{}", e.to_string_lossy()),
+        None => format!("{stem}-{pid}"),
+    };
+    p.with_file_name(name).to_string_lossy().into_owned()
+}
+
+/// The command line for one worker: the PID swapped, output files renamed.
+fn worker_argv(args: &[String], worker: i32, rename: impl Fn(&str) -> String) -> Vec<String> {
+    const PID: &[&str] = &["-p", "-x", "--pid", "--master"];
+    const FILES: &[&str] = &["-o", "--output", "--folded"];
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if PID.contains(&a.as_str()) {
+            out.push(a.clone());
+            it.next();
+            out.push(worker.to_string());
+        } else if FILES.contains(&a.as_str()) {
+            out.push(a.clone());
+            if let Some(v) = it.next() {
+                out.push(rename(v));
+            }
+        } else if let Some((k, v)) = a.split_once('=') {
+            if PID.contains(&k) {
+                out.push(format!("{k}={worker}"));
+            } else if FILES.contains(&k) {
+                out.push(format!("{k}={}", rename(v)));
+            } else {
+                out.push(a.clone());
+            }
+        } else if (a.starts_with("-p") || a.starts_with("-x"))
+            && a.len() > 2
+            && a[2..].parse::<i32>().is_ok()
+        {
+            out.push(format!("{}{worker}", &a[..2]));
+        } else if a.starts_with("-o") && a.len() > 2 {
+            out.push(format!("-o{}", rename(&a[2..])));
+        } else {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod worker_argv_tests {
+    use super::*;
+
+    #[test]
+    fn pid_and_files_are_rewritten_in_every_spelling() {
+        let args: Vec<String> = [
+            "-v",
+            "leaks",
+            "-p",
+            "10",
+            "--time",
+            "3",
+            "-o",
+            "/t/l.svg",
+            "--folded=/t/l.folded",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let r = worker_argv(&args, 42, |p| with_pid(Path::new(p), 42));
+        assert_eq!(
+            r,
+            [
+                "-v",
+                "leaks",
+                "-p",
+                "42",
+                "--time",
+                "3",
+                "-o",
+                "/t/l-42.svg",
+                "--folded=/t/l-42.folded"
+            ]
+        );
+        let args: Vec<String> = ["leaks", "--master=10", "-x10", "-oout.json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let r = worker_argv(&args, 7, |p| with_pid(Path::new(p), 7));
+        assert_eq!(r, ["leaks", "--master=7", "-x7", "-oout-7.json"]);
     }
 }
