@@ -65,6 +65,27 @@ pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Resul
         out.write_all(text)?;
         return Ok(out.flush()?);
     };
+    // A device, FIFO or socket (`-o /dev/null`, `-o /dev/stdout`) is
+    // written in place: renaming over it would replace it with a regular
+    // file (as root, /dev/null itself). A symlink is written through, at
+    // its target.
+    if let Ok(md) = std::fs::metadata(path) {
+        if !md.is_file() {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+            f.write_all(text)?;
+            return Ok(());
+        }
+    }
+    let resolved;
+    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = std::fs::canonicalize(path)?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -91,4 +112,50 @@ pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Resul
         anyhow::bail!("cannot write {}: {e}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn special_files_are_written_in_place_and_links_through() {
+        let dir = std::env::temp_dir().join(format!("ljleak-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A FIFO stands for /dev/null and friends: it must stay a FIFO.
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        write_bytes(Some(&fifo), b"abc").unwrap();
+        assert_eq!(reader.join().unwrap(), b"abc");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        // A symlink keeps pointing at its target, which gets the bytes.
+        let target = dir.join("target.txt");
+        std::fs::write(&target, "old").unwrap();
+        let link = dir.join("link.txt");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_output(Some(&link), "new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+        // A plain file is replaced atomically, owner-only.
+        let plain = dir.join("plain.json");
+        write_output(Some(&plain), "{}").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }
