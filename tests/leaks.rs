@@ -332,16 +332,24 @@ fn fixture(static_: bool) -> Option<PathBuf> {
     Some(out)
 }
 
-#[test]
-fn realloc_chain_posix_memalign_and_prewindow_frees() {
+/// The C fixture (dynamically linked), started and at its `ready` line; it
+/// speaks the checkpoint protocol's first half: `ready`, then steps on
+/// stdin. None (a skip, a failure in CI) without uprobes or a compiler.
+fn running_fixture() -> Option<LuaProc> {
     if !have_uprobes() {
-        return;
+        return None;
     }
-    let Some(bin) = fixture(false) else { return };
-    // The fixture speaks the checkpoint protocol's first half: `ready`, then
-    // steps on stdin.
+    let bin = fixture(false)?;
     let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
     p.expect("ready");
+    Some(p)
+}
+
+#[test]
+fn realloc_chain_posix_memalign_and_prewindow_frees() {
+    let Some(mut p) = running_fixture() else {
+        return;
+    };
     let stap = tmp("fixture.stap");
     let folded = tmp("fixture.folded");
     let pid = p.pid.to_string();
@@ -555,12 +563,9 @@ fn usdt_probes_listed_and_traced_with_kernel_managed_semaphore() {
 
 #[test]
 fn ctrl_c_stops_early_and_still_reports() {
-    if !have_uprobes() {
+    let Some(mut p) = running_fixture() else {
         return;
-    }
-    let Some(bin) = fixture(false) else { return };
-    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
-    p.expect("ready");
+    };
     let started = Instant::now();
     let mut t = Tracer::start(&format!("leaks -p {} --time 60 --source malloc", p.pid));
     p.send("go\n");
@@ -591,12 +596,9 @@ fn ctrl_c_stops_early_and_still_reports() {
 #[test]
 #[ignore = "uprobe events on non-leader threads deliver no samples (known gap)"]
 fn threads_created_during_the_window_are_traced() {
-    if !have_uprobes() {
+    let Some(mut p) = running_fixture() else {
         return;
-    }
-    let Some(bin) = fixture(false) else { return };
-    let mut p = LuaProc::spawn(&bin, Path::new("-"), &[]);
-    p.expect("ready");
+    };
     let mut t = Tracer::start(&format!("leaks -p {} --time 2 --source malloc", p.pid));
     p.send("thread\n");
     p.expect("thread done");
