@@ -368,7 +368,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         } else {
             session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
         }
-        if last_threads.elapsed() > Duration::from_millis(200) {
+        if last_threads.elapsed() > Duration::from_millis(50) {
             last_threads = Instant::now();
             if !target::process_exists(pid) {
                 exited = true;
