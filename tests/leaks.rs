@@ -652,11 +652,12 @@ fn jit_compiled_leak_is_unwound_through_the_trace() {
         "{truncated} of {total} bytes under [jit code]: {f:#?}"
     );
     // (b) The top stack went through a trace of the leaking code, named by
-    // its start line, and on into nginx below it.
+    // the allocating line (`ffi.new`, through the trace's snapshots), and on
+    // into nginx below it.
     let (top, bytes) = f.iter().max_by_key(|(_, b)| **b).expect("a stack");
     assert!(*bytes * 2 >= N * 2 * 4096, "top {bytes}: {f:#?}");
     let frames: Vec<&str> = top.split(';').collect();
-    let leaky = app_lines("local function work(n)", "ngx.say(count)");
+    let leaky = app_lines("ffi.new(\"char[?]\", 4096)", "ffi.new(");
     let at = frames
         .iter()
         .position(|fr| {

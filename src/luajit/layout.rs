@@ -74,7 +74,13 @@ macro_rules! layout_struct {
 
 /// Resolve `A.b` or a nested path `A.b+B.c` (offsets add up; the size is the
 /// last member's), or `A.SIZEOF`.
+/// A key starting with `?` is optional: when absent it resolves to
+/// `F::default()` (size 0) instead of making the layout unusable.
 fn lookup(fm: &FieldMap, key: &str, missing: &mut Vec<String>) -> F {
+    if let Some(k) = key.strip_prefix('?') {
+        let mut ignored = Vec::new();
+        return lookup(fm, k, &mut ignored);
+    }
     let mut off = 0;
     let mut size = 0;
     for part in key.split('+') {
@@ -219,6 +225,14 @@ layout_struct! {
     tr_link = "GCtrace.link",
     tr_nextroot = "GCtrace.nextroot",
     tr_nextside = "GCtrace.nextside",
+    tr_snap = "GCtrace.snap",
+    tr_snapmap = "GCtrace.snapmap",
+    // Snapshots' machine-code offsets came with LJ_UNWIND_JIT (2.1, late
+    // 2022); older builds lack them (a `?` key may be missing: size 0).
+    sn_mapofs = "?SnapShot.mapofs",
+    sn_mcofs = "?SnapShot.mcofs",
+    sn_nent = "?SnapShot.nent",
+    sn_size = "?SnapShot.SIZEOF",
 
     ct_info = "CType.info",
     ct_size = "CType.size",

@@ -8,13 +8,14 @@
 //! from there.
 //!
 //! A trace frame is kept in the stack as a tagged entry ([`Trace::entry`])
-//! carrying the trace number and its start PC, so it can be named
+//! carrying the trace number and the PC of the snapshot covering the call, so it can be named
 //! (`@app.lua:17 (trace 5)`) after the trace is gone.
 //!
 //! Not here: when to unwind, naming code addresses ([`super::symbols`]), the
 //! interpreter's Lua frames ([`super::lua`]).
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use framehop::x86_64::UnwindRegsX86_64;
@@ -47,7 +48,7 @@ pub const REFRESH_MIN: Duration = Duration::from_millis(20);
 pub const REFRESH_MAX: Duration = Duration::from_secs(2);
 
 /// One compiled trace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
     /// Start of its machine code (`T->mcode`).
     pub mcode: u64,
@@ -59,15 +60,50 @@ pub struct Trace {
     pub traceno: u32,
     /// `T->startpc`: the bytecode instruction the trace starts at.
     pub startpc: u64,
+    /// Its snapshots as `(mcofs, pc)`: the machine-code offset where the
+    /// code of each snapshot starts, ascending, and the bytecode PC the
+    /// interpreter resumes at from there. Empty for builds without
+    /// `SnapShot.mcofs`.
+    pub snaps: Arc<[(u32, u64)]>,
 }
 
 impl Trace {
-    /// The stack entry standing for a frame in this trace.
+    /// The stack entry standing for a frame in this trace at its start PC.
     pub fn entry(&self) -> u64 {
+        self.entry_with(self.startpc)
+    }
+
+    /// The stack entry for a frame of this trace whose code address is
+    /// `addr` (a return address minus one): it carries the PC of the
+    /// snapshot covering `addr`, found as LuaJIT finds the exit to unwind
+    /// to when an error is thrown through a trace (lj_trace.c
+    /// `lj_trace_unwind`: the rightmost snapshot whose `mcofs` is at or
+    /// below the offset). That is the instruction the interpreter would
+    /// resume at, whose line LuaJIT's own error messages name. Without
+    /// snapshot offsets, the start PC.
+    pub fn entry_at(&self, addr: u64) -> u64 {
+        self.entry_with(self.pc_at(addr))
+    }
+
+    /// The bytecode PC standing for code address `addr` of this trace.
+    pub fn pc_at(&self, addr: u64) -> u64 {
+        let Some(ofs) = addr.checked_sub(self.mcode) else {
+            return self.startpc;
+        };
+        let i = self
+            .snaps
+            .partition_point(|&(mcofs, _)| u64::from(mcofs) <= ofs);
+        match i.checked_sub(1).and_then(|i| self.snaps.get(i)) {
+            Some(&(_, pc)) => pc,
+            None => self.startpc,
+        }
+    }
+
+    fn entry_with(&self, pc: u64) -> u64 {
         LUA_PC_TAG
             | TRACE_TAG
             | (u64::from(self.traceno & 0xffff) << TRACENO_SHIFT)
-            | ((self.startpc >> 2) & PC_MASK)
+            | ((pc >> 2) & PC_MASK)
     }
 
     /// Step over a frame of this trace: `regs` become the caller's, and the
@@ -114,7 +150,8 @@ pub fn is_trace(entry: u64) -> bool {
     entry & (LUA_PC_TAG | TRACE_TAG) == LUA_PC_TAG | TRACE_TAG
 }
 
-/// `(traceno, startpc)` of a trace frame entry.
+/// `(traceno, pc)` of a trace frame entry (the snapshot's PC, or the
+/// trace's start PC).
 pub fn decode(entry: u64) -> Option<(u32, u64)> {
     let no = ((entry >> TRACENO_SHIFT) & 0xffff) as u32;
     is_trace(entry).then_some((no, (entry & PC_MASK) << 2))
@@ -154,12 +191,17 @@ pub fn read_traces<M: Memory + ?Sized>(
             if mcode == 0 || sz == 0 || sz > MAX_SZMCODE {
                 return Ok(None);
             }
+            let snaps = read_snaps(m, lay, t, sz).unwrap_or_else(|e| {
+                log::debug!("trace {no}: snapshots unreadable: {e}");
+                Vec::new()
+            });
             Ok(Some(Trace {
                 mcode,
                 end: mcode + sz,
                 cfa_off: size_jit + f.tr_spadjust.get(m, t)?,
                 traceno: no as u32,
                 startpc: f.tr_startpc.get(m, t)?,
+                snaps: snaps.into(),
             }))
         };
         match one() {
@@ -169,6 +211,65 @@ pub fn read_traces<M: Memory + ?Sized>(
         }
     }
     out.sort_by_key(|t| t.mcode);
+    Ok(out)
+}
+
+/// Most snapshots read per trace (`nsnap` is a u16).
+const MAX_NSNAP: u64 = 1 << 16;
+
+/// The snapshots of trace `t` (code size `sz`) as `(mcofs, pc)`, ascending
+/// by offset; empty when the build has no `SnapShot.mcofs`. A snapshot's
+/// PC follows its `nent` slot entries in the snapshot map (lj_jit.h
+/// `snap_pc`: with GC64 a 64-bit word holding the PC shifted left by 8,
+/// else a 32-bit PC). Offsets that go backwards or past the code, and PCs
+/// that are not instruction addresses, end the list there.
+fn read_snaps<M: Memory + ?Sized>(
+    m: &M,
+    lay: &Layout,
+    t: u64,
+    sz: u64,
+) -> Result<Vec<(u32, u64)>, MemError> {
+    let f = &lay.f;
+    if f.sn_mcofs.size == 0 || f.sn_size.off == 0 {
+        return Ok(Vec::new());
+    }
+    let n = f.tr_nsnap.get(m, t)?.min(MAX_NSNAP);
+    let nmap = f.tr_nsnapmap.get(m, t)?;
+    let (snap, map) = (f.tr_snap.get(m, t)?, f.tr_snapmap.get(m, t)?);
+    if n == 0 || snap == 0 || map == 0 {
+        return Ok(Vec::new());
+    }
+    let stride = f.sn_size.off;
+    let raw = m.vec(snap, (n * stride) as usize)?;
+    let mut out = Vec::with_capacity(n as usize);
+    for s in raw.chunks_exact(stride as usize) {
+        let field = |x: crate::luajit::layout::F| -> u64 {
+            let b = &s[x.off as usize..(x.off + x.size) as usize];
+            let mut w = [0u8; 8];
+            w[..b.len()].copy_from_slice(b);
+            u64::from_le_bytes(w)
+        };
+        let (mapofs, mcofs, nent) = (field(f.sn_mapofs), field(f.sn_mcofs), field(f.sn_nent));
+        let at = mapofs + nent;
+        if mcofs >= sz || out.last().is_some_and(|&(o, _)| u64::from(o) > mcofs) {
+            break;
+        }
+        let pc = if lay.gc64 {
+            if at + 2 > nmap {
+                break;
+            }
+            m.u64(map + at * 4)? >> 8
+        } else {
+            if at + 1 > nmap {
+                break;
+            }
+            m.u32(map + at * 4)? as u64
+        };
+        if pc == 0 || pc % 4 != 0 {
+            break;
+        }
+        out.push((mcofs as u32, pc));
+    }
     Ok(out)
 }
 
@@ -234,7 +335,7 @@ impl TraceMap {
     fn lookup(&self, addr: u64) -> Option<Trace> {
         let i = self.traces.partition_point(|t| t.mcode <= addr);
         let t = self.traces.get(i.checked_sub(1)?)?;
-        (addr < t.end).then_some(*t)
+        (addr < t.end).then(|| t.clone())
     }
 
     /// The trace whose code holds `addr`. An address in no file-backed
@@ -305,6 +406,12 @@ mod tests {
             cfa_off: CFrameOffsets::X64_GC64.size_jit + 0x20,
             traceno: 5,
             startpc: 0x7fe7_10ca_da80,
+            snaps: Arc::from(vec![
+                (0, 0x7fe7_10ca_da80),
+                (0x40, 0x7fe7_10ca_da90),
+                (0x40, 0x7fe7_10ca_da94),
+                (0x100, 0x7fe7_10ca_daa0),
+            ]),
         }
     }
 
@@ -348,9 +455,33 @@ mod tests {
     }
 
     #[test]
+    fn code_addresses_map_to_the_rightmost_snapshot_at_or_below() {
+        let t = trace();
+        let at = |ofs: u64| t.pc_at(t.mcode + ofs);
+        assert_eq!(at(0), 0x7fe7_10ca_da80);
+        assert_eq!(at(0x3f), 0x7fe7_10ca_da80);
+        // Two snapshots at one offset (no code between them): the later.
+        assert_eq!(at(0x40), 0x7fe7_10ca_da94);
+        assert_eq!(at(0xff), 0x7fe7_10ca_da94);
+        assert_eq!(at(0x100), 0x7fe7_10ca_daa0);
+        assert_eq!(
+            decode(t.entry_at(t.mcode + 0x120)),
+            Some((5, 0x7fe7_10ca_daa0))
+        );
+        // No snapshots (an older build): the start PC.
+        let old = Trace {
+            snaps: Arc::from(Vec::new()),
+            ..trace()
+        };
+        assert_eq!(old.pc_at(old.mcode + 0x120), old.startpc);
+        assert_eq!(old.entry_at(old.mcode + 0x120), old.entry());
+    }
+
+    #[test]
     fn lookup_by_code_range() {
         let mut a = trace();
         let mut b = trace();
+        let (a_mcode, a_end) = (a.mcode, a.end);
         b.mcode = a.end + 0x100;
         b.end = b.mcode + 0x40;
         b.traceno = 6;
@@ -359,13 +490,13 @@ mod tests {
             1,
             Layout::builtins().remove(0),
             0,
-            vec![a, b],
+            vec![a, b.clone()],
             &Maps { list: vec![] },
         );
-        assert_eq!(m.lookup(a.mcode).map(|t| t.traceno), Some(5));
-        assert_eq!(m.lookup(a.end - 1).map(|t| t.traceno), Some(5));
-        assert_eq!(m.lookup(a.end), None);
+        assert_eq!(m.lookup(a_mcode).map(|t| t.traceno), Some(5));
+        assert_eq!(m.lookup(a_end - 1).map(|t| t.traceno), Some(5));
+        assert_eq!(m.lookup(a_end), None);
         assert_eq!(m.lookup(b.mcode + 4).map(|t| t.traceno), Some(6));
-        assert_eq!(m.lookup(a.mcode - 1), None);
+        assert_eq!(m.lookup(a_mcode - 1), None);
     }
 }

@@ -16,7 +16,9 @@
 //! ends the Lua part instead.
 //!
 //! A JIT-compiled trace frame (see [`super::jit`]) stands for the
-//! interpreter frame it runs in: it is named by the trace's start line, and
+//! interpreter frame it runs in: it is named by the line of the trace
+//! snapshot covering the call (where LuaJIT would resume the interpreter),
+//! and
 //! the C functions a trace calls (`lj_tab_new`, `lj_mem_newgco`, ...) are
 //! not interpreter frames even though their caller is outside the object.
 
@@ -139,11 +141,11 @@ impl LuaFrames {
     }
 
     /// The location of a tagged frame entry, if its PC is known. For a
-    /// trace frame, the line where the trace starts.
+    /// trace frame, the line of its snapshot PC (or start PC).
     pub fn locate(&self, entry: u64) -> Option<LuaLoc> {
         match super::jit::decode(entry) {
             // `lookup` takes a saved PC (one past the instruction).
-            Some((_, startpc)) => self.index.lookup(startpc + 4),
+            Some((_, pc)) => self.index.lookup(pc + 4),
             None => self.index.lookup(entry & !LUA_PC_TAG),
         }
     }
@@ -151,10 +153,10 @@ impl LuaFrames {
 
 /// The PC and the frame name of a tagged entry: `chunk:line` for an
 /// interpreter frame; `chunk:line (trace N)` for a trace frame, where the
-/// line is the one the trace *starts* at, not necessarily the allocating
-/// line (the exact PC would have to be recovered from the trace's
-/// snapshots, which is not done); a `[lua pc 0x…]` / `[trace N]` marker
-/// when the prototype is not known.
+/// line is that of the snapshot covering the call (the line LuaJIT's own
+/// error messages would give for an error raised there), or the trace's
+/// start line on builds without snapshot code offsets; a `[lua pc 0x…]` /
+/// `[trace N]` marker when the prototype is not known.
 pub fn frame_name(lf: Option<&LuaFrames>, entry: u64) -> (u64, String) {
     let loc = lf.and_then(|l| l.locate(entry));
     match super::jit::decode(entry) {
@@ -225,6 +227,7 @@ mod tests {
             cfa_off: 96,
             traceno: 3,
             startpc: 0x5555_0100,
+            snaps: std::sync::Arc::from(Vec::new()),
         };
         let mut frames = vec![0x7f00_0000, 0x3000, 0x4000, tr.entry(), 0x55_0000];
         let sps = vec![sp0, sp0 + 0x40, cf, cf + 0x80, cf + 0x100];

@@ -165,7 +165,11 @@ impl Unwinder {
             let mut addr = FrameAddress::InstructionPointer(regs.ip);
             let end = loop {
                 let trace = (self.jit.as_mut()).and_then(|j| j.find(addr.address_for_lookup()));
-                out.push(trace.as_ref().map_or(addr.address(), jit::Trace::entry));
+                out.push(
+                    trace
+                        .as_ref()
+                        .map_or(addr.address(), |t| t.entry_at(addr.address_for_lookup())),
+                );
                 sps.push(r.sp());
                 if out.len() >= MAX_FRAMES {
                     break End::Truncated;

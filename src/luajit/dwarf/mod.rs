@@ -54,6 +54,7 @@ pub const STRUCTS: &[&str] = &[
     "GCfuncC",
     "GCupval",
     "GCtrace",
+    "SnapShot",
     "CType",
     "CTState",
     "CCallback",
