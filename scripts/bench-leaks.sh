@@ -35,10 +35,17 @@ cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/pro
 ratio() { awk -v a="$1" -v b="$BASE" 'BEGIN {printf "%.2f", a/b}'; }
 
 wrk -t1 -c16 -d2s "$URL" >/dev/null    # warm up
+# Worker CPU microseconds per request between two cpu readings ($1, $2) for
+# $3 req/s: the cost per request, steadier than req/s on a shared machine
+# (where the worker is not always the bottleneck).
+usreq() { awk -v a="$1" -v b="$2" -v r="$3" -v s="$SECS" 'BEGIN {printf "%.1f", (b-a)*1e6/(r*s)}'; }
 W0=$(cpu "$WORKER")
 BASE=$(rps)
 W1=$(cpu "$WORKER")
-echo "untraced:                        $BASE req/s, worker cpu $(awk -v a="$W0" -v b="$W1" 'BEGIN {printf "%.1f", b-a}') s"
+BASE_US=$(usreq "$W0" "$W1" "$BASE")
+echo "untraced:                        $BASE req/s, worker $BASE_US us/request"
+# Cost ratio: untraced worker time per request over traced (1.00 = free).
+costratio() { awk -v a="$BASE_US" -v b="$1" 'BEGIN {printf "%.2f", a/b}'; }
 
 # One traced run: req/s, its ratio to untraced, lost events, probe hits per
 # request, CPU seconds of the nginx worker during the wrk run and of ljleak
@@ -52,9 +59,9 @@ run_traced() {
     R=$(rps)
     W1=$(cpu "$WORKER")
     wait $! || true
-    python3 - "$PREFIX" "$R" "$BASE" "$SECS" "$W0" "$W1" "$label" <<'PY'
+    python3 - "$PREFIX" "$R" "$BASE" "$SECS" "$W0" "$W1" "$label" "$BASE_US" <<'PY'
 import json, sys
-d, r, base, secs, w0, w1, label = sys.argv[1:]
+d, r, base, secs, w0, w1, label, base_us = sys.argv[1:]
 try:
     s = json.load(open(d + "/leaks.json"))["summary"]
 except Exception as e:
@@ -62,8 +69,10 @@ except Exception as e:
     sys.exit()
 u, k = open(d + "/time").read().split()[-2:]
 est = s.get("sampling") or {}
-print(f"{label} {float(r):.0f} req/s ({float(r)/float(base):.2f} of untraced), lost events {s['lost_events']}, "
-      f"{s['samples']/max(float(r)*float(secs),1):.1f} hits/request, worker cpu {float(w1)-float(w0):.1f} s, "
+us = (float(w1) - float(w0)) * 1e6 / max(float(r) * float(secs), 1)
+print(f"{label} {float(r):.0f} req/s ({float(r)/float(base):.2f} of untraced), worker {us:.1f} us/request "
+      f"(cost ratio {float(base_us)/us:.2f}), lost events {s['lost_events']}, "
+      f"{s['samples']/max(float(r)*float(secs),1):.1f} hits/request, "
       f"ljleak cpu {float(u)+float(k):.1f} s" + (f", sampled {est.get('sampled', 0)}" if est else ""))
 PY
 }
@@ -79,6 +88,32 @@ fi
 
 if command -v perf >/dev/null 2>&1; then
     LIBC=$(awk '$6 ~ /libc\.so/ {print $6; exit}' "/proc/$WORKER/maps")
+    # The floor of any exact uprobe tracer: counting-only probes (no sample,
+    # no stack, no reader) at the sites ljleak picks, on free alone and on
+    # malloc + its return + free (one allocation's life). perf stat counts
+    # in the kernel; nothing is written per hit.
+    SITE=$("$LJ" leaks -p "$WORKER" --time 0.1 --source malloc -v --format folded -o "$PREFIX/x.folded" 2>&1 |
+        sed -n 's/.*probe free at [^ ]*+\(0x[0-9a-f]*\) (entry \(0x[0-9a-f]*\):.*/\1 \2/p' | head -1)
+    FREE_AT=$(echo "$SITE" | { read -r at entry && echo $((at - entry)); } || echo 0)
+    perf probe -q -d 'probe_libc:*' 2>/dev/null || true
+    perf probe -q -x "$LIBC" "ff=free+${FREE_AT:-0}" && perf probe -q -x "$LIBC" mm=malloc &&
+        perf probe -q -x "$LIBC" 'mr=malloc%return'
+    floor() {
+        perf stat -e "$1" -p "$WORKER" -o "$PREFIX/stat" 2>/dev/null &
+        PS=$!
+        sleep 0.5
+        F0=$(cpu "$WORKER")
+        R=$(rps)
+        F1=$(cpu "$WORKER")
+        kill -INT $PS; wait $PS 2>/dev/null || true
+        U=$(usreq "$F0" "$F1" "$R")
+        HITS=$(awk '/probe_libc/ {gsub(",", "", $1); n += $1} END {print n + 0}' "$PREFIX/stat")
+        echo "$2 $R req/s ($(ratio "$R") of untraced), worker $U us/request (cost ratio $(costratio "$U")), $(awk -v h="$HITS" -v r="$R" -v s="$SECS" 'BEGIN {printf "%.1f", h/(r*s)}') hits/request"
+    }
+    floor probe_libc:ff "floor, counting free only:       "
+    floor probe_libc:mm,probe_libc:mr__return,probe_libc:ff "floor, counting malloc+ret+free: "
+    perf probe -q -d 'probe_libc:*' 2>/dev/null || true
+
     perf probe -q -d 'probe_libc:*' 2>/dev/null || true
     perf probe -q -x "$LIBC" malloc && perf probe -q -x "$LIBC" free && perf probe -q -x "$LIBC" 'malloc%return' || true
     perf record -q -e 'probe_libc:*' --call-graph dwarf -p "$WORKER" -o "$PREFIX/perf.data" 2>"$PREFIX/perf.err" &
@@ -92,3 +127,8 @@ if command -v perf >/dev/null 2>&1; then
 else
     echo "perf record: not installed (apt-get install linux-perf)"
 fi
+# Untraced again: how much the machine drifted during the runs.
+W0=$(cpu "$WORKER")
+R=$(rps)
+W1=$(cpu "$WORKER")
+echo "untraced again:                  $R req/s, worker $(usreq "$W0" "$W1" "$R") us/request"
