@@ -179,6 +179,18 @@ fn lua_frame(stack: &str) -> Option<&str> {
     stack.split(';').skip_while(|f| *f != "[lua]").nth(1)
 }
 
+/// Bytes of the malloc stacks whose innermost Lua frame is a file chunk at
+/// `line` (`…:N`).
+fn malloc_bytes_at(f: &BTreeMap<String, u64>, line: &str) -> u64 {
+    f.iter()
+        .filter(|(s, _)| {
+            s.ends_with(";malloc")
+                && lua_frame(s).is_some_and(|fr| fr.starts_with('@') && fr.ends_with(line))
+        })
+        .map(|(_, b)| *b)
+        .sum()
+}
+
 #[test]
 fn c_leak_through_ffi_malloc_is_requests_times_size() {
     let Some(ng) = leaks_nginx(&["/cleak?size=1", "/cok?size=1"]) else {
@@ -213,14 +225,7 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
     assert_eq!(lua_malloc(12345), N * 12345, "folded:\n{f:#?}\n{err}");
     // The Lua frame names the file and line of the ffi.C.malloc call.
     let line = lua_line("ffi.C.malloc(size)");
-    let named: u64 = f
-        .iter()
-        .filter(|(s, _)| {
-            s.ends_with(";malloc")
-                && lua_frame(s).is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
-        })
-        .map(|(_, b)| *b)
-        .sum();
+    let named = malloc_bytes_at(&f, &line);
     assert_eq!(named, N * 12345, "no {line} frame: {f:#?}");
     assert_eq!(
         lua_malloc(23456),
@@ -711,14 +716,7 @@ fn sampled_c_leak_estimate_is_close_to_the_truth() {
     let (err, _) = t.finish_ok();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
     let line = lua_line("malloc(size) -- interpreted");
-    let est: u64 = f
-        .iter()
-        .filter(|(s, _)| {
-            s.ends_with(";malloc")
-                && lua_frame(s).is_some_and(|f| f.starts_with('@') && f.ends_with(&line))
-        })
-        .map(|(_, b)| *b)
-        .sum();
+    let est = malloc_bytes_at(&f, &line);
     let truth = N * SIZE;
     assert!(
         est.abs_diff(truth) * 100 <= truth * 35,
