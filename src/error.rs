@@ -29,10 +29,25 @@ pub enum ExitCode {
     /// An input file is not usable: malformed snapshot, unsupported schema
     /// version, or two snapshots that cannot be compared (`ljleak diff`).
     BadInput = 9,
+    /// An output path ljleak will not write: a symbolic link (dangling or
+    /// looping too), a directory, a device other than a character device, a
+    /// socket, or a FIFO without a reader.
+    OutputRefused = 10,
+    /// The target is already traced by another process (strace, gdb, a
+    /// second ljleak): the message names it.
+    AlreadyTraced = 11,
+    /// The target is a zombie or a kernel thread: it has no memory to read.
+    NotUserProcess = 12,
     /// Tracing is unavailable (no uprobe PMU in the kernel).
     NoTracing = 20,
     /// Nothing to trace: no libc mapped (static binary) and no LuaJIT allocator.
     NothingToTrace = 21,
+    /// Too many perf events (threads × probes) for the per-thread tracer:
+    /// see `--max-events`.
+    TooManyEvents = 22,
+    /// The kernel lost more events than `--max-lost` allows: the report
+    /// would be wrong.
+    LostEvents = 23,
 }
 
 /// Text for `--help`.
@@ -47,9 +62,15 @@ Exit codes:
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
   8  the target exited during the run
-  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)
+  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ,
+     over the size limit, totals overflow)
+  10 output path refused (a symlink, directory, block device, socket, FIFO without reader)
+  11 the target is already traced by another process (named in the message)
+  12 the target is a zombie or a kernel thread
   20 uprobe tracing unavailable (kernel without the uprobe PMU)
-  21 nothing to trace (no libc mapped, e.g. a static binary; see --source)";
+  21 nothing to trace (no libc mapped, e.g. a static binary; see --source)
+  22 too many perf events (threads x probes over --max-events)
+  23 too many lost events (over --max-lost)";
 
 /// An error that carries its own exit code. Commands wrap their failures in
 /// this (through `anyhow`) so that `main` can pick the right code from the
@@ -84,6 +105,9 @@ pub fn exit_code_of(err: &anyhow::Error) -> ExitCode {
             return e.exit_code();
         }
         if let Some(e) = cause.downcast_ref::<crate::trace::TraceError>() {
+            return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<crate::safety::OutputError>() {
             return e.exit_code();
         }
     }

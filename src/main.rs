@@ -12,8 +12,17 @@ fn main() {
         _ => "debug",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp(None)
-        .format_target(false)
+        .format(|buf, rec| {
+            // Warnings can quote the target (chunk names, paths): escaped.
+            use std::io::Write;
+            let msg = rec.args().to_string();
+            writeln!(
+                buf,
+                "[{:<5}] {}",
+                rec.level(),
+                ljleak::safety::escape_text(&msg)
+            )
+        })
         .init();
     match ljleak::cmd::run(cli) {
         Ok(()) => {}
@@ -30,7 +39,10 @@ fn main() {
                     line.push_str(&m);
                 }
             }
-            eprintln!("ljleak: {}", line.replace('\n', " "));
+            eprintln!(
+                "ljleak: {}",
+                ljleak::safety::escape_text(&line.replace('\n', " "))
+            );
             std::process::exit(if code == ExitCode::Ok { 1 } else { code as i32 });
         }
     }

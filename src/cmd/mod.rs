@@ -51,111 +51,83 @@ pub(crate) fn capture_opts(
 }
 
 /// Write `text` to `path` atomically (temp file + rename) with mode 0600,
-/// or to stdout when `path` is None.
+/// or to stdout when `path` is None. Control characters that came from the
+/// target or an input file are escaped (see [`crate::safety::escape`]).
 pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+    let text = escape_output(text);
     write_bytes(path, text.as_bytes())
 }
 
-/// [`write_output`] for binary data (pprof).
-pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let Some(path) = path else {
-        let mut out = std::io::stdout().lock();
-        out.write_all(text)?;
-        return Ok(out.flush()?);
-    };
-    // A device, FIFO or socket (`-o /dev/null`, `-o /dev/stdout`) is
-    // written in place: renaming over it would replace it with a regular
-    // file (as root, /dev/null itself). A symlink is written through, at
-    // its target.
-    if let Ok(md) = std::fs::metadata(path) {
-        if !md.is_file() {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
-            f.write_all(text)?;
-            return Ok(());
+/// Escape control characters in a whole report: in JSON as `\u00XX` (serde
+/// already escapes C0 controls; DEL and C1 controls are still raw inside
+/// strings, the only place they can be), elsewhere as `\xHH`.
+fn escape_output(text: &str) -> std::borrow::Cow<'_, str> {
+    let t = text.trim_start();
+    if t.starts_with('{') || t.starts_with('[') {
+        if !text
+            .chars()
+            .any(|c| c.is_control() && !c.is_ascii_whitespace())
+        {
+            return text.into();
         }
-    }
-    let resolved;
-    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        resolved = std::fs::canonicalize(path)?;
-        resolved.as_path()
+        text.chars()
+            .map(|c| {
+                if c.is_control() && !c.is_ascii_whitespace() {
+                    format!("\\u{:04x}", c as u32)
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
     } else {
-        path
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| -> std::io::Result<()> {
-        // create_new: never follow a link planted at the temp name.
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::bail!("cannot write {}: {e}", path.display());
+        crate::safety::escape_text(text)
     }
-    Ok(())
+}
+
+/// [`write_output`] for binary data (pprof): written as is. Files follow
+/// the rules of [`crate::safety::outfile`] (never through a link).
+pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Result<()> {
+    match path {
+        Some(path) => Ok(crate::safety::write_file(path, text)?),
+        None => write_stdout(text),
+    }
+}
+
+/// Stdout that reports a lost write: Rust's stdout treats a closed fd 1
+/// (EBADF, `>&-`) as success, and a reader that went away gives EPIPE
+/// (SIGPIPE is ignored by the Rust runtime), so both become errors here.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    // SAFETY: F_GETFD only queries descriptor 1.
+    if unsafe { libc::fcntl(1, libc::F_GETFD) } < 0 {
+        anyhow::bail!("standard output is closed: the report was not written (use -o FILE)");
+    }
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|_| out.flush()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            anyhow::anyhow!("standard output was closed by its reader: the report was cut short")
+        } else {
+            anyhow::anyhow!("writing standard output: {e}")
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::FileTypeExt;
 
     #[test]
-    fn special_files_are_written_in_place_and_links_through() {
-        let dir = std::env::temp_dir().join(format!("ljleak-out-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // A FIFO stands for /dev/null and friends: it must stay a FIFO.
-        let fifo = dir.join("fifo");
-        assert!(std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success());
-        let reader = {
-            let fifo = fifo.clone();
-            std::thread::spawn(move || std::fs::read(fifo).unwrap())
-        };
-        write_bytes(Some(&fifo), b"abc").unwrap();
-        assert_eq!(reader.join().unwrap(), b"abc");
-        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
-        // A symlink keeps pointing at its target, which gets the bytes.
-        let target = dir.join("target.txt");
-        std::fs::write(&target, "old").unwrap();
-        let link = dir.join("link.txt");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        write_output(Some(&link), "new").unwrap();
-        assert!(std::fs::symlink_metadata(&link)
-            .unwrap()
-            .file_type()
-            .is_symlink());
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
-        // A plain file is replaced atomically, owner-only.
-        let plain = dir.join("plain.json");
-        write_output(Some(&plain), "{}").unwrap();
-        use std::os::unix::fs::PermissionsExt;
+    fn json_and_text_escapes_stay_valid() {
+        let j =
+            serde_json::to_string(&serde_json::json!({"exe": "a\u{1b}[2J\u{7f}\u{9b}"})).unwrap();
+        let e = escape_output(&j);
+        assert!(!e.chars().any(|c| c.is_control()), "{e}");
+        let back: serde_json::Value = serde_json::from_str(&e).unwrap();
+        assert_eq!(back["exe"], "a\u{1b}[2J\u{7f}\u{9b}");
         assert_eq!(
-            std::fs::metadata(&plain).unwrap().permissions().mode() & 0o777,
-            0o600
+            escape_output("exe \u{1b}]0;x\u{7}\n"),
+            "exe \\x1b]0;x\\x07\n"
         );
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

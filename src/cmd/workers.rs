@@ -368,22 +368,25 @@ pub fn leaks_on_workers(
         .map(|a| a.into_string())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| anyhow::anyhow!("arguments are not UTF-8: give the worker PIDs one by one"))?;
-    let tmp_dir = std::env::temp_dir();
+    // The children's folded files go to a private directory (mkdtemp,
+    // 0700), never to a guessable name in /tmp where another user could
+    // plant a link; it is removed with everything in it when we return.
+    let tmp_dir = crate::safety::PrivateDir::new(None)
+        .map_err(|e| anyhow::anyhow!("creating a private temporary directory: {e}"))?;
     let mut children = Vec::new();
     for &w in workers {
         let own_folded = match folded {
             Some(f) => std::path::PathBuf::from(with_pid(f, w)),
-            None => tmp_dir.join(format!("ljleak-leaks-{master}-{w}.folded")),
+            None => tmp_dir.path().join(format!("worker-{w}.folded")),
         };
         let mut args = worker_argv(&argv[1..], w, |p| with_pid(Path::new(p), w));
         if folded.is_none() {
             args.push("--folded".into());
             args.push(own_folded.to_string_lossy().into_owned());
         }
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(&args).stdout(std::process::Stdio::piped());
+        let child = crate::safety::child::die_with_parent(&mut cmd).spawn()?;
         children.push((w, own_folded, child));
     }
     let mut total: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
@@ -412,9 +415,17 @@ pub fn leaks_on_workers(
         }
     }
     if let Some((w, code)) = failed {
-        return Err(anyhow::anyhow!(
-            "tracing worker {w} failed (its error is above; exit code {code})"
-        ));
+        // The worker's own code (5 permission, 8 exited, ...) is the answer
+        // a script wants, not a generic 1.
+        let code = exit_code_from_i32(code);
+        return Err(Classified::new(
+            code,
+            format!(
+                "tracing worker {w} failed (its error is above; exit code {})",
+                code as i32
+            ),
+        )
+        .into());
     }
     let total_folded: String = total.iter().map(|(s, n)| format!("{s} {n}\n")).collect();
     if let Some(f) = folded {
@@ -448,6 +459,31 @@ pub fn leaks_on_workers(
         }
     }
     Ok(())
+}
+
+/// The documented code a child exited with (1 for anything unknown).
+fn exit_code_from_i32(code: i32) -> crate::error::ExitCode {
+    use crate::error::ExitCode as E;
+    [
+        E::Usage,
+        E::GateTripped,
+        E::NoProcess,
+        E::Permission,
+        E::NoVm,
+        E::UnsupportedLayout,
+        E::TargetExited,
+        E::BadInput,
+        E::OutputRefused,
+        E::AlreadyTraced,
+        E::NotUserProcess,
+        E::NoTracing,
+        E::NothingToTrace,
+        E::TooManyEvents,
+        E::LostEvents,
+    ]
+    .into_iter()
+    .find(|c| *c as i32 == code)
+    .unwrap_or(E::Failure)
 }
 
 /// `dir/name.ext` → `dir/name-PID.ext`.
