@@ -378,6 +378,9 @@ pub struct DiffArgs {
     /// Compare snapshots of different LuaJIT builds anyway.
     #[arg(long)]
     pub allow_build_mismatch: bool,
+    /// Refuse input files larger than this many bytes (exit 9).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::compare::snapshot::DEFAULT_MAX_INPUT)]
+    pub max_input: u64,
 }
 
 /// Output format of watch.
@@ -441,6 +444,9 @@ pub struct ConvertArgs {
     /// Write to FILE (required when stdout is a terminal).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+    /// Refuse input files larger than this many bytes (exit 9).
+    #[arg(long, value_name = "BYTES", default_value_t = crate::compare::snapshot::DEFAULT_MAX_INPUT)]
+    pub max_input: u64,
 }
 
 /// Output format of convert.

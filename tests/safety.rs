@@ -422,3 +422,119 @@ fn sigkill_of_leaks_on_master_leaves_no_child() {
         assert_eq!(n.get("/hello").0, 200);
     }
 }
+
+fn diff_of(s: &Scratch, a: &str, b: &str, extra: &[&str]) -> Output {
+    let (pa, pb) = (s.path("a.folded"), s.path("b.folded"));
+    std::fs::write(&pa, a).unwrap();
+    std::fs::write(&pb, b).unwrap();
+    let mut args = vec!["diff", pa.to_str().unwrap(), pb.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_args(&args)
+}
+
+#[test]
+fn hostile_diff_and_convert_inputs_get_documented_codes() {
+    let s = Scratch::new("hostile");
+    // A 70,000-character stack: a table cell wider than core::fmt's u16.
+    let long = "f".repeat(70_000);
+    let o = diff_of(&s, &format!("{long} 1\n"), &format!("{long} 5\n"), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", err_of(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&long));
+    // Totals that wrap a u64 (the gate used to pass on a total of 0).
+    let o = diff_of(
+        &s,
+        "c 1\n",
+        "a;b 18446744073709551615\nc 1\n",
+        &["--fail-if", "total>+1000"],
+    );
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(9), "{err}");
+    assert!(err.contains("add up to more than"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Over the size limit, for diff and convert; the limit can be raised.
+    let big = format!("{} 1\n", "g".repeat(3000));
+    let o = diff_of(&s, &big, &big, &["--max-input", "1000"]);
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(9), "{err}");
+    assert!(err.contains("over the input limit of 1000 bytes"), "{err}");
+    let o = diff_of(&s, &big, &big, &["--max-input", "4000"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err_of(&o));
+    let o = run_args(&[
+        "convert",
+        s.path("a.folded").to_str().unwrap(),
+        "--max-input",
+        "1000",
+        "-o",
+        s.path("a.pb.gz").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(9), "{}", err_of(&o));
+    // Control characters in a stack reach the terminal escaped.
+    let o = diff_of(
+        &s,
+        "main;\x1b]0;pwned\x07\u{9b}2J 1\n",
+        "main;\x1b]0;pwned\x07\u{9b}2J 9\n",
+        &[],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", err_of(&o));
+    assert!(
+        !out.contains('\x1b') && !out.contains('\x07') && !out.contains('\u{9b}'),
+        "{out:?}"
+    );
+    assert!(out.contains("\\x1b]0;pwned\\x07\\u{9b}2J"), "{out}");
+    // In an error message too (the path names the file).
+    let evil = s.path("x\x1b[2Jy.folded");
+    std::fs::write(&evil, "not folded\n").unwrap();
+    let o = run_args(&[
+        "convert",
+        evil.to_str().unwrap(),
+        "-o",
+        s.path("o").to_str().unwrap(),
+    ]);
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(9), "{err}");
+    assert!(
+        !err.contains('\x1b') && err.contains("x\\x1b[2Jy"),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn snapshot_exe_and_host_with_escapes_print_escaped() {
+    let Some(lj) = luajit_idle() else { return };
+    let s = Scratch::new("escapes");
+    let snap = s.path("a.json");
+    let o = run_args(&[
+        "objs",
+        "-p",
+        &lj.0.id().to_string(),
+        "-o",
+        snap.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", err_of(&o));
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&snap).unwrap()).unwrap();
+    v["exe"] = "/usr/bin/\x1b]2;owned\x07luajit".into();
+    v["host"] = "h\x1b[31mred".into();
+    let b = s.path("b.json");
+    std::fs::write(&b, serde_json::to_string(&v).unwrap()).unwrap();
+    for fmt in ["text", "markdown", "json"] {
+        let o = run_args(&[
+            "diff",
+            snap.to_str().unwrap(),
+            b.to_str().unwrap(),
+            "--format",
+            fmt,
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", err_of(&o));
+        assert!(
+            !out.contains('\x1b') && !out.contains('\x07'),
+            "{fmt}: {out:?}"
+        );
+        if fmt == "json" {
+            serde_json::from_str::<serde_json::Value>(&out).expect("still JSON");
+        } else {
+            assert!(out.contains("h\\x1b[31mred"), "{fmt}: {out}");
+        }
+    }
+}

@@ -25,8 +25,8 @@ pub fn write_pprof(path: Option<&Path>, p: &pprof::proto::Profile) -> Result<()>
 
 /// Run `ljleak convert`.
 pub fn convert(a: ConvertArgs) -> Result<()> {
-    let input =
-        snapshot::load(&a.input).map_err(|e| Classified::new(ExitCode::BadInput, e.to_string()))?;
+    let input = snapshot::load_limited(&a.input, a.max_input)
+        .map_err(|e| Classified::new(ExitCode::BadInput, e.to_string()))?;
     let profile = match input {
         Input::Census(r) => pprof::from_census(&r),
         Input::Leaks(r) => pprof::from_leaks(&r),

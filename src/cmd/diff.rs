@@ -24,8 +24,8 @@ pub fn diff(a: DiffArgs) -> Result<()> {
         .map(|g| Gate::parse(g).map_err(|e| Classified::new(ExitCode::Usage, e.to_string())))
         .collect::<Result<_, _>>()?;
     let (fa, fb) = (a.a.display().to_string(), a.b.display().to_string());
-    let ia = snapshot::load(&a.a).map_err(bad_input)?;
-    let ib = snapshot::load(&a.b).map_err(bad_input)?;
+    let ia = snapshot::load_limited(&a.a, a.max_input).map_err(bad_input)?;
+    let ib = snapshot::load_limited(&a.b, a.max_input).map_err(bad_input)?;
     snapshot::check_comparable(&fa, &ia, &fb, &ib, a.allow_build_mismatch).map_err(bad_input)?;
     let style = if a.format == DiffFormat::Markdown {
         Style::Markdown

@@ -55,6 +55,25 @@ pub enum InputError {
         /// Its kind.
         kind: String,
     },
+    /// Larger than the limit (a comparison holds several times the file in
+    /// memory).
+    #[error("{file} is {size} bytes, over the input limit of {limit} bytes: pass --max-input {size} (or more) if it is really a snapshot")]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// Its size.
+        size: u64,
+        /// The limit in force.
+        limit: u64,
+    },
+    /// Counts whose sum does not fit: totals would wrap and gates pass.
+    #[error("{file}: its {what} add up to more than {max} (a corrupted or hostile file)", max = i64::MAX)]
+    Overflow {
+        /// The file.
+        file: String,
+        /// Which numbers.
+        what: &'static str,
+    },
     /// The two inputs are of different kinds.
     #[error("cannot compare {a} ({ka}) with {b} ({kb}): give two inputs of the same kind")]
     KindMismatch {
@@ -107,14 +126,87 @@ impl Input {
     }
 }
 
-/// Read and validate `path`.
+/// Default limit on an input file's size (`--max-input`): a comparison
+/// holds a parsed file at several times its size.
+pub const DEFAULT_MAX_INPUT: u64 = 256 << 20;
+
+/// Read and validate `path`, refusing files over [`DEFAULT_MAX_INPUT`].
 pub fn load(path: &Path) -> Result<Input, InputError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|err| InputError::Read {
+    load_limited(path, DEFAULT_MAX_INPUT)
+}
+
+/// Read and validate `path`, refusing more than `limit` bytes (also when
+/// the file grows while read, or is a pipe).
+pub fn load_limited(path: &Path, limit: u64) -> Result<Input, InputError> {
+    use std::io::Read;
+    let file = crate::safety::escape_text(&path.display().to_string()).into_owned();
+    let read_err = |err| InputError::Read {
         file: file.clone(),
         err,
+    };
+    let f = std::fs::File::open(path).map_err(read_err)?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if size > limit {
+        return Err(InputError::TooLarge { file, size, limit });
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    f.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limit {
+        return Err(InputError::TooLarge {
+            file,
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
     })?;
-    parse(&file, &text)
+    let input = parse(&file, &text)?;
+    check_totals(&file, &input)?;
+    Ok(input)
+}
+
+/// Every sum the comparisons compute must fit in an i64 (deltas are
+/// signed): checked here once, in 128 bits, so the rest can add freely.
+pub fn check_totals(file: &str, input: &Input) -> Result<(), InputError> {
+    const MAX: u128 = i64::MAX as u128;
+    let over = |what| InputError::Overflow {
+        file: file.into(),
+        what,
+    };
+    let fits = |it: &mut dyn Iterator<Item = u64>| it.map(u128::from).sum::<u128>() <= MAX;
+    match input {
+        Input::Folded(f) => {
+            if !fits(&mut f.values().copied()) {
+                return Err(over("stack counts"));
+            }
+        }
+        Input::Leaks(r) => {
+            if !fits(&mut r.sites.iter().map(|s| s.bytes))
+                || !fits(&mut r.sites.iter().map(|s| s.count))
+            {
+                return Err(over("site bytes or counts"));
+            }
+        }
+        Input::Census(r) => {
+            let ok = fits(&mut r.types.values().map(|t| t.sum))
+                && fits(&mut r.types.values().map(|t| t.count))
+                && fits(&mut r.cdata_types.iter().map(|c| c.sum))
+                && fits(&mut r.cdata_types.iter().map(|c| c.count))
+                && fits(&mut r.table_classes.iter().map(|c| c.sum))
+                && fits(&mut r.table_classes.iter().map(|c| c.count))
+                && fits(&mut [r.gc_total, r.walker_total.unwrap_or(0), r.dead.sum].into_iter());
+            if !ok {
+                return Err(over("object counts or sizes"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parse the text of an input named `file`.

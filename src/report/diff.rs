@@ -62,13 +62,26 @@ pub fn table(style: Style, head: &[&str], rows: &[Vec<String>]) -> String {
             w[i] = w[i].max(c.chars().count());
         }
     }
+    // Padding by hand: `{:<width$}` panics for widths of 65,536 and more
+    // (core::fmt keeps widths in a u16), and a cell is as long as a stack
+    // from an input file.
+    let pad = |l: &mut String, c: &str, width: usize| {
+        l.extend(std::iter::repeat_n(
+            ' ',
+            width.saturating_sub(c.chars().count()),
+        ));
+    };
     let line = |cells: Vec<&str>| {
         let mut l = String::from(" ");
         for (i, c) in cells.iter().enumerate() {
             if i == 0 {
-                let _ = write!(l, " {:<width$}", c, width = w[0]);
+                l.push(' ');
+                l.push_str(c);
+                pad(&mut l, c, w[0]);
             } else {
-                let _ = write!(l, "  {:>width$}", c, width = w[i]);
+                l.push_str("  ");
+                pad(&mut l, c, w[i]);
+                l.push_str(c);
             }
         }
         l.trim_end().to_string() + "\n"
