@@ -123,11 +123,11 @@ pub fn locate(pid: i32, opts: &LocateOpts) -> Result<(String, Maps, FoundVm)> {
 pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
     let (exe, maps0, vm) = locate(pid, &opts.locate)?;
     let mut prep =
-        Some(HeapImage::prepare(&maps0).context("allocating buffers for the heap copy")?);
+        Some(HeapImage::prepare(pid, &maps0).context("allocating buffers for the heap copy")?);
     if opts.nonblocking {
         let t = Instant::now();
         let maps = Maps::read(pid)?;
-        let image = HeapImage::capture(pid, &maps, prep.take().expect("prepared"))
+        let image = HeapImage::capture(pid, &maps, &[], prep.take().expect("prepared"))
             .map_err(|e| anyhow::anyhow!("copying the heap: {e}"))?;
         log::info!(
             "nonblocking copy of {} bytes in {:?}",
@@ -164,8 +164,9 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
         }
         let t_maps = pause.elapsed();
         let maps = Maps::read(pid)?;
+        let stacks = pause.stack_pointers();
         let t_copy = pause.elapsed();
-        let image = HeapImage::capture(pid, &maps, prep.take().expect("prepared once"));
+        let image = HeapImage::capture(pid, &maps, &stacks, prep.take().expect("prepared once"));
         let t_done = pause.elapsed();
         let held = pause.resume();
         log::debug!(

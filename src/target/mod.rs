@@ -9,6 +9,7 @@ pub mod elf;
 pub mod image;
 pub mod maps;
 pub mod mem;
+pub mod pagemap;
 pub mod pause;
 
 pub use image::HeapImage;

@@ -230,6 +230,16 @@ impl Pause {
         })
     }
 
+    /// The stack pointer of every paused thread (threads whose registers
+    /// cannot be read are left out).
+    pub fn stack_pointers(&self) -> Vec<u64> {
+        self.tids
+            .iter()
+            .filter_map(|&t| ptrace::getregs(Pid::from_raw(t)).ok())
+            .map(|r| r.rsp)
+            .collect()
+    }
+
     /// Paused threads.
     pub fn tids(&self) -> &[i32] {
         &self.tids
