@@ -29,6 +29,10 @@ pub enum ExitCode {
     /// An input file is not usable: malformed snapshot, unsupported schema
     /// version, or two snapshots that cannot be compared (`ljleak diff`).
     BadInput = 9,
+    /// A core file names an executable or library that is not on this
+    /// machine (by path and build-id), and the VM could not be found
+    /// without it.
+    MissingFile = 10,
     /// Tracing is unavailable (no uprobe PMU in the kernel).
     NoTracing = 20,
     /// Nothing to trace: no libc mapped (static binary) and no LuaJIT allocator.
@@ -47,7 +51,8 @@ Exit codes:
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
   8  the target exited during the run
-  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)
+  9  bad input file (malformed snapshot or core file, newer schema, kinds or LuaJIT builds differ)
+  10 a core file needs an executable or library that is missing here (see --sysroot)
   20 uprobe tracing unavailable (kernel without the uprobe PMU)
   21 nothing to trace (no libc mapped, e.g. a static binary; see --source)";
 

@@ -5,6 +5,7 @@
 //! an *SVMA* is an address as stated in an ELF file; a *file offset* is a
 //! position in the file (what a uprobe takes).
 
+pub mod core;
 pub mod elf;
 pub mod image;
 pub mod maps;
