@@ -38,6 +38,27 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
     Probes(ProbesArgs),
+    /// Write the process's memory as an ELF core file (for gdb, and for
+    /// objs/refs/threads --core on another machine).
+    Dump(DumpArgs),
+}
+
+/// `ljleak dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The core file to write (mode 0600; replaced atomically).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Dump every readable mapping, not only what the LuaJIT model needs
+    /// (heap, writable data, stacks, and the first page of each ELF file).
+    #[arg(long)]
+    pub all: bool,
+    /// How the heap is copied.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 }
 
 /// Options shared by every command that attaches to a live process.

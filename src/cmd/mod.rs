@@ -4,6 +4,7 @@
 pub mod census;
 pub mod convert;
 pub mod diff;
+pub mod dump;
 pub mod leaks;
 pub mod probes;
 pub mod refs;
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
+        Command::Dump(a) => dump::dump(a),
     }
 }
 

@@ -6,6 +6,7 @@
 //! position in the file (what a uprobe takes).
 
 pub mod core;
+pub mod core_write;
 pub mod elf;
 pub mod image;
 pub mod maps;
