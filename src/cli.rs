@@ -38,6 +38,27 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
     Probes(ProbesArgs),
+    /// Write the process's memory as an ELF core file (for gdb, and for
+    /// objs/refs/threads --core on another machine).
+    Dump(DumpArgs),
+}
+
+/// `ljleak dump`.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Target.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The core file to write (mode 0600; replaced atomically).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Dump every readable mapping, not only what the LuaJIT model needs
+    /// (heap, writable data, stacks, and the first page of each ELF file).
+    #[arg(long)]
+    pub all: bool,
+    /// How the heap is copied.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -50,9 +71,20 @@ pub struct TargetArgs {
         long = "pid",
         visible_short_alias = 'x',
         visible_alias = "master",
-        value_name = "PID"
+        value_name = "PID",
+        required_unless_present = "core",
+        default_value_t = 0,
+        hide_default_value = true
     )]
     pub pid: i32,
+    /// Read an ELF core file (from `ljleak dump`, gdb's `gcore` or the
+    /// kernel) instead of a live process (objs, refs, threads).
+    #[arg(long, value_name = "FILE", conflicts_with = "pid")]
+    pub core: Option<std::path::PathBuf>,
+    /// With --core: look for the executable and libraries the core names
+    /// under DIR (like gdb's `set sysroot`).
+    #[arg(long, value_name = "DIR", requires = "core")]
+    pub sysroot: Option<std::path::PathBuf>,
     /// Address of a lua_State (hex) when ljleak cannot find the VM by itself.
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     pub lua_state: Option<u64>,

@@ -38,6 +38,10 @@ pub enum ExitCode {
     AlreadyTraced = 11,
     /// The target is a zombie or a kernel thread: it has no memory to read.
     NotUserProcess = 12,
+    /// A core file names an executable or library that is not on this
+    /// machine (by path and build-id), and the VM could not be found
+    /// without it.
+    MissingFile = 13,
     /// Tracing is unavailable (no uprobe PMU in the kernel).
     NoTracing = 20,
     /// Nothing to trace: no libc mapped (static binary) and no LuaJIT allocator.
@@ -62,11 +66,12 @@ Exit codes:
   6  no LuaJIT VM found in the process
   7  LuaJIT VM found but its layout is not supported
   8  the target exited during the run
-  9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ,
+  9  bad input file (malformed snapshot or core file, newer schema, kinds or LuaJIT builds differ,
      over the size limit, totals overflow)
   10 output path refused (a symlink, directory, block device, socket, FIFO without reader)
   11 the target is already traced by another process (named in the message)
   12 the target is a zombie or a kernel thread
+  13 a core file needs an executable or library that is missing here (see --sysroot)
   20 uprobe tracing unavailable (kernel without the uprobe PMU)
   21 nothing to trace (no libc mapped, e.g. a static binary; see --source)
   22 too many perf events (threads x probes over --max-events)

@@ -15,6 +15,7 @@ pub mod compare;
 pub mod error;
 pub mod leaks;
 pub mod luajit;
+pub mod offline;
 pub mod report;
 pub mod safety;
 pub mod target;

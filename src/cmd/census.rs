@@ -100,7 +100,7 @@ pub fn take_census(
     c: &CaptureArgs,
     hold: Option<Duration>,
 ) -> Result<(capture::Capture, census::Census, WalkTime)> {
-    let cap = capture::capture(t.pid, &super::capture_opts(t, c, hold))?;
+    let cap = crate::offline::capture_target(t, &super::capture_opts(t, c, hold))?;
     for n in &cap.vm.notes {
         log::info!("{n}");
     }
@@ -140,7 +140,11 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
     } else {
         CensusFormat::Text
     });
-    if let Some(w) = super::workers::workers_of(a.target.pid) {
+    let workers = match a.target.core {
+        Some(_) => None,
+        None => super::workers::workers_of(a.target.pid),
+    };
+    if let Some(w) = workers {
         let one = |pid| {
             let t = TargetArgs {
                 pid,

@@ -4,6 +4,7 @@
 pub mod census;
 pub mod convert;
 pub mod diff;
+pub mod dump;
 pub mod leaks;
 pub mod probes;
 pub mod refs;
@@ -15,6 +16,21 @@ use crate::cli::{Cli, Command};
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let live_only = match &cli.cmd {
+        Command::Gc(a) => Some(("gc", &a.target)),
+        Command::Watch(a) => Some(("watch", &a.target)),
+        Command::Leaks(a) => Some(("leaks", &a.target)),
+        _ => None,
+    };
+    if let Some((name, t)) = live_only {
+        if t.core.is_some() {
+            return Err(crate::error::Classified::new(
+                crate::error::ExitCode::Usage,
+                format!("`{name}` needs a live process (-p PID); --core works with objs, refs and threads"),
+            )
+            .into());
+        }
+    }
     match cli.cmd {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
@@ -25,6 +41,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
+        Command::Dump(a) => dump::dump(a),
     }
 }
 

@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 
 use crate::analysis::graph::{Graph, NodeId};
 use crate::analysis::retention::Retention;
-use crate::capture;
 use crate::cli::{RefsArgs, TextOrJson};
 use crate::error::{Classified, ExitCode};
 use crate::luajit::census::type_index;
@@ -34,7 +33,7 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         ),
     };
     let opts = super::capture_opts(&a.target, &a.capture, None);
-    let cap = capture::capture(a.target.pid, &opts)?;
+    let cap = crate::offline::capture_target(&a.target, &opts)?;
     log::info!(
         "layout {}; paused {} us; copied {} bytes",
         cap.vm.layout.name,

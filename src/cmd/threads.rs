@@ -8,7 +8,6 @@ use anyhow::Result;
 
 use crate::analysis::graph::Graph;
 use crate::analysis::retained::Retained;
-use crate::capture;
 use crate::cli::{ThreadsArgs, ThreadsFormat, ThreadsWeight};
 use crate::luajit::threads::{threads, Threads};
 use crate::luajit::walk::Limits;
@@ -18,7 +17,7 @@ use crate::target::Memory;
 /// Run `ljleak threads`.
 pub fn run(a: ThreadsArgs) -> Result<()> {
     let opts = super::capture_opts(&a.target, &a.capture, None);
-    let cap = capture::capture(a.target.pid, &opts)?;
+    let cap = crate::offline::capture_target(&a.target, &opts)?;
     let t0 = Instant::now();
     let vm = cap.heap_vm();
     let mut t = threads(&vm, cap.walk_limits(), a.max_depth.max(1));

@@ -60,10 +60,10 @@ pub struct FoundVm {
 #[derive(Debug, thiserror::Error)]
 pub enum LocateError {
     /// Nothing found by any method.
-    #[error("no LuaJIT VM found in process {pid} (tried {tried}); if it does run LuaJIT, pass --lua-state ADDR")]
+    #[error("no LuaJIT VM found in {what} (tried {tried}); if it does run LuaJIT, pass --lua-state ADDR")]
     NotFound {
-        /// Target.
-        pid: i32,
+        /// Target (`process 1234`, `core FILE`).
+        what: String,
         /// What was tried and why it failed.
         tried: String,
     },
@@ -81,16 +81,56 @@ pub struct LocateOpts {
     pub layout: Option<String>,
 }
 
+/// Where the VM is looked for: a memory, its mappings, and how to open the
+/// files mapped in it (a live process's own files, or the files a core
+/// names, found by build-id).
+pub struct Host<'a, M: Memory + ?Sized> {
+    /// The memory.
+    pub mem: &'a M,
+    /// Its mappings.
+    pub maps: &'a Maps,
+    /// The executable's path as the target saw it.
+    pub exe: Option<String>,
+    /// Open a mapped file by its path in the target.
+    pub open: &'a dyn Fn(&str) -> Option<ElfFile>,
+    /// Root of the filesystem to look for separate debug files under.
+    pub debug_root: std::path::PathBuf,
+    /// What is searched, for messages (`process 1234`, `core FILE`).
+    pub what: String,
+}
+
 /// Find the VM of `pid`, reading live memory.
 pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, LocateError> {
     let mem = ProcessMemory::new(pid);
-    let luajit_obj = luajit_object(pid, maps);
-    let dwarf = luajit_obj.as_ref().and_then(|e| dwarf_layout(pid, e));
+    let exe = crate::target::exe_path(pid).ok();
+    let open = |path: &str| ElfFile::open(pid, path).ok();
+    let host = Host {
+        mem: &mem,
+        maps,
+        exe: exe.map(|e| e.strip_suffix(" (deleted)").unwrap_or(&e).to_string()),
+        open: &open,
+        debug_root: std::path::PathBuf::from(format!("/proc/{pid}/root")),
+        what: format!("process {pid}"),
+    };
+    find_vm_in(&host, opts)
+}
+
+/// Find the VM in any [`Host`].
+pub fn find_vm_in<M: Memory + ?Sized>(
+    host: &Host<'_, M>,
+    opts: &LocateOpts,
+) -> Result<FoundVm, LocateError> {
+    let mem = host.mem;
+    let maps = host.maps;
+    let luajit_obj = luajit_object_in(host);
+    let dwarf = luajit_obj
+        .as_ref()
+        .and_then(|e| dwarf_layout(&host.debug_root, e));
     let mut tried = Vec::new();
     let mut layout_err = None;
 
     let mut attempt = |method: Method, l: u64, tried: &mut Vec<String>| -> Option<FoundVm> {
-        match choose_layout(&mem, l, opts.layout.as_deref(), dwarf.as_ref()) {
+        match choose_layout(mem, l, opts.layout.as_deref(), dwarf.as_ref()) {
             Ok((layout, roots, notes)) => Some(FoundVm {
                 method,
                 layout,
@@ -111,14 +151,14 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
             return Ok(vm);
         }
         return Err(LocateError::NotFound {
-            pid,
+            what: host.what.clone(),
             tried: format!(
                 "--lua-state {l:#x}: {}",
                 layout_err.map(|e| e.to_string()).unwrap_or_default()
             ),
         });
     }
-    match nginx_lua_state(pid, maps, &mem) {
+    match nginx_lua_state(host) {
         Ok(l) => {
             if let Some(vm) = attempt(Method::Nginx, l, &mut tried) {
                 return Ok(vm);
@@ -126,7 +166,7 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
         }
         Err(why) => tried.push(format!("nginx: {why}")),
     }
-    match global_l(pid, maps, &mem) {
+    match global_l(host) {
         Ok(l) => {
             if let Some(vm) = attempt(Method::GlobalL, l, &mut tried) {
                 return Ok(vm);
@@ -138,7 +178,7 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
     // mappings: stop at the first candidate that validates.
     let mut seen = false;
     for m in maps.list.iter().filter(|m| m.is_anon_heap()) {
-        for l in scan_mapping(&mem, m) {
+        for l in scan_mapping(mem, m) {
             seen = true;
             if let Some(vm) = attempt(Method::Scan, l, &mut tried) {
                 return Ok(vm);
@@ -158,7 +198,7 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
         }
     }
     Err(LocateError::NotFound {
-        pid,
+        what: host.what.clone(),
         tried: tried.join("; "),
     })
 }
@@ -218,10 +258,9 @@ fn choose_layout<M: Memory + ?Sized>(
     Ok((lay, roots, notes))
 }
 
-fn dwarf_layout(pid: i32, elf: &ElfFile) -> Option<Layout> {
-    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+fn dwarf_layout(root: &std::path::Path, elf: &ElfFile) -> Option<Layout> {
     let mut files = vec![(elf.target_path.clone(), elf.host_path.clone())];
-    if let Some(dbg) = elf.debug_file(&root) {
+    if let Some(dbg) = elf.debug_file(root) {
         files.insert(0, (dbg.to_string_lossy().into_owned(), dbg));
     }
     for (name, path) in files {
@@ -262,11 +301,25 @@ fn layout_name_from_map(fm: &FieldMap) -> String {
 
 /// The mapped object that holds LuaJIT: the one exporting `lua_newstate`.
 pub fn luajit_object(pid: i32, maps: &Maps) -> Option<ElfFile> {
-    for path in maps.files() {
+    let open = |path: &str| ElfFile::open(pid, path).ok();
+    let mem = ProcessMemory::new(pid);
+    luajit_object_in(&Host {
+        mem: &mem,
+        maps,
+        exe: None,
+        open: &open,
+        debug_root: std::path::PathBuf::from(format!("/proc/{pid}/root")),
+        what: format!("process {pid}"),
+    })
+}
+
+/// [`luajit_object`] in any [`Host`].
+pub fn luajit_object_in<M: Memory + ?Sized>(host: &Host<'_, M>) -> Option<ElfFile> {
+    for path in host.maps.files() {
         if path.starts_with("/dev/") || path.starts_with("/memfd:") {
             continue;
         }
-        let Ok(elf) = ElfFile::open(pid, path) else {
+        let Some(elf) = (host.open)(path) else {
             continue;
         };
         if elf.symbol("lua_newstate", false).is_some()
@@ -279,47 +332,47 @@ pub fn luajit_object(pid: i32, maps: &Maps) -> Option<ElfFile> {
 }
 
 /// AVMA of a `.dynsym` (or `.symtab`) symbol in the first mapped file that has it.
-fn symbol_avma(
-    pid: i32,
-    maps: &Maps,
+fn symbol_avma<M: Memory + ?Sized>(
+    host: &Host<'_, M>,
     files: &[&str],
     name: &str,
     static_too: bool,
 ) -> Option<(u64, String)> {
     for path in files {
-        let Ok(elf) = ElfFile::open(pid, path) else {
+        let Some(elf) = (host.open)(path) else {
             continue;
         };
         if let Some((svma, table)) = elf.symbol(name, static_too) {
             if !static_too && table != SymTable::Dynamic {
                 continue;
             }
-            let bias = elf.bias(maps)?;
+            let bias = elf.bias(host.maps)?;
             return Some((svma.wrapping_add(bias), path.to_string()));
         }
     }
     None
 }
 
-fn exe_target_path(pid: i32, maps: &Maps) -> Option<String> {
-    let exe = crate::target::exe_path(pid).ok()?;
-    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
-    maps.files()
+fn exe_target_path<M: Memory + ?Sized>(host: &Host<'_, M>) -> Option<String> {
+    let exe = host.exe.as_deref()?;
+    host.maps
+        .files()
         .into_iter()
         .find(|p| *p == exe)
         .map(str::to_string)
 }
 
 /// Follow nginx's structures to the lua module's main `lua_State *`.
-fn nginx_lua_state(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, String> {
-    let exe = exe_target_path(pid, maps).ok_or("executable not found in maps")?;
-    let (cycle_sym, _) = symbol_avma(pid, maps, &[&exe], "ngx_cycle", false)
+fn nginx_lua_state<M: Memory + ?Sized>(host: &Host<'_, M>) -> Result<u64, String> {
+    let (maps, mem) = (host.maps, host.mem);
+    let exe = exe_target_path(host).ok_or("executable not found in maps")?;
+    let (cycle_sym, _) = symbol_avma(host, &[&exe], "ngx_cycle", false)
         .ok_or("no ngx_cycle in .dynsym (not nginx)")?;
     let (http_mod, _) =
-        symbol_avma(pid, maps, &[&exe], "ngx_http_module", false).ok_or("no ngx_http_module")?;
+        symbol_avma(host, &[&exe], "ngx_http_module", false).ok_or("no ngx_http_module")?;
     let mut files: Vec<&str> = vec![exe.as_str()];
     files.extend(maps.files().into_iter().filter(|p| *p != exe));
-    let (lua_mod, _) = symbol_avma(pid, maps, &files, "ngx_http_lua_module", false)
+    let (lua_mod, _) = symbol_avma(host, &files, "ngx_http_lua_module", false)
         .ok_or("no ngx_http_lua_module in nginx or its modules (lua module not loaded)")?;
     let rd = |a: u64, what: &str| mem.u64(a).map_err(|e| format!("{what}: {e}"));
     let cycle = rd(cycle_sym, "ngx_cycle")?;
@@ -348,11 +401,11 @@ fn nginx_lua_state(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, St
 }
 
 /// The luajit host's `static lua_State *globalL`.
-fn global_l(pid: i32, maps: &Maps, mem: &ProcessMemory) -> Result<u64, String> {
-    let exe = exe_target_path(pid, maps).ok_or("executable not found in maps")?;
+fn global_l<M: Memory + ?Sized>(host: &Host<'_, M>) -> Result<u64, String> {
+    let exe = exe_target_path(host).ok_or("executable not found in maps")?;
     let (a, _) =
-        symbol_avma(pid, maps, &[&exe], "globalL", true).ok_or("no globalL symbol (stripped?)")?;
-    match mem.u64(a) {
+        symbol_avma(host, &[&exe], "globalL", true).ok_or("no globalL symbol (stripped?)")?;
+    match host.mem.u64(a) {
         Ok(0) => Err("globalL is NULL".into()),
         Ok(l) => Ok(l),
         Err(e) => Err(e.to_string()),
@@ -397,7 +450,7 @@ pub fn scan(ranges: &[(u64, &[u8])]) -> Vec<u64> {
 
 /// [`scan`] over one live mapping, read in bounded chunks that overlap by
 /// more than a GG_State signature spans.
-fn scan_mapping(mem: &ProcessMemory, m: &crate::target::Mapping) -> Vec<u64> {
+fn scan_mapping<M: Memory + ?Sized>(mem: &M, m: &crate::target::Mapping) -> Vec<u64> {
     const CHUNK: u64 = 8 << 20;
     const OVERLAP: u64 = 16 << 10;
     let mut out = Vec::new();
@@ -405,8 +458,7 @@ fn scan_mapping(mem: &ProcessMemory, m: &crate::target::Mapping) -> Vec<u64> {
     let mut at = m.start;
     while at < m.end {
         let len = CHUNK.min(m.end - at) as usize;
-        let mut parts = [(at, &mut buf[..len])];
-        if mem.read_many(&mut parts) == Ok(1) {
+        if mem.read(at, &mut buf[..len]).is_ok() {
             for l in scan(&[(at, &buf[..len])]) {
                 if !out.contains(&l) {
                     out.push(l);

@@ -124,6 +124,16 @@ impl HeapImage {
         }
     }
 
+    /// An image over segments made elsewhere (a core file's, mapped
+    /// copy-on-write from the file).
+    pub fn from_segments(mut segs: Vec<Segment>) -> HeapImage {
+        segs.sort_by_key(|s| s.start);
+        HeapImage {
+            segs,
+            last: Cell::new(0),
+        }
+    }
+
     /// The copied segments.
     pub fn segments(&self) -> &[Segment] {
         &self.segs

@@ -5,6 +5,8 @@
 //! an *SVMA* is an address as stated in an ELF file; a *file offset* is a
 //! position in the file (what a uprobe takes).
 
+pub mod core;
+pub mod core_write;
 pub mod elf;
 pub mod image;
 pub mod maps;
