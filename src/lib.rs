@@ -18,4 +18,5 @@ pub mod luajit;
 pub mod report;
 pub mod target;
 pub mod trace;
+pub mod units;
 pub mod unwind;
