@@ -25,6 +25,7 @@ pub enum Command {
     /// Every Lua thread (coroutine) with its status and backtrace, grouped by stack.
     Threads(ThreadsArgs),
     /// Who holds the memory: leak suspects, retained sizes, retention paths and flame graph.
+    #[command(after_help = REFS_HELP)]
     Refs(RefsArgs),
     /// Compare two snapshots (objs -o JSON, or folded stacks); gate CI on growth.
     #[command(after_help = DIFF_HELP)]
@@ -375,6 +376,16 @@ pub enum DiffFormat {
     Markdown,
 }
 
+const REFS_HELP: &str = "\
+Retention follows what survives the collector's next full cycle. Weak table
+sides do not retain. A value in a weak-keyed table (`__mode = \"k\"`) under
+an object key is retained by the holder of its key, not by the table: LuaJIT
+clears the entry once the key dies (lj_gc.c gc_clearweak; LuaJIT 2.1 has no
+ephemerons). An entry whose key is reachable only weakly is cleared by the
+next cycle and retains nothing; one whose key is reachable only through
+weak-keyed values (a value referring to its own key) is kept by the table for
+good, as the VM does. Given an nginx master, every worker in turn.";
+
 const DIFF_HELP: &str = "\
 Gates (--fail-if, repeatable): METRIC OP VALUE, OP one of > >= < <=.
   A signed VALUE compares the change B-A (`table.count>+1000`, `cdata.bytes>+10MB`);
@@ -433,7 +444,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Time between samples (5s, 200ms, 1m).
-    #[arg(long, default_value = "5s", value_parser = crate::cmd::watch::parse_interval)]
+    #[arg(long, default_value = "5s", value_parser = crate::units::parse_interval)]
     pub interval: std::time::Duration,
     /// Samples to take [default: until Ctrl-C].
     #[arg(long, value_name = "N")]

@@ -20,4 +20,5 @@ pub mod report;
 pub mod safety;
 pub mod target;
 pub mod trace;
+pub mod units;
 pub mod unwind;

@@ -5,6 +5,22 @@
 //!
 //! Memory: per object 8 (address) + 8 (size) + 1 (type) + 4 (offset)
 //! bytes, per edge 4 bytes.
+//!
+//! # Weak-keyed tables
+//!
+//! The graph holds what survives the collector's next full cycle. LuaJIT
+//! 2.1 has no ephemerons: `gc_traverse_tab` marks the values of a
+//! weak-keyed table strongly, then `gc_clearweak` (atomic phase) clears
+//! every entry whose key was not marked. So an entry `t[k] = v` with a
+//! collectable, non-string key ([`Label::WeakKeyVal`]) becomes:
+//! - an edge `k → v` ([`Label::KeyOf`]) when `k` is reachable without the
+//!   table's help: the entry lives exactly as long as its key, so the
+//!   holder of the key (Kong's plugin list of confs) retains the value,
+//!   not the cache table;
+//! - an edge `t → v` when `k` is reachable only through weak-keyed values
+//!   (a value referring to its own key): LuaJIT marks it every cycle and
+//!   the table keeps both for good;
+//! - nothing when `k` is not marked: the next cycle clears the entry.
 
 use crate::luajit::refs::{Label, Refs};
 use crate::luajit::vm::{mark, Vm};
@@ -41,6 +57,18 @@ pub struct Graph {
     pub walk: WalkReport,
     /// Problems met while reading references.
     pub warnings: Vec<String>,
+    /// `(key, value)` edges added for weak-keyed entries, sorted.
+    pub key_edges: Vec<(NodeId, NodeId)>,
+    /// Weak-keyed entries the next cycle clears (their key is not marked).
+    pub cleared_entries: u64,
+}
+
+/// An entry `t[k] = v` of a weak-keyed table with a collectable key.
+#[derive(Debug, Clone, Copy)]
+struct Ephemeron {
+    t: NodeId,
+    k: NodeId,
+    v: NodeId,
 }
 
 const MAX_WARNINGS: usize = 20;
@@ -126,14 +154,31 @@ impl Graph {
         let mut off = Vec::with_capacity(n + 1);
         let mut dst: Vec<NodeId> = Vec::with_capacity(n * 2);
         let mut warnings = Vec::new();
+        let mut eph: Vec<Ephemeron> = Vec::new();
+        let mut weak_vals: Vec<(u32, NodeId)> = Vec::new();
         for i in 0..n {
             off.push(dst.len() as u32);
             let (a, t) = (g.addr[i], g.gct[i]);
             let addrs = &g.addr;
-            let res = refs.refs(a, t, &mut |_, target| match index_in(addrs, target) {
-                Some(j) => dst.push(j),
+            weak_vals.clear();
+            let res = refs.refs(a, t, &mut |l, target| match index_in(addrs, target) {
+                Some(j) => match l {
+                    Label::WeakKeyVal(node) => weak_vals.push((node, j)),
+                    _ => dst.push(j),
+                },
                 None => dangling += 1,
             });
+            for &(node, v) in &weak_vals {
+                if let Ok(crate::luajit::refs::Tv::Gc(_, k)) = refs.node_key(a, node) {
+                    if let Some(k) = index_in(&g.addr, k) {
+                        eph.push(Ephemeron {
+                            t: i as NodeId,
+                            k,
+                            v,
+                        });
+                    }
+                }
+            }
             if let Err(e) = res {
                 if warnings.len() < MAX_WARNINGS {
                     warnings.push(format!(
@@ -155,7 +200,92 @@ impl Graph {
         for w in warnings {
             g.warn(w);
         }
+        if !eph.is_empty() {
+            g.resolve_weak_keys(&eph);
+        }
         g
+    }
+
+    /// Turn weak-keyed entries into the edges the next cycle keeps (see
+    /// the module docs).
+    fn resolve_weak_keys(&mut self, eph: &[Ephemeron]) {
+        let n = self.len();
+        // LuaJIT's mark: weak-keyed values are marked like strong ones.
+        let marked = self.reach(eph, |seen, e| seen[e.t as usize]);
+        // Ephemeron reachability: a value counts once table and key do.
+        let live = self.reach(eph, |seen, e| seen[e.t as usize] && seen[e.k as usize]);
+        let mut extra: Vec<(NodeId, NodeId)> = Vec::new();
+        let mut key_edges = Vec::new();
+        for e in eph {
+            let (t, k) = (e.t as usize, e.k as usize);
+            if live[t] && live[k] {
+                extra.push((e.k, e.v));
+                key_edges.push((e.k, e.v));
+            } else if marked[t] && marked[k] {
+                extra.push((e.t, e.v));
+            } else if marked[t] {
+                self.cleared_entries += 1;
+            }
+        }
+        key_edges.sort_unstable();
+        key_edges.dedup();
+        self.key_edges = key_edges;
+        extra.sort_unstable();
+        let mut off = Vec::with_capacity(n + 1);
+        let mut dst = Vec::with_capacity(self.dst.len() + extra.len());
+        let mut x = 0;
+        for u in 0..n {
+            off.push(dst.len() as u32);
+            dst.extend_from_slice(&self.dst[self.off[u] as usize..self.off[u + 1] as usize]);
+            while x < extra.len() && extra[x].0 as usize == u {
+                dst.push(extra[x].1);
+                x += 1;
+            }
+        }
+        off.push(dst.len() as u32);
+        self.off = off;
+        self.dst = dst;
+    }
+
+    /// Objects reachable from the roots over the strong edges plus the
+    /// weak-keyed values whose entry `counts` (given what is reached so
+    /// far). Iterative, bounded by the number of objects and entries.
+    fn reach(&self, eph: &[Ephemeron], counts: impl Fn(&[bool], &Ephemeron) -> bool) -> Vec<bool> {
+        let n = self.len();
+        // Entries by table and by key, so reaching either re-checks them.
+        let mut by_node: Vec<(NodeId, u32)> = Vec::with_capacity(eph.len() * 2);
+        for (i, e) in eph.iter().enumerate() {
+            by_node.push((e.t, i as u32));
+            if e.k != e.t {
+                by_node.push((e.k, i as u32));
+            }
+        }
+        by_node.sort_unstable();
+        let mut seen = vec![false; n];
+        let mut stack: Vec<NodeId> = Vec::new();
+        for &r in &self.roots {
+            if !seen[r as usize] {
+                seen[r as usize] = true;
+                stack.push(r);
+            }
+        }
+        while let Some(u) = stack.pop() {
+            for &v in self.succ(u) {
+                if !seen[v as usize] {
+                    seen[v as usize] = true;
+                    stack.push(v);
+                }
+            }
+            let from = by_node.partition_point(|x| x.0 < u);
+            for &(_, i) in by_node[from..].iter().take_while(|x| x.0 == u) {
+                let e = &eph[i as usize];
+                if !seen[e.v as usize] && counts(&seen, e) {
+                    seen[e.v as usize] = true;
+                    stack.push(e.v);
+                }
+            }
+        }
+        seen
     }
 
     fn warn(&mut self, w: String) {
@@ -187,6 +317,9 @@ impl Graph {
                 return Some(Label::Fixed);
             }
             return found;
+        }
+        if self.key_edges.binary_search(&(u, v)).is_ok() {
+            return Some(Label::KeyOf);
         }
         let (a, t) = (self.addr[u as usize], self.gct[u as usize]);
         let _ = refs.refs(a, t, &mut |l, x| {

@@ -451,7 +451,7 @@ fn build_report(
     let min_age = (a.min_age * 1e9) as u64;
     // Sampled allocations stand for `weight / size` allocations each.
     let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, f64)> = Default::default();
-    let (mut n, mut bytes, mut sampled) = (0f64, 0u64, 0u64);
+    let (mut n, mut bytes, mut sampled, mut var) = (0f64, 0u64, 0u64, 0f64);
     for (_, l) in w.tracker.outstanding(end, min_age) {
         let count = if l.size > 0 {
             l.weight as f64 / l.size as f64
@@ -464,6 +464,7 @@ fn build_report(
         n += count;
         bytes += l.weight;
         sampled += 1;
+        var += crate::leaks::sample::variance_term(l.size, l.weight);
     }
     let maps = match Maps::read(w.pid) {
         Ok(m) if !m.list.is_empty() => m,
@@ -473,10 +474,13 @@ fn build_report(
     let mut sites: Vec<LeakSite> = by_stack
         .into_iter()
         .map(|((stack, origin), (b, c))| {
-            let mut frames = Vec::new();
+            let mut frames: Vec<SiteFrame> = Vec::new();
             for (i, &addr) in w.stacks.table.get(stack).iter().enumerate() {
                 if lua::is_lua_pc(addr) {
-                    let (pc, name) = lua::frame_name(w.stacks.lua.as_ref(), addr);
+                    let (pc, mut name) = lua::frame_name(w.stacks.lua.as_ref(), addr);
+                    if lua::saved_pc_may_be_stale(addr, frames.last().map(|f| f.name.as_str())) {
+                        name.insert(0, lua::STALE_MARK);
+                    }
                     for name in [name, lua::LUA_MARKER.to_string()] {
                         frames.push(SiteFrame {
                             name,
@@ -537,6 +541,7 @@ fn build_report(
             sample_bytes: a.sample_bytes.unwrap_or(0),
             sampled: s.sampled,
             outstanding_sampled: sampled,
+            outstanding_bytes_ci95: crate::leaks::sample::ci95(var),
         }),
     };
     let exe = w.seen.exe.clone();

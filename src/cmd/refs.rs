@@ -45,6 +45,12 @@ pub fn refs(a: RefsArgs) -> Result<()> {
     let lim = cap.walk_limits();
     let graph = Graph::build(&vm, lim);
     let t_graph = t0.elapsed();
+    if graph.cleared_entries > 0 {
+        log::info!(
+            "{} weak-keyed entries have a dead key: the next GC cycle clears them",
+            graph.cleared_entries
+        );
+    }
     let ret = Retention::compute(&graph);
     let analysis_us = t0.elapsed().as_micros() as u64;
     log::info!(

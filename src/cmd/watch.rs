@@ -98,31 +98,6 @@ impl Drop for SigintGuard {
     }
 }
 
-/// Parse `5s`, `200ms`, `1m`, `1.5s` or a plain number of seconds.
-pub fn parse_interval(s: &str) -> Result<Duration, String> {
-    let bad = || format!("`{s}` is not an interval like 5s, 200ms or 1m");
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    if !(v.is_finite() && v > 0.0) {
-        return Err(bad());
-    }
-    let d = Duration::from_secs_f64(v * mult);
-    if d < Duration::from_millis(10) {
-        return Err(format!(
-            "`{s}` is too short: the interval must be at least 10ms"
-        ));
-    }
-    Ok(d)
-}
-
 /// (VmRSS, RssAnon) of `pid` in bytes.
 pub fn proc_memory(pid: i32) -> std::io::Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -499,16 +474,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn intervals_and_status() {
-        assert_eq!(parse_interval("200ms"), Ok(Duration::from_millis(200)));
-        assert_eq!(parse_interval("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_interval("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_interval("2"), Ok(Duration::from_secs(2)));
-        assert!(
-            parse_interval("1ms").is_err()
-                && parse_interval("x").is_err()
-                && parse_interval("-1s").is_err()
-        );
+    fn stub_status() {
         let page = "Active connections: 1 \nserver accepts handled requests\n 7 7 42 \nReading: 0 Writing: 1 Waiting: 0 \n";
         assert_eq!(parse_stub_status(page), Some(42));
         assert_eq!(parse_stub_status("hello"), None);

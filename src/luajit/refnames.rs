@@ -32,7 +32,8 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
             Label::PendingFinalizer => "pending finalizer".into(),
             Label::Fixed => "fixed".into(),
             Label::Array(i) => format!("[{i}]"),
-            Label::HashVal(i) => self
+            Label::KeyOf => "(as weak key) value".into(),
+            Label::HashVal(i) | Label::WeakKeyVal(i) => self
                 .key_name(src, i)
                 .unwrap_or_else(|| format!("[node {i}]")),
             Label::HashKey(i) => {

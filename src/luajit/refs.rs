@@ -10,9 +10,12 @@
 //! is meant to be called only for the few edges a report prints.
 //!
 //! LuaJIT has no ephemerons: a weak-keyed table marks its values strongly
-//! (they are cleared only once their key is dead), so its values are strong
-//! references here too, and a value that refers to its own key keeps both
-//! alive for good, as in the VM.
+//! during a cycle, and `gc_clearweak` clears an entry at the end of the
+//! cycle once its key was not marked. A value under a collectable,
+//! non-string key of a weak-keyed table is therefore reported apart, as
+//! [`Label::WeakKeyVal`]: whether it survives the next cycle depends on
+//! its key, which only the whole graph can tell
+//! ([`crate::analysis::graph`] decides).
 //!
 //! Not modelled: GC constants inside trace IR (`IR_KGC`), string.buffer
 //! dictionaries, and the trace being recorded (`J->cur`); heaps are copied
@@ -47,6 +50,13 @@ pub enum Label {
     Array(u32),
     /// Value of hash node `i`.
     HashVal(u32),
+    /// Value of hash node `i` of a weak-keyed table whose key is a
+    /// collectable object other than a string: the entry lives only as
+    /// long as its key (lj_gc.c gc_clearweak).
+    WeakKeyVal(u32),
+    /// From a key to the value it keeps alive in a weak-keyed table (an
+    /// edge the object graph adds; the key object does not hold it).
+    KeyOf,
     /// Key of hash node `i`.
     HashKey(u32),
     /// Table or userdata metatable.
@@ -267,6 +277,13 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         Ok(None)
     }
 
+    /// The key of hash node `i` of table `t`.
+    pub fn node_key(&self, t: u64, i: u32) -> Result<Tv, MemError> {
+        let fl = &self.vm.lay.f;
+        let node = fl.t_node.get(self.vm.m, t)?;
+        self.tv(node + u64::from(i) * fl.n_size.off + fl.n_key.off)
+    }
+
     /// Up to `max` bytes of the string at `s`.
     pub fn str_bytes(&self, s: u64, max: usize) -> Result<Vec<u8>, MemError> {
         let fl = &self.vm.lay.f;
@@ -329,14 +346,25 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
             if val == Tv::Nil {
                 return;
             }
-            if let Tv::Gc(t, p) = decode_tv(le64(&n[ko..]), self.gc64) {
+            let key = decode_tv(le64(&n[ko..]), self.gc64);
+            if let Tv::Gc(t, p) = key {
                 if keep(wk, t) {
                     f(Label::HashKey(i as u32), p);
                 }
             }
             if let Tv::Gc(t, p) = val {
                 if keep(wv, t) {
-                    f(Label::HashVal(i as u32), p);
+                    // gc_mayclear: only a collectable, non-string key can
+                    // make the entry go away.
+                    let weak_key = wk && matches!(key, Tv::Gc(kt, _) if kt != gct::STR);
+                    f(
+                        if weak_key {
+                            Label::WeakKeyVal(i as u32)
+                        } else {
+                            Label::HashVal(i as u32)
+                        },
+                        p,
+                    );
                 }
             }
         })?;

@@ -68,6 +68,12 @@ pub struct NamedFrame {
     /// The name its caller used (`'inner'` in `debug.traceback`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub called: Option<String>,
+    /// The line may be stale: the innermost Lua frame of a thread inside
+    /// the VM takes its PC from the C frame, which the interpreter
+    /// refreshes only when it leaves through a bytecode that saves it, not
+    /// on a direct C function call (`BC_FUNCC`). Shown as `~` before the label.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub approx: bool,
 }
 
 impl NamedFrame {
@@ -86,6 +92,7 @@ impl NamedFrame {
                 name,
                 defined: f.defined.as_ref().map(|d| d.line),
                 called,
+                approx: false,
             },
             FuncKind::C { .. } => NamedFrame {
                 kind: "c",
@@ -94,6 +101,7 @@ impl NamedFrame {
                 name,
                 defined: None,
                 called,
+                approx: false,
             },
             FuncKind::Fast { ffid, .. } => NamedFrame {
                 kind: "builtin",
@@ -102,6 +110,7 @@ impl NamedFrame {
                 name: name.or_else(|| Some(format!("builtin#{ffid}"))),
                 defined: None,
                 called,
+                approx: false,
             },
         }
     }
@@ -110,6 +119,15 @@ impl NamedFrame {
     /// `ngx.sleep`, `[C]`: the module name when the function has one, else
     /// the name its caller used.
     pub fn label(&self) -> String {
+        let l = self.plain_label();
+        if self.approx {
+            format!("~{l}")
+        } else {
+            l
+        }
+    }
+
+    fn plain_label(&self) -> String {
         match (
             &self.source,
             self.line,
@@ -199,10 +217,17 @@ pub fn threads<M: Memory + ?Sized>(vm: &Vm<'_, M>, lim: Limits, max_depth: usize
                 continue;
             }
         };
-        let frames = lua_backtrace(vm, &index, addr, max_depth)
+        let mut frames: Vec<NamedFrame> = lua_backtrace(vm, &index, addr, max_depth)
             .iter()
             .map(|f| NamedFrame::new(f, &names))
             .collect();
+        // Only a thread inside the VM (with a C frame) reads its innermost
+        // PC from the C frame; a suspended one saved it on yield.
+        if matches!(status, Status::Running | Status::Normal) {
+            if let Some(top) = frames.first_mut().filter(|f| f.kind == "lua") {
+                top.approx = true;
+            }
+        }
         out.threads.push(ThreadInfo {
             addr,
             status,

@@ -245,11 +245,25 @@ pub fn summary_text(s: &LeakSummary) -> String {
         "  allocations {} ({} bytes), frees {}, frees of memory allocated before the window {} ({} bytes known)",
         c.allocs, c.alloc_bytes, c.frees, c.pre_window_frees, c.pre_window_free_bytes
     );
+    let ci = s
+        .sampling
+        .as_ref()
+        .map(|sm| {
+            format!(
+                " ± {} (95%: {} to {} bytes, estimated)",
+                sm.outstanding_bytes_ci95,
+                s.outstanding_bytes
+                    .saturating_sub(sm.outstanding_bytes_ci95),
+                s.outstanding_bytes + sm.outstanding_bytes_ci95
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         out,
-        "  outstanding {} allocations, {} bytes{}",
+        "  outstanding {} allocations, {} bytes{ci} ({}){}",
         s.outstanding_count,
         s.outstanding_bytes,
+        crate::units::bytes(s.outstanding_bytes),
         if s.min_age > 0.0 {
             format!(" (at least {} s old)", s.min_age)
         } else {

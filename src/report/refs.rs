@@ -77,18 +77,7 @@ pub struct RefsReport {
 
 /// Bytes with a binary unit, for text.
 pub(crate) fn human(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    crate::units::bytes(b)
 }
 
 fn held_text(out: &mut String, n: usize, h: &HeldObject) {

@@ -290,6 +290,7 @@ mod tests {
             name: None,
             defined: Some(1),
             called: called.map(str::to_string),
+            approx: false,
         }
     }
 
@@ -301,6 +302,7 @@ mod tests {
             name: Some(name.into()),
             defined: None,
             called: None,
+            approx: false,
         }
     }
 
@@ -370,6 +372,18 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn possibly_stale_top_frame_is_marked() {
+        let mut f = lua("app.lua", 12, None);
+        f.approx = true;
+        assert_eq!(f.label(), "~app.lua:12");
+        let g = Group {
+            stack: vec![f, lua("main.lua", 3, None)],
+            ..new_group(&th(1, Status::Running, vec![]))
+        };
+        assert_eq!(g.label(), "~app.lua:12 ← main.lua:3");
     }
 
     #[test]

@@ -174,6 +174,42 @@ pub fn frame_name(lf: Option<&LuaFrames>, entry: u64) -> (u64, String) {
     }
 }
 
+/// Put before a Lua frame name whose line may be stale.
+pub const STALE_MARK: char = '~';
+
+/// Whether the line of interpreter frame `entry` may be stale, given the
+/// name of the frame it called (`callee`, the next inner frame). The
+/// interpreter saves its PC in the C frame when a bytecode calls a VM
+/// helper (`lj_tab_new`, `lj_gc_step`, `lj_meta_*`: vm_x64.dasc
+/// `savePC`), but not when it calls a C function directly (`BC_FUNCC`:
+/// `lj_cf_*` library functions, the FFI, nginx's `ngx.*` functions), so
+/// the line is then that of the last instruction that left the VM. A
+/// callee with no symbol (stripped build) cannot be told apart and counts
+/// as a direct call. Trace frames are exact (snapshot of the call).
+pub fn saved_pc_may_be_stale(entry: u64, callee: Option<&str>) -> bool {
+    if super::jit::decode(entry).is_some() {
+        return false;
+    }
+    let Some(c) = callee else { return false };
+    // A metamethod (a cdata's `__call`, `__index`...) is reached through
+    // `vmeta_call`/`vmeta_tgets`, which save the PC first.
+    if c.starts_with("lj_cf_ffi_meta___") {
+        return false;
+    }
+    let helper = c.starts_with("lj_")
+        && ![
+            "lj_cf_",
+            "lj_ffh_",
+            "lj_fff",
+            "lj_ccall",
+            "lj_vm_ffi",
+            "lj_clib",
+        ]
+        .iter()
+        .any(|p| c.starts_with(p));
+    !helper || c.contains("+0x")
+}
+
 /// Whether a frame entry is a tagged Lua PC.
 pub fn is_lua_pc(entry: u64) -> bool {
     entry & LUA_PC_TAG != 0
@@ -182,6 +218,26 @@ pub fn is_lua_pc(entry: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_lines_after_direct_c_calls() {
+        let interp = 0x1234 | LUA_PC_TAG;
+        for (callee, stale) in [
+            ("lj_tab_new", false),
+            ("lj_gc_step", false),
+            ("lj_cf_ffi_meta___call", false),
+            ("lj_cf_ffi_new", true),
+            ("ngx_http_lua_ngx_say", true),
+            ("libluajit-5.1.so.2.1.0+0x4036d", true),
+        ] {
+            assert_eq!(
+                saved_pc_may_be_stale(interp, Some(callee)),
+                stale,
+                "{callee}"
+            );
+        }
+        assert!(!saved_pc_may_be_stale(interp, None));
+    }
 
     #[test]
     fn splices_interpreter_frames_only() {

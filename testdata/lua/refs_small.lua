@@ -38,6 +38,19 @@ local function build()
     WEAKK = weakk
     addr("weakk", weakk)
     addr("key1", KEYS[1])
+    addr("val1", weakk[KEYS[1]])
+    -- A key nothing else holds: the next cycle clears its entry.
+    local dead = { "dead value" }
+    weakk[{}] = dead
+    addr("deadval", dead)
+    -- A value that refers to its own key: marked through the table every
+    -- cycle (no ephemerons), so kept for good.
+    local weakloop = setmetatable({}, { __mode = "k" })
+    local lk = {}
+    local lv = { key = lk }
+    weakloop[lk] = lv
+    WEAKLOOP = weakloop
+    addr("loopval", lv)
 
     -- Both weak.
     WEAKKV = setmetatable({}, { __mode = "kv" })

@@ -204,7 +204,14 @@ pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bo
 /// frame is its symbol in its module.
 fn leak_frame(f: &crate::report::leaks::SiteFrame) -> (&str, &str, i64) {
     if f.module == "lua" {
-        if let Some((chunk, line)) = f.name.rsplit_once(':') {
+        // `~` marks a line that may be stale; a JIT trace frame ends with
+        // ` (trace N)`: both name the same file and line.
+        let loc = f.name.trim_start_matches('~');
+        let loc = match loc.rsplit_once(" (trace ") {
+            Some((l, n)) if n.ends_with(')') => l,
+            _ => loc,
+        };
+        if let Some((chunk, line)) = loc.rsplit_once(':') {
             if let Ok(line) = line.parse::<i64>() {
                 let file = chunk
                     .strip_prefix('@')
@@ -282,6 +289,47 @@ mod tests {
         assert_eq!(p.string_table[0], "");
     }
 
+    /// A JIT trace frame keeps its file and line through encode/decode.
+    #[test]
+    fn jit_frame_round_trip_keeps_file_and_line() {
+        use crate::report::leaks::{LeakReport, LeakSite, SiteFrame};
+        let fr = |name: &str, module: &str| SiteFrame {
+            name: name.into(),
+            addr: 0,
+            offset: 0,
+            size: 0,
+            module: module.into(),
+        };
+        let r = LeakReport {
+            sites: vec![LeakSite {
+                bytes: 640,
+                count: 10,
+                origin: crate::leaks::Origin::Libc,
+                frames: vec![
+                    fr("malloc", "/lib/libc.so.6"),
+                    fr("@app.lua:19 (trace 10)", "lua"),
+                    fr("main", "/usr/bin/luajit"),
+                ],
+            }],
+            ..Default::default()
+        };
+        let p = decode(&encode(&from_leaks(&r)).unwrap()).unwrap();
+        let s = |i: i64| p.string_table[i as usize].as_str();
+        let jit = p
+            .function
+            .iter()
+            .find(|f| s(f.name) == "@app.lua:19 (trace 10)")
+            .expect("the trace frame's function");
+        assert_eq!(s(jit.filename), "app.lua");
+        let loc = p
+            .location
+            .iter()
+            .find(|l| l.line[0].function_id == jit.id)
+            .unwrap();
+        assert_eq!(loc.line[0].line, 19);
+        assert_eq!(totals(&p), [10, 640]);
+    }
+
     #[test]
     fn leak_frames_get_file_and_line() {
         use crate::report::leaks::SiteFrame;
@@ -297,6 +345,14 @@ mod tests {
             ("@/a/x.lua:42", "/a/x.lua", 42)
         );
         assert_eq!(leak_frame(&fr("=stdin:3", "lua")), ("=stdin:3", "stdin", 3));
+        assert_eq!(
+            leak_frame(&fr("@app.lua:19 (trace 10)", "lua")),
+            ("@app.lua:19 (trace 10)", "app.lua", 19)
+        );
+        assert_eq!(
+            leak_frame(&fr("~@/a/x.lua:7", "lua")),
+            ("~@/a/x.lua:7", "/a/x.lua", 7)
+        );
         assert_eq!(leak_frame(&fr("[lua]", "lua")), ("[lua]", "lua", 0));
         assert_eq!(
             leak_frame(&fr("malloc", "/lib/libc.so.6")),
