@@ -33,6 +33,10 @@ pub enum ExitCode {
     NoTracing = 20,
     /// Nothing to trace: no libc mapped (static binary) and no LuaJIT allocator.
     NothingToTrace = 21,
+    /// `serve` cannot listen on the address (in use, not local, not allowed).
+    ListenFailed = 30,
+    /// `serve --discover` found no target (no nginx master with the lua module).
+    NoTargets = 31,
 }
 
 /// Text for `--help`.
@@ -49,7 +53,9 @@ Exit codes:
   8  the target exited during the run
   9  bad input file (malformed snapshot, newer schema, kinds or LuaJIT builds differ)
   20 uprobe tracing unavailable (kernel without the uprobe PMU)
-  21 nothing to trace (no libc mapped, e.g. a static binary; see --source)";
+  21 nothing to trace (no libc mapped, e.g. a static binary; see --source)
+  30 serve: cannot listen on the address (in use, or not loopback without --allow-remote)
+  31 serve: --discover found no nginx master with the lua module";
 
 /// An error that carries its own exit code. Commands wrap their failures in
 /// this (through `anyhow`) so that `main` can pick the right code from the

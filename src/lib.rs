@@ -16,6 +16,7 @@ pub mod error;
 pub mod leaks;
 pub mod luajit;
 pub mod report;
+pub mod serve;
 pub mod target;
 pub mod trace;
 pub mod unwind;

@@ -25,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
+        Command::Serve(a) => crate::serve::run(a),
     }
 }
 
