@@ -39,6 +39,10 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
     Probes(ProbesArgs),
+    /// Long-running agent: Prometheus /metrics and pprof endpoints
+    /// (/debug/pprof/heap, /debug/pprof/goroutine) for Parca, Pyroscope/Alloy.
+    #[command(after_help = crate::serve::SERVE_HELP)]
+    Serve(ServeArgs),
     /// Write the process's memory as an ELF core file (for gdb, and for
     /// objs/refs/threads --core on another machine).
     Dump(DumpArgs),
@@ -497,4 +501,49 @@ pub struct ConvertArgs {
 pub enum ConvertFormat {
     /// Gzipped pprof profile.proto.
     Pprof,
+}
+
+/// What `serve --discover` looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Discover {
+    /// Every nginx master on the box that has the lua module loaded.
+    Nginx,
+}
+
+/// `ljleak serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback unless --allow-remote).
+    #[arg(long, default_value = "127.0.0.1:9145", value_name = "ADDR:PORT")]
+    pub listen: String,
+    /// Listen on a non-loopback address (heap contents are sensitive).
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// A target: an nginx master (its current workers at each scrape) or a
+    /// LuaJIT process (repeatable).
+    #[arg(
+        short = 'p',
+        long = "pid",
+        visible_short_alias = 'x',
+        visible_alias = "master",
+        value_name = "PID"
+    )]
+    pub pids: Vec<i32>,
+    /// Also watch every nginx master with the lua module (rescanned at each scrape).
+    #[arg(long, value_enum, value_name = "KIND")]
+    pub discover: Option<Discover>,
+    /// Take the object census (pauses each worker briefly, one at a time)
+    /// this often in the background and export it [default: never].
+    #[arg(long, value_name = "INTERVAL", value_parser = crate::units::parse_interval)]
+    pub census_interval: Option<std::time::Duration>,
+    /// pprof endpoints serve a cached result younger than this instead of
+    /// pausing the target again.
+    #[arg(long, default_value = "30s", value_name = "INTERVAL", value_parser = crate::units::parse_interval)]
+    pub min_census_interval: std::time::Duration,
+    /// HTTP worker threads (requests beyond a small queue get 503).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub http_threads: usize,
+    /// Test hook: hold each target paused this many milliseconds.
+    #[arg(long, value_name = "MS", hide = true)]
+    pub debug_hold_pause_ms: Option<u64>,
 }

@@ -52,6 +52,10 @@ pub enum ExitCode {
     /// The kernel lost more events than `--max-lost` allows: the report
     /// would be wrong.
     LostEvents = 23,
+    /// `serve` cannot listen on the address (in use, not local, not allowed).
+    ListenFailed = 30,
+    /// `serve --discover` found no target (no nginx master with the lua module).
+    NoTargets = 31,
 }
 
 /// Text for `--help`.
@@ -75,7 +79,9 @@ Exit codes:
   20 uprobe tracing unavailable (kernel without the uprobe PMU)
   21 nothing to trace (no libc mapped, e.g. a static binary; see --source)
   22 too many perf events (threads x probes over --max-events)
-  23 too many lost events (over --max-lost)";
+  23 too many lost events (over --max-lost)
+  30 serve: cannot listen on the address (in use, or not loopback without --allow-remote)
+  31 serve: --discover found no nginx master with the lua module";
 
 /// An error that carries its own exit code. Commands wrap their failures in
 /// this (through `anyhow`) so that `main` can pick the right code from the

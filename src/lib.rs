@@ -18,6 +18,7 @@ pub mod luajit;
 pub mod offline;
 pub mod report;
 pub mod safety;
+pub mod serve;
 pub mod target;
 pub mod trace;
 pub mod units;

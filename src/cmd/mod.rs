@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
         Command::Dump(a) => dump::dump(a),
+        Command::Serve(a) => crate::serve::run(a),
     }
 }
 

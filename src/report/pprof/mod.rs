@@ -254,6 +254,43 @@ pub fn from_folded(f: &crate::compare::snapshot::Folded, sample_type: (&str, &st
     b.finish()
 }
 
+/// Lua threads as a Go goroutine profile (`goroutine/count`): one sample
+/// per group of threads with the same status and stack, the status as the
+/// root frame (as `threads --format folded` does), Lua frames with their
+/// chunk and line. With several reports each stack starts with `pid N`.
+pub fn from_threads(rs: &[crate::report::threads::ThreadsReport]) -> Profile {
+    let mut b = Builder::new(&[("goroutine", "count")]);
+    let per_process = rs.len() > 1;
+    for r in rs {
+        let pid_frame = format!("pid {}", r.pid);
+        for g in &r.groups {
+            let labels: Vec<String> = g.stack.iter().rev().map(|f| f.label()).collect();
+            let mut frames: Vec<(&str, &str, i64)> = Vec::with_capacity(labels.len() + 2);
+            if per_process {
+                frames.push((&pid_frame, "", 0));
+            }
+            frames.push((g.status.name(), "", 0));
+            for (f, l) in g.stack.iter().rev().zip(&labels) {
+                let file = f.source.as_deref().unwrap_or("");
+                frames.push((l, file, f.line.map(i64::from).unwrap_or(0)));
+            }
+            b.add_frames(&frames, &[g.count as i64]);
+        }
+    }
+    if let Some(r) = rs.first() {
+        let pids: Vec<String> = rs.iter().map(|r| r.pid.to_string()).collect();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        b.meta(
+            now,
+            &format!("ljleak Lua threads of pid {} ({})", pids.join(", "), r.exe),
+        );
+    }
+    b.finish()
+}
+
 /// Sum of each sample type over all samples.
 pub fn totals(p: &Profile) -> Vec<i64> {
     let mut t = vec![0i64; p.sample_type.len()];
