@@ -152,7 +152,9 @@ pub fn find_vm(pid: i32, maps: &Maps, opts: &LocateOpts) -> Result<FoundVm, Loca
     if let Some(e) = layout_err {
         if matches!(
             e,
-            layout::LayoutError::NoMatch { .. } | layout::LayoutError::Missing { .. }
+            layout::LayoutError::NoMatch { .. }
+                | layout::LayoutError::Missing { .. }
+                | layout::LayoutError::Inconsistent { .. }
         ) {
             return Err(LocateError::Layout(e));
         }
