@@ -103,6 +103,10 @@ impl Capture {
 /// Turn a locate error into a classified one.
 pub fn classify_locate(e: LocateError) -> anyhow::Error {
     match e {
+        // A damaged heap is not an unsupported build (exit 1, not 7).
+        LocateError::Layout(crate::luajit::layout::LayoutError::Inconsistent { .. }) => {
+            Classified::new(ExitCode::Failure, e.to_string()).into()
+        }
         LocateError::NotFound { .. } => Classified::new(ExitCode::NoVm, e.to_string()).into(),
         LocateError::Layout(l) => {
             Classified::new(ExitCode::UnsupportedLayout, l.to_string()).into()
@@ -115,7 +119,14 @@ pub fn locate(pid: i32, opts: &LocateOpts) -> Result<(String, Maps, FoundVm)> {
     target::check_process(pid)?;
     let exe = target::exe_path(pid)?;
     let maps = Maps::read(pid)?;
-    let vm = find_vm(pid, &maps, opts).map_err(classify_locate)?;
+    let vm = find_vm(pid, &maps, opts).map_err(|e| {
+        // Memory reads fail once the target is gone: that is exit 8, not
+        // "no VM".
+        if !target::process_alive(pid) {
+            return anyhow::Error::from(target::TargetError::Exited(pid));
+        }
+        classify_locate(e)
+    })?;
     Ok((exe, maps, vm))
 }
 

@@ -4,6 +4,11 @@
 use clap::Parser;
 use ljleak::error::{exit_code_of, ExitCode};
 
+/// Runs before the Rust runtime reopens a closed stdout on /dev/null.
+#[used]
+#[link_section = ".init_array"]
+static RECORD_STDOUT: extern "C" fn() = ljleak::safety::stdout::record_at_startup;
+
 fn main() {
     let cli = ljleak::cli::Cli::parse();
     let level = match cli.verbose {

@@ -538,3 +538,216 @@ fn snapshot_exe_and_host_with_escapes_print_escaped() {
         }
     }
 }
+
+/// A process holding `pid` with PTRACE_SEIZE (which does not stop it), as
+/// strace would; killed on drop, which releases the target.
+fn ptrace_holder(pid: u32) -> Option<Guard> {
+    if !require(
+        "python3",
+        Command::new("python3").arg("-V").output().is_ok(),
+    ) {
+        return None;
+    }
+    let mut c = Command::new("python3")
+        .args([
+            "-c",
+            "import ctypes,sys,time\n\
+             libc=ctypes.CDLL(None,use_errno=True)\n\
+             r=libc.ptrace(0x4206,int(sys.argv[1]),None,None)\n\
+             print('held' if r==0 else 'err %d'%ctypes.get_errno(),flush=True)\n\
+             time.sleep(60)",
+            &pid.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "held");
+    Some(Guard(c))
+}
+
+#[test]
+fn target_traced_by_another_process_names_the_tracer() {
+    let Some(lj) = luajit_idle() else { return };
+    let Some(holder) = ptrace_holder(lj.0.id()) else {
+        return;
+    };
+    let pid = lj.0.id().to_string();
+    let o = run_args(&["objs", "-p", &pid]);
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(11), "{err}");
+    assert!(
+        err.contains(&format!("traced by process {} (python3)", holder.0.id())),
+        "{err}"
+    );
+    drop(holder);
+    // Released: works again.
+    let o = run_args(&["objs", "-p", &pid]);
+    assert!(o.status.success(), "{}", err_of(&o));
+}
+
+#[test]
+fn zombie_and_kernel_thread_get_their_own_code() {
+    // `sleep 0` exits and its parent (now `sleep 30`) never reaps it.
+    let parent = Guard(
+        Command::new("sh")
+            .args(["-c", "sleep 0 & exec sleep 30"])
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let zombie = loop {
+        if let Some(&z) = common::children(parent.0.id() as i32)
+            .iter()
+            .find(|&&c| common::proc_state(c) == Some('Z'))
+        {
+            break z;
+        }
+        assert!(Instant::now() < deadline, "no zombie appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let z = zombie.to_string();
+    for cmd in [
+        vec!["gc", "-p", &z],
+        vec!["objs", "-p", &z],
+        vec!["threads", "-p", &z],
+        vec!["refs", "-p", &z],
+        vec!["probes", "-p", &z],
+        vec!["leaks", "-p", &z, "--time", "1"],
+    ] {
+        let o = run_args(&cmd);
+        let err = err_of(&o);
+        assert_eq!(o.status.code(), Some(12), "{cmd:?}: {err}");
+        assert!(err.contains("zombie"), "{cmd:?}: {err}");
+        assert!(
+            !err.contains("static binary") && !err.contains("/proc/PID/exe"),
+            "{err}"
+        );
+    }
+    // A kernel thread, when this PID namespace shows one.
+    let kthread = std::fs::read_dir("/proc").unwrap().find_map(|e| {
+        let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let flags: u64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        (flags & 0x0020_0000 != 0).then_some(pid)
+    });
+    if let Some(k) = kthread {
+        let o = run_args(&["objs", "-p", &k.to_string()]);
+        let err = err_of(&o);
+        assert_eq!(o.status.code(), Some(12), "{err}");
+        assert!(err.contains("kernel thread"), "{err}");
+    }
+}
+
+#[test]
+fn damaged_global_state_is_an_inconsistent_heap_not_a_layout() {
+    if !require("gdb", Command::new("gdb").arg("--version").output().is_ok()) {
+        return;
+    }
+    let Some(lj) = luajit_idle() else { return };
+    let pid = lj.0.id().to_string();
+    let v: serde_json::Value =
+        serde_json::from_slice(&run_args(&["objs", "-p", &pid, "--format", "json"]).stdout)
+            .unwrap();
+    assert_eq!(v["luajit"]["layout"], "luajit2-gc64", "{v}");
+    let g = u64::from_str_radix(
+        v["luajit"]["global_state"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    // g->gc.state (global_State.gc at 16, GCState.state at 17 in
+    // layouts/luajit2-gc64.txt) set to an impossible 99.
+    let o = Command::new("gdb")
+        .args(["-p", &pid, "-batch", "-nx", "-ex"])
+        .arg(format!("set *(unsigned char *){:#x} = 99", g + 33))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_args(&["objs", "-p", &pid]);
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("inconsistent") && err.contains("gc.state 99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn lost_stdout_is_an_error() {
+    let s = Scratch::new("stdout");
+    let f = s.path("a.folded");
+    std::fs::write(&f, "main;malloc 100\n").unwrap();
+    // Closed descriptor 1.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {} diff {} {} >&-",
+            ljleak().display(),
+            f.display(),
+            f.display()
+        ))
+        .output()
+        .unwrap();
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("standard output is closed"), "{err}");
+    // A pipe whose reader is gone (`| true` that already exited).
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) fills two descriptors.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: our own descriptors.
+    unsafe { libc::close(fds[0]) };
+    use std::os::fd::FromRawFd;
+    // SAFETY: fds[1] is ours and handed over once.
+    let w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
+    let o = Command::new(ljleak())
+        .args(["diff", f.to_str().unwrap(), f.to_str().unwrap()])
+        .stdout(Stdio::from(w))
+        .output()
+        .unwrap();
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("closed by its reader"), "{err}");
+}
+
+#[test]
+fn leaks_on_master_exits_with_the_failed_worker_code() {
+    if !require(
+        "uprobe PMU",
+        Path::new("/sys/bus/event_source/devices/uprobe/type").exists(),
+    ) {
+        return;
+    }
+    let Some(n) = Nginx::start("leaks.conf", 2) else {
+        return;
+    };
+    // Every worker's ljleak finds no uprobe PMU (exit 20): so must the
+    // master's, not a generic 1.
+    let o = run_args(&[
+        "leaks",
+        "-p",
+        &n.master.to_string(),
+        "--time",
+        "1",
+        "--uprobe-pmu-dir",
+        "/nonexistent",
+    ]);
+    let err = err_of(&o);
+    assert_eq!(o.status.code(), Some(20), "{err}");
+    assert!(
+        err.contains("tracing worker") && err.contains("exit code 20"),
+        "{err}"
+    );
+}

@@ -117,8 +117,7 @@ pub fn write_bytes(path: Option<&std::path::Path>, text: &[u8]) -> anyhow::Resul
 /// (SIGPIPE is ignored by the Rust runtime), so both become errors here.
 fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
-    // SAFETY: F_GETFD only queries descriptor 1.
-    if unsafe { libc::fcntl(1, libc::F_GETFD) } < 0 {
+    if crate::safety::stdout::stdout_closed() {
         anyhow::bail!("standard output is closed: the report was not written (use -o FILE)");
     }
     let mut out = std::io::stdout().lock();

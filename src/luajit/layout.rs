@@ -293,6 +293,18 @@ pub enum LayoutError {
         /// Why each table was rejected.
         reasons: String,
     },
+    /// A layout's identity holds (L, g and the main thread point at each
+    /// other) but the global state's contents are impossible: the heap is
+    /// damaged, not of an unknown build.
+    #[error("the VM at {l:#x} matches layout {name} but its global_State is inconsistent ({why}): the heap is damaged or being changed")]
+    Inconsistent {
+        /// The lua_State tried.
+        l: u64,
+        /// Layout whose identity invariants hold.
+        name: String,
+        /// The invariant that failed.
+        why: String,
+    },
     /// More than one table fits.
     #[error("layouts {0} all fit the VM; name one with --layout")]
     Ambiguous(String),
@@ -418,6 +430,30 @@ pub fn validate<M: Memory + ?Sized>(m: &M, lay: &Layout, l: u64) -> Result<VmRoo
     Ok(VmRoots { l, g, main })
 }
 
+/// The first invariants of [`validate`], those that identify a layout:
+/// L is a thread whose `glref` points at a g whose main thread sits right
+/// before it in GG_State and points back. Random memory does not pass
+/// them; a damaged global_State of a known build does.
+fn identity_holds<M: Memory + ?Sized>(m: &M, lay: &Layout, l: u64) -> bool {
+    let f = &lay.f;
+    let ok = || -> Option<bool> {
+        if l == 0 || l % super::walk::OBJ_ALIGN != 0 {
+            return Some(false);
+        }
+        if f.hdr_gct.get(m, l).ok()? != gct::THREAD as u64 {
+            return Some(false);
+        }
+        let g = f.l_glref.get(m, l).ok()?;
+        let main = f.g_mainthref.get(m, g).ok()?;
+        Some(
+            main.wrapping_add(f.gg_g.off) == g
+                && f.hdr_gct.get(m, main).ok()? == gct::THREAD as u64
+                && f.l_glref.get(m, main).ok()? == g,
+        )
+    };
+    ok().unwrap_or(false)
+}
+
 /// Pick the built-in layout that fits the VM at `l`.
 pub fn choose_builtin<M: Memory + ?Sized>(m: &M, l: u64) -> Result<(Layout, VmRoots), LayoutError> {
     let mut fits = Vec::new();
@@ -430,6 +466,21 @@ pub fn choose_builtin<M: Memory + ?Sized>(m: &M, l: u64) -> Result<(Layout, VmRo
     }
     match fits.len() {
         1 => Ok(fits.pop().expect("one")),
+        0 if Layout::builtins()
+            .iter()
+            .any(|lay| identity_holds(m, lay, l)) =>
+        {
+            let lay = Layout::builtins()
+                .into_iter()
+                .find(|lay| identity_holds(m, lay, l))
+                .expect("checked");
+            let why = validate(m, &lay, l).err().unwrap_or_default();
+            Err(LayoutError::Inconsistent {
+                l,
+                name: lay.name,
+                why,
+            })
+        }
         0 => Err(LayoutError::NoMatch {
             l,
             reasons: reasons.join("; "),

@@ -192,7 +192,9 @@ pub fn find_vm_in<M: Memory + ?Sized>(
     if let Some(e) = layout_err {
         if matches!(
             e,
-            layout::LayoutError::NoMatch { .. } | layout::LayoutError::Missing { .. }
+            layout::LayoutError::NoMatch { .. }
+                | layout::LayoutError::Missing { .. }
+                | layout::LayoutError::Inconsistent { .. }
         ) {
             return Err(LocateError::Layout(e));
         }

@@ -6,6 +6,7 @@
 pub mod child;
 pub mod escape;
 pub mod outfile;
+pub mod stdout;
 
 pub use escape::escape_text;
 pub use outfile::{write_file, OutputError, PrivateDir};

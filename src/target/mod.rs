@@ -35,6 +35,24 @@ pub enum TargetError {
         /// What was refused.
         what: String,
     },
+    /// Another process already traces the target (ptrace allows one tracer).
+    #[error("process {pid} is already traced by process {tracer} ({comm}): stop that tracer (strace, gdb, another ljleak) and retry")]
+    Traced {
+        /// The target.
+        pid: i32,
+        /// TracerPid from /proc/PID/status.
+        tracer: i32,
+        /// The tracer's command name.
+        comm: String,
+    },
+    /// A zombie or a kernel thread: nothing to read or trace.
+    #[error("process {pid} is {what}: it has no user memory to inspect; pick a live user process")]
+    NotUserProcess {
+        /// The target.
+        pid: i32,
+        /// "a zombie (exited, not yet reaped by its parent)" or "a kernel thread".
+        what: &'static str,
+    },
     /// The target went away while we worked.
     #[error("process {0} exited during the run")]
     Exited(i32),
@@ -56,6 +74,8 @@ impl TargetError {
         match self {
             TargetError::NoProcess(_) => ExitCode::NoProcess,
             TargetError::Permission { .. } => ExitCode::Permission,
+            TargetError::Traced { .. } => ExitCode::AlreadyTraced,
+            TargetError::NotUserProcess { .. } => ExitCode::NotUserProcess,
             TargetError::Exited(_) => ExitCode::TargetExited,
             TargetError::Io { .. } => ExitCode::Failure,
         }
@@ -110,19 +130,59 @@ pub fn process_alive(pid: i32) -> bool {
     }
 }
 
-/// Check that `pid` names a live process, with the right error if not.
+/// Check that `pid` names a live user process, with the right error if not
+/// (a zombie or a kernel thread has no memory to read).
 pub fn check_process(pid: i32) -> Result<(), TargetError> {
     if pid <= 0 || !process_exists(pid) {
         return Err(TargetError::NoProcess(pid));
     }
+    if let Some(what) = not_user_process(pid) {
+        return Err(TargetError::NotUserProcess { pid, what });
+    }
     Ok(())
+}
+
+/// Why `pid` is not a user process with memory: a zombie (state Z/X in
+/// /proc/PID/stat) or a kernel thread (PF_KTHREAD, 0x00200000, in the
+/// flags field, include/linux/sched.h).
+pub fn not_user_process(pid: i32) -> Option<&'static str> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields after the name: state(3) ppid pgrp session tty_nr tpgid flags(9).
+    if matches!(rest.first(), Some(&"Z") | Some(&"X") | Some(&"x")) {
+        return Some("a zombie (exited, not yet reaped by its parent)");
+    }
+    let flags: u64 = rest.get(6)?.parse().ok()?;
+    (flags & PF_KTHREAD != 0).then_some("a kernel thread")
+}
+
+/// The tracer of `pid` (TracerPid in /proc/PID/status) and its command.
+pub fn tracer_of(pid: i32) -> Option<(i32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let tracer: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    if tracer <= 0 {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm"))
+        .map(|c| crate::safety::escape::escape_field(c.trim_end()).into_owned())
+        .unwrap_or_else(|_| "?".into());
+    Some((tracer, comm))
 }
 
 /// The executable path of the process as the process sees it.
 pub fn exe_path(pid: i32) -> Result<String, TargetError> {
     std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|e| TargetError::from_io(pid, "reading /proc/PID/exe", e))
+        .map_err(|e| match not_user_process(pid) {
+            Some(what) => TargetError::NotUserProcess { pid, what },
+            None => TargetError::from_io(pid, "reading /proc/PID/exe", e),
+        })
 }
 
 /// Thread IDs of the process.

@@ -155,6 +155,12 @@ impl Pause {
                     Ok(()) => {}
                     // The thread exited between listing and seizing.
                     Err(Errno::ESRCH) if tid != pid => continue,
+                    // One tracer per task: name the one in the way rather
+                    // than blame privileges.
+                    Err(Errno::EPERM) if super::tracer_of(tid).is_some() => {
+                        let (tracer, comm) = super::tracer_of(tid).unwrap_or_default();
+                        return Err(TargetError::Traced { pid, tracer, comm });
+                    }
                     Err(e) => return Err(os(pid, "PTRACE_SEIZE", e)),
                 }
                 pause.tids.push(tid);
