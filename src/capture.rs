@@ -1,6 +1,7 @@
 //! One consistent copy of a live VM's heap: find the VM, pause the target
-//! at a quiescent point, copy its heap mappings in bulk, resume it, and hand
-//! back the copy to be walked at leisure.
+//! at a quiescent point, copy its heap mappings in bulk (or make it fork a
+//! copy-on-write snapshot), resume it, and hand back the copy to be walked
+//! at leisure.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,28 @@ use anyhow::{Context, Result};
 use crate::error::{Classified, ExitCode};
 use crate::luajit::layout::validate;
 use crate::luajit::locate::{find_vm, FoundVm, LocateError, LocateOpts};
-use crate::target::{self, HeapImage, Maps, Pause, Quiescence, TargetError};
+use crate::target::fork::{ForkError, ForkLimits, ForkSnapshot};
+use crate::target::paged::PagedMemory;
+use crate::target::{self, HeapImage, HeapSource, Maps, Pause, Quiescence, TargetError};
+
+/// How the heap is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotMode {
+    /// Make the paused target fork a copy-on-write snapshot, read in place.
+    Fork,
+    /// Copy the heap into ljleak's memory while the target is paused.
+    Copy,
+    /// Fork when the copy would pause the target longer than
+    /// [`AUTO_FORK_PAUSE`], else copy.
+    #[default]
+    Auto,
+}
+
+/// `auto` forks when the estimated copy pause exceeds this.
+pub const AUTO_FORK_PAUSE: Duration = Duration::from_millis(100);
+/// Bulk copy speed used for that estimate: ~20 ms per 100 MB measured by
+/// scripts/bench-objs.sh on this project's machines.
+const COPY_BYTES_PER_SEC: u64 = 5_000_000_000;
 
 /// How to take the copy.
 #[derive(Debug, Clone)]
@@ -22,6 +44,13 @@ pub struct CaptureOpts {
     pub attempts: u32,
     /// Hidden test hook: stay paused this long before copying.
     pub hold_pause: Option<Duration>,
+    /// Copy or fork.
+    pub snapshot: SnapshotMode,
+    /// Cache size for reading a fork snapshot (default: a sixteenth of the
+    /// heap, 16 MiB to 256 MiB).
+    pub cache_bytes: Option<usize>,
+    /// Longest life of a fork snapshot.
+    pub max_snapshot_life: Duration,
 }
 
 impl Default for CaptureOpts {
@@ -31,6 +60,9 @@ impl Default for CaptureOpts {
             nonblocking: false,
             attempts: 50,
             hold_pause: None,
+            snapshot: SnapshotMode::default(),
+            cache_bytes: None,
+            max_snapshot_life: Duration::from_secs(900),
         }
     }
 }
@@ -67,7 +99,7 @@ pub struct Capture {
     /// The VM.
     pub vm: FoundVm,
     /// The copy.
-    pub image: HeapImage,
+    pub image: HeapSource,
     /// How long the target was held, in microseconds.
     pub pause_us: u64,
     /// Pause attempts made.
@@ -78,11 +110,13 @@ pub struct Capture {
     pub quiescence: Option<Quiescence>,
     /// Mappings at copy time.
     pub maps: Maps,
+    /// The fork snapshot read through `image`, alive while this is.
+    pub fork: Option<ForkSnapshot>,
 }
 
 impl Capture {
     /// The VM as seen in the copied heap.
-    pub fn heap_vm(&self) -> crate::luajit::Vm<'_, HeapImage> {
+    pub fn heap_vm(&self) -> crate::luajit::Vm<'_, HeapSource> {
         crate::luajit::Vm::new(
             &self.image,
             &self.vm.layout,
@@ -96,6 +130,34 @@ impl Capture {
     pub fn walk_limits(&self) -> crate::luajit::walk::Limits {
         crate::luajit::walk::Limits {
             max_objects: self.image.total_bytes() / 16 + 16,
+        }
+    }
+
+    /// `fork` or `copy`.
+    pub fn method(&self) -> &'static str {
+        if self.fork.is_some() {
+            "fork"
+        } else {
+            "copy"
+        }
+    }
+
+    /// Bytes the target copied on write while the snapshot lived (0 for a
+    /// copy).
+    pub fn cow_bytes(&self) -> u64 {
+        self.fork.as_ref().map_or(0, |f| f.cow_bytes())
+    }
+
+    /// An error if the fork snapshot was killed before the walk ended
+    /// (its reads failed then, and the walk is not to be trusted).
+    pub fn check_alive(&self) -> Result<()> {
+        match self.fork.as_ref().and_then(|f| f.killed()) {
+            Some(why) => Err(Classified::new(
+                ExitCode::Failure,
+                format!("the fork snapshot was stopped early: {why}; try --snapshot copy"),
+            )
+            .into()),
+            None => Ok(()),
         }
     }
 }
@@ -133,6 +195,55 @@ pub fn locate(pid: i32, opts: &LocateOpts) -> Result<(String, Maps, FoundVm)> {
 /// Take a capture of `pid`.
 pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
     let (exe, maps0, vm) = locate(pid, &opts.locate)?;
+    if opts.nonblocking && opts.snapshot == SnapshotMode::Fork {
+        return Err(Classified::new(
+            ExitCode::Usage,
+            "--snapshot fork needs a pause: drop --nonblocking",
+        )
+        .into());
+    }
+    let plan: u64 = target::image::copy_plan(pid, &maps0, &[])
+        .iter()
+        .map(|(s, e)| e - s)
+        .sum();
+    let fork = match opts.snapshot {
+        _ if opts.nonblocking => false,
+        SnapshotMode::Fork => true,
+        SnapshotMode::Copy => false,
+        SnapshotMode::Auto => {
+            let est = Duration::from_micros(plan * 1_000_000 / COPY_BYTES_PER_SEC);
+            log::info!("a copy of {} MB would pause about {est:?}", plan >> 20);
+            est > AUTO_FORK_PAUSE
+        }
+    };
+    if fork {
+        match target::fork::preflight(pid, &maps0) {
+            Ok(pre) => match capture_fork(pid, opts, exe.clone(), vm.clone(), &pre) {
+                Ok(c) => return Ok(c),
+                Err(FallBack(why)) => {
+                    eprintln!("ljleak: fork snapshot not possible ({why}); copying instead")
+                }
+            },
+            Err(ForkError::NoRoom(m)) if opts.snapshot == SnapshotMode::Fork => {
+                return Err(Classified::new(ExitCode::Failure, m).into())
+            }
+            Err(e) => eprintln!("ljleak: fork snapshot not possible ({e}); copying instead"),
+        }
+    }
+    // The copy lives in our memory: refuse up front when it cannot.
+    let room = target::fork::memory_room(std::process::id() as i32);
+    if plan > room {
+        return Err(Classified::new(
+            ExitCode::Failure,
+            format!(
+                "copying the heap needs {} MB and only {} MB are available here; \
+                 use --snapshot fork (reads the heap in place) or free memory",
+                plan >> 20,
+                room >> 20
+            ),
+        )
+        .into());
+    }
     let mut prep =
         Some(HeapImage::prepare(pid, &maps0).context("allocating buffers for the heap copy")?);
     if opts.nonblocking {
@@ -149,12 +260,13 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
             pid,
             exe,
             vm,
-            image,
+            HeapSource::Copy(image),
             0,
             0,
             Consistency::Nonblocking,
             None,
             maps,
+            None,
         );
     }
     let attempts = opts.attempts.max(1);
@@ -206,15 +318,97 @@ pub fn capture(pid: i32, opts: &CaptureOpts) -> Result<Capture> {
             pid,
             exe,
             vm,
+            HeapSource::Copy(image),
+            held.as_micros() as u64,
+            attempt,
+            consistency,
+            Some(q),
+            maps,
+            None,
+        );
+    }
+    unreachable!("the last attempt always copies")
+}
+
+/// Why a fork capture gave way to a copy.
+struct FallBack(String);
+
+impl<E: std::fmt::Display> From<E> for FallBack {
+    fn from(e: E) -> Self {
+        FallBack(e.to_string())
+    }
+}
+
+/// Pause at a quiescent point (as for a copy), make the target fork, resume
+/// it, and read the snapshot through a bounded cache.
+fn capture_fork(
+    pid: i32,
+    opts: &CaptureOpts,
+    exe: String,
+    vm: FoundVm,
+    pre: &target::fork::Preflight,
+) -> Result<Capture, FallBack> {
+    let attempts = opts.attempts.max(1);
+    let lim = ForkLimits {
+        max_life: opts.max_snapshot_life,
+        max_cow: pre.room,
+    };
+    let stale = target::fork::stale_snapshots(pid);
+    for attempt in 1..=attempts {
+        let mut pause = Pause::new(pid, Duration::from_secs(2))?;
+        let q = pause.quiescence(pid)?;
+        if !q.is_quiescent() && attempt != attempts {
+            drop(pause);
+            std::thread::sleep(Duration::from_micros(500 + 997 * (attempt as u64 % 7)));
+            continue;
+        }
+        if let Some(h) = opts.hold_pause {
+            std::thread::sleep(h);
+        }
+        let t_fork = pause.elapsed();
+        let snap = target::fork::fork_snapshot(&mut pause, pid, pre, lim, &stale);
+        let t_done = pause.elapsed();
+        let held = pause.resume();
+        log::debug!(
+            "fork pause: stopped after {t_fork:?}, forked after {t_done:?}, resumed after {held:?}"
+        );
+        let snap = snap?;
+        let g = snap.pid();
+        let maps = Maps::read(g)?;
+        let ranges = target::image::copy_plan(g, &maps, &[]);
+        let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+        let cache = opts
+            .cache_bytes
+            .unwrap_or((total / 16).clamp(16 << 20, 256 << 20) as usize);
+        log::info!(
+            "fork snapshot {g}: paused {} us; {} MB of heap read through a {} MB cache; \
+             the worst case of copy-on-write is {} MB",
+            held.as_micros(),
+            total >> 20,
+            cache >> 20,
+            pre.worst_cow >> 20
+        );
+        let image = HeapSource::Paged(PagedMemory::new(g, ranges, cache)?);
+        let consistency = if q.is_quiescent() {
+            Consistency::Quiescent
+        } else {
+            Consistency::BestEffort
+        };
+        return finish(
+            pid,
+            exe,
+            vm,
             image,
             held.as_micros() as u64,
             attempt,
             consistency,
             Some(q),
             maps,
-        );
+            Some(snap),
+        )
+        .map_err(|e| FallBack(format!("{e:#}")));
     }
-    unreachable!("the last attempt always copies")
+    Err(FallBack("no pause".into()))
 }
 
 /// A failure on a process that has meanwhile died is reported as its exit.
@@ -231,12 +425,13 @@ fn finish(
     pid: i32,
     exe: String,
     vm: FoundVm,
-    image: HeapImage,
+    image: HeapSource,
     pause_us: u64,
     attempts: u32,
     consistency: Consistency,
     quiescence: Option<Quiescence>,
     maps: Maps,
+    fork: Option<ForkSnapshot>,
 ) -> Result<Capture> {
     if !target::process_alive(pid) {
         return Err(TargetError::Exited(pid).into());
@@ -262,5 +457,6 @@ fn finish(
         consistency,
         quiescence,
         maps,
+        fork,
     })
 }

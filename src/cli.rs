@@ -107,6 +107,28 @@ pub struct CaptureArgs {
     /// Pause attempts to find the VM thread blocked in a syscall.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub attempts: u32,
+    /// How the heap is captured: `copy` it while the target is paused
+    /// (the pause grows with the heap), `fork` a copy-on-write snapshot
+    /// (a pause of page-table copying; the target copies only the pages it
+    /// writes while ljleak reads), or `auto` (fork when a copy would pause
+    /// longer than 100 ms).
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub snapshot: SnapshotArg,
+    /// Memory for reading a fork snapshot, in MiB (default: a sixteenth of
+    /// the heap, 16 to 256).
+    #[arg(long, value_name = "MIB")]
+    pub snapshot_cache: Option<usize>,
+}
+
+/// `--snapshot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotArg {
+    /// Fork a copy-on-write snapshot.
+    Fork,
+    /// Copy the heap while paused.
+    Copy,
+    /// Fork when a copy would pause the target longer than 100 ms.
+    Auto,
 }
 
 impl Default for CaptureArgs {
@@ -114,6 +136,8 @@ impl Default for CaptureArgs {
         CaptureArgs {
             nonblocking: false,
             attempts: 50,
+            snapshot: SnapshotArg::Auto,
+            snapshot_cache: None,
         }
     }
 }
@@ -456,6 +480,9 @@ pub struct WatchArgs {
     /// Also take a full census per sample (pauses the target each time).
     #[arg(long)]
     pub census: bool,
+    /// How each census captures the heap.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
     /// nginx stub_status URL (http://127.0.0.1:PORT/status) to relate growth to requests.
     #[arg(long, value_name = "URL")]
     pub requests_url: Option<String>,

@@ -215,7 +215,11 @@ fn frames_survive_corrupt_stacks() {
             } else {
                 stack + rnd() % len.min(64 * 8)
             };
-            poke(&mut cap.image, addr, rnd() as u8);
+            poke(
+                cap.image.image_mut().expect("a copied heap"),
+                addr,
+                rnd() as u8,
+            );
         }
         let vm = Vm::new(&cap.image, &lay, g, main);
         let index = ProtoIndex::build(&vm, lim);

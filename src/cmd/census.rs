@@ -118,6 +118,16 @@ pub fn take_census(
     let vm = cap.heap_vm();
     let lim = cap.walk_limits();
     let c = census::take(&vm, lim);
+    cap.check_alive()?;
+    if let crate::target::HeapSource::Paged(p) = &cap.image {
+        let st = p.stats();
+        log::info!(
+            "fork snapshot read: {} reads, {} blocks fetched; target copied {} bytes on write",
+            st.reads,
+            st.misses,
+            cap.cow_bytes()
+        );
+    }
     let walk = WalkTime {
         wall_us: t0.elapsed().as_micros() as u64,
         cpu_us: thread_cpu().saturating_sub(cpu0).as_micros() as u64,
@@ -171,7 +181,10 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
     }
     let (cap, c, walk) = take_census(&a.target, &a.capture, hold)?;
     if let Some(p) = &a.save_image {
-        cap.image.save(p).map_err(|e| {
+        let img = cap.image.image().ok_or_else(|| {
+            anyhow::anyhow!("--save-image needs a copied heap: add --snapshot copy")
+        })?;
+        img.save(p).map_err(|e| {
             anyhow::anyhow!(
                 "cannot write heap image {}: {e} (choose a new file in a writable folder)",
                 p.display()

@@ -65,6 +65,13 @@ pub(crate) fn capture_opts(
         nonblocking: c.nonblocking,
         attempts: c.attempts,
         hold_pause,
+        snapshot: match c.snapshot {
+            crate::cli::SnapshotArg::Fork => crate::capture::SnapshotMode::Fork,
+            crate::cli::SnapshotArg::Copy => crate::capture::SnapshotMode::Copy,
+            crate::cli::SnapshotArg::Auto => crate::capture::SnapshotMode::Auto,
+        },
+        cache_bytes: c.snapshot_cache.map(|m| m << 20),
+        ..Default::default()
     }
 }
 

@@ -86,6 +86,7 @@ pub fn refs(a: RefsArgs) -> Result<()> {
     if let Some(p) = &a.dump_graph {
         super::write_output(Some(p), &dump_graph(&graph))?;
     }
+    cap.check_alive()?;
     let (reachable_bytes, reachable_objects) = ret.reachable();
     let mut warnings = graph.walk.warnings.clone();
     warnings.extend(graph.warnings.iter().cloned());
@@ -101,6 +102,8 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         reachable_objects,
         reachable_bytes,
         image_bytes: cap.image.total_bytes(),
+        snapshot: cap.method().into(),
+        cow_bytes: cap.cow_bytes(),
         pause_us: cap.pause_us,
         consistency: cap.consistency.name().into(),
         analysis_us,

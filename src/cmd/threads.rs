@@ -36,6 +36,7 @@ pub fn run(a: ThreadsArgs) -> Result<()> {
     if (shown && !a.no_retained) || weight == Weight::Retained {
         add_retained(&vm, cap.walk_limits(), &mut t);
     }
+    cap.check_alive()?;
     let r = rep::report(cap.pid, &cap.exe, &t, cap.pause_us, cap.consistency.name());
     let text = if svg {
         rep::svg(&r, weight)?

@@ -257,7 +257,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                     pid: tg.pid,
                     ..a.target.clone()
                 };
-                let (_, c, _) = super::census::take_census(&ta, &Default::default(), None)?;
+                let (_, c, _) = super::census::take_census(&ta, &a.capture, None)?;
                 let types = c.by_count().into_iter().map(|(n, s)| {
                     (
                         n.to_string(),

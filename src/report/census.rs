@@ -118,6 +118,12 @@ pub struct CensusReport {
     /// Bytes copied from the target.
     #[serde(default)]
     pub image_bytes: u64,
+    /// How the heap was captured: `copy` or `fork` (empty in older files).
+    #[serde(default)]
+    pub snapshot: String,
+    /// Bytes the target copied on write while a fork snapshot lived.
+    #[serde(default)]
+    pub cow_bytes: u64,
     /// Walk time after the pause, microseconds.
     #[serde(default)]
     pub walk_us: u64,
@@ -218,6 +224,8 @@ pub fn census_report(
         mcode_callbacks: c.mcode_callbacks,
         objects: c.walk.objects,
         image_bytes: cap.image.total_bytes(),
+        snapshot: cap.method().into(),
+        cow_bytes: cap.cow_bytes(),
         walk_us: walk.wall_us,
         walk_cpu_us: walk.cpu_us,
         warnings,

@@ -59,6 +59,12 @@ pub struct RefsReport {
     pub reachable_bytes: u64,
     /// Bytes of heap mappings copied.
     pub image_bytes: u64,
+    /// How the heap was captured: `copy` or `fork`.
+    #[serde(default)]
+    pub snapshot: String,
+    /// Bytes the target copied on write while a fork snapshot lived.
+    #[serde(default)]
+    pub cow_bytes: u64,
     /// How long the target was held, microseconds.
     pub pause_us: u64,
     /// `quiescent`, `best-effort` or `nonblocking`.

@@ -8,16 +8,21 @@
 pub mod core;
 pub mod core_write;
 pub mod elf;
+pub mod fork;
 pub mod image;
+pub mod inject;
 pub mod maps;
 pub mod mem;
+pub mod paged;
 pub mod pagemap;
 pub mod pause;
+pub mod source;
 
 pub use image::HeapImage;
 pub use maps::{Mapping, Maps};
 pub use mem::{for_each_elem, MemError, Memory, ProcessMemory, ReadExt, Window};
 pub use pause::{Pause, Quiescence};
+pub use source::HeapSource;
 
 use crate::error::ExitCode;
 

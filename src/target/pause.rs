@@ -246,6 +246,17 @@ impl Pause {
             .collect()
     }
 
+    /// A signal that stopped `tid` while we ran something in it: delivered
+    /// when we let go, like those met while pausing.
+    pub fn add_pending(&mut self, tid: i32, sig: Signal) {
+        self.pending.push((tid, sig));
+    }
+
+    /// The process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Paused threads.
     pub fn tids(&self) -> &[i32] {
         &self.tids
