@@ -258,7 +258,7 @@ fn kernel_core_dump_census_equals_live() {
             });
         // The kernel writes the core before the process is reaped.
         if let Some(c) = found {
-            if !common::proc_state(p.pid).is_some_and(|s| s != 'Z') {
+            if common::proc_state(p.pid).is_none_or(|s| s == 'Z') {
                 break c;
             }
         }
