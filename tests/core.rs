@@ -10,6 +10,20 @@ use std::process::Command;
 use common::{run, run_json, LuaProc};
 use serde_json::Value;
 
+/// Wait until the script sits in read(2) at its checkpoint: `ready` is
+/// printed (a write) before the script blocks, and the Lua stack changes
+/// in between.
+fn wait_in_read(pid: i32) {
+    for _ in 0..2000 {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+        if s.split_whitespace().next() == Some("0") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("process {pid} never blocked in read");
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ljleak-core-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -93,6 +107,7 @@ fn census_of_cores_equals_live(interp: &Path, name: &str) {
         &["2000", "100"],
     );
     p.ready();
+    wait_in_read(p.pid);
     let live = common::census(p.pid);
     let ours = dir.join("worker.core");
     dump(p.pid, &ours, &[]);
@@ -178,6 +193,7 @@ fn gdb_loads_an_ljleak_dump() {
         return;
     }
     p.ready();
+    wait_in_read(p.pid);
     let dir = tmpdir("gdb");
     let core = dir.join("w.core");
     dump(p.pid, &core, &[]);
@@ -244,6 +260,7 @@ fn kernel_core_dump_census_equals_live() {
     ));
     let mut p = LuaProc::spawn_cmd(cmd);
     p.ready();
+    wait_in_read(p.pid);
     let live = common::census(p.pid);
     common::unsafe_kill(p.pid, libc::SIGQUIT);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
