@@ -364,3 +364,45 @@ fn bad_cores_give_documented_exit_codes() {
     assert_eq!(c, Some(2), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An nginx worker: the VM is found in the core through nginx's own
+/// structures (ngx_cycle, symbols from the binary and the lua module found
+/// by build-id), and the census equals the live one for an ljleak dump and
+/// a gcore taken while the worker sat idle in epoll_wait.
+#[test]
+fn nginx_worker_core_census_equals_live() {
+    if !have_gcore() {
+        return;
+    }
+    let Some(n) = common::Nginx::start("app.conf", 1) else {
+        return;
+    };
+    let w = n.worker();
+    assert_eq!(n.get("/tables?n=3000").0, 200);
+    assert_eq!(n.get("/collect").0, 200);
+    let dir = tmpdir("nginx");
+    let ours = dir.join("worker.core");
+    // An idle worker runs no Lua; a timer or a stray request would show
+    // as a difference between the censuses before and after the dumps.
+    let mut agreed = None;
+    for _ in 0..3 {
+        let before = common::census(w);
+        dump(w, &ours, &[]);
+        let theirs = gcore(w, &dir);
+        let after = common::census(w);
+        if before["gc_total"] == after["gc_total"] && before["types"] == after["types"] {
+            agreed = Some((before, theirs));
+            break;
+        }
+    }
+    let (live, theirs) = agreed.expect("the idle worker's heap kept changing");
+    assert_eq!(live["luajit"]["method"], "nginx");
+    let c1 = core_census(&ours);
+    assert_eq!(c1["luajit"]["method"], "nginx", "found through ngx_cycle");
+    assert_same_census(&live, &c1, "ljleak dump of nginx");
+    let c2 = core_census(&theirs);
+    assert_same_census(&live, &c2, "gcore of nginx");
+    // The worker kept serving.
+    assert_eq!(n.get("/hello"), (200, "hello\n".to_string()));
+    std::fs::remove_dir_all(&dir).ok();
+}
