@@ -20,3 +20,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian starts nothing here, but a packaged nginx may be running on :80 on
 # other boxes; ljleak's app uses its own prefix and port, so leave it alone.
+# memlab (npm) for the heap snapshot test (tests/heapsnapshot.rs).
+"$(dirname "$0")/install-memlab.sh"

@@ -272,7 +272,9 @@ pub struct RefsArgs {
     /// Most objects listed for --size / --addr.
     #[arg(long, default_value_t = 100, value_name = "K")]
     pub limit: usize,
-    /// Write the retention flame graph (SVG) to FILE.
+    /// Write the retention flame graph (SVG) to FILE; a name ending in
+    /// `.heapsnapshot` gets the object graph as a V8 heap snapshot instead
+    /// (for Chrome DevTools' Memory panel and memlab).
     #[arg(short = 'o', long = "flamegraph", value_name = "FILE")]
     pub flamegraph: Option<std::path::PathBuf>,
     /// Write the retention flame graph's folded stacks to FILE.

@@ -222,6 +222,13 @@ pub fn dump(a: DumpArgs) -> Result<()> {
     if a.target.core.is_some() {
         return Err(Classified::new(ExitCode::Usage, "dump reads a live process (-p PID)").into());
     }
+    if a.capture.nonblocking {
+        return Err(Classified::new(
+            ExitCode::Usage,
+            "dump always pauses the target (registers need a stopped thread); drop --nonblocking",
+        )
+        .into());
+    }
     let pid = a.target.pid;
     target::check_process(pid)?;
     let locate = super::locate_opts(&a.target);

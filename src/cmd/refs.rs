@@ -71,14 +71,35 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         .into_iter()
         .map(|v| held(&graph, &ret, &mut refs, v))
         .collect();
-    if a.flamegraph.is_some() || a.folded.is_some() {
+    let heapsnapshot = a
+        .flamegraph
+        .as_deref()
+        .filter(|p| p.extension().is_some_and(|e| e == "heapsnapshot"));
+    if let Some(p) = heapsnapshot {
+        let t = Instant::now();
+        let mut names = Refs::new(&vm);
+        let w = super::dump::write_new_file(p, |out| {
+            crate::report::heapsnapshot::write(out, &graph, &mut names).map(|w| {
+                log::info!(
+                    "heap snapshot: {} nodes, {} edges, {} bytes in {} ms",
+                    w.nodes,
+                    w.edges,
+                    w.bytes,
+                    t.elapsed().as_millis()
+                );
+                w.bytes
+            })
+        })?;
+        log::debug!("wrote {w} bytes to {}", p.display());
+    }
+    if (a.flamegraph.is_some() && heapsnapshot.is_none()) || a.folded.is_some() {
         let (reach_bytes, _) = ret.reachable();
         let min = a.min_frame.unwrap_or(reach_bytes / 2000).max(1);
         let lines = ret.folded(&graph, &mut refs, min);
         if let Some(p) = &a.folded {
             super::write_output(Some(p), &(lines.join("\n") + "\n"))?;
         }
-        if let Some(p) = &a.flamegraph {
+        if let Some(p) = a.flamegraph.as_ref().filter(|_| heapsnapshot.is_none()) {
             let svg = flamegraph(&lines, a.target.pid)?;
             super::write_output(Some(p), &svg)?;
         }

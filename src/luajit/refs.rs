@@ -294,7 +294,7 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
     /// Every strong reference of object `o` of type `t`, in a fixed order.
     pub fn refs(&mut self, o: u64, t: u8, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
         match t {
-            gct::TAB => self.table(o, f),
+            gct::TAB => self.table(o, false, f),
             gct::FUNC => self.func(o, f),
             gct::UPVAL => {
                 let v = self.vm.gcref(o + self.vm.lay.f.uv_v.off)?;
@@ -312,17 +312,33 @@ impl<'v, 'm, M: Memory + ?Sized> Refs<'v, 'm, M> {
         }
     }
 
-    fn table(&mut self, o: u64, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
+    /// The references of table `o` that the GC does not follow (the weak
+    /// side of a weak table, strings excepted): what [`Refs::refs`] leaves
+    /// out. Heap snapshots show them as weak edges.
+    pub fn weak_refs(&mut self, o: u64, f: &mut impl FnMut(Label, u64)) -> Result<(), MemError> {
+        self.table(o, true, f)
+    }
+
+    /// Strong references of table `o`, or (`weak_only`) only its weak ones.
+    fn table(
+        &mut self,
+        o: u64,
+        weak_only: bool,
+        f: &mut impl FnMut(Label, u64),
+    ) -> Result<(), MemError> {
         let fl = &self.vm.lay.f;
         let m = self.vm.m;
         let mt = self.vm.gcref(o + fl.t_metatable.off)?;
-        if mt != 0 {
+        if mt != 0 && !weak_only {
             f(Label::Metatable, mt);
         }
         // A weak side still holds strings: lj_gc.c gc_mayclear marks them,
         // strings cannot be weak references.
         let mode = self.weak_mode(mt);
-        let keep = |weak: bool, t: u8| !weak || t == gct::STR;
+        if weak_only && mode == 0 {
+            return Ok(());
+        }
+        let keep = |weak: bool, t: u8| (!weak || t == gct::STR) != weak_only;
         let asize = fl.t_asize.get(m, o)?.min(MAX_ELEMS);
         if asize > 0 {
             let arr = self.vm.gcref(o + fl.t_array.off)?;

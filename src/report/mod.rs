@@ -5,6 +5,7 @@
 pub mod census;
 pub mod diff;
 pub mod envelope;
+pub mod heapsnapshot;
 pub mod leaks;
 pub mod plot;
 pub mod pprof;
