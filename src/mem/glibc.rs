@@ -125,6 +125,9 @@ pub struct Glibc {
     pub found: bool,
     /// `debug-symbols` or `invariants`.
     pub located_by: String,
+    /// With a debug file: whether the invariant search found the same
+    /// main_arena and mp_ as its symbols (None without one).
+    pub invariants_match_symbols: Option<bool>,
     /// Σ arena system memory (mmapped chunks apart).
     pub system: u64,
     /// Σ in use in arenas.
@@ -165,30 +168,35 @@ pub fn read<M: Memory + ?Sized>(m: &M, pid: i32, maps: &Maps, warnings: &mut Vec
     };
     let (sym_arena, sym_mp) = debug_symbols(pid, &libc, maps);
     let data = libc_data(maps, &libc);
+    // The invariant search always runs: it is the method on a box without
+    // debug files, and where symbols exist they check it.
+    let inv_arena = find_main_arena(m, &o, maps, &data);
+    let inv_mp = find_mp(m, &o, maps, &data);
+    let agree = match (sym_arena, sym_mp) {
+        (Some(a), Some(p)) => Some(inv_arena == Some(a) && inv_mp == Some(p)),
+        _ => None,
+    };
+    if agree == Some(false) {
+        warnings.push(format!(
+            "glibc: invariant search found main_arena {inv_arena:x?} and mp_ {inv_mp:x?}, debug symbols say {sym_arena:x?} and {sym_mp:x?}"
+        ));
+    }
     let (arena, mp, by) = match (sym_arena, sym_mp) {
         (Some(a), Some(p)) if valid_arena(m, &o, a, maps) => (a, Some(p), "debug-symbols"),
         _ => {
-            let a = find_main_arena(m, &o, maps, &data);
-            let p = find_mp(m, &o, maps, &data);
-            let Some(a) = a else {
+            let Some(a) = inv_arena else {
                 warnings.push(format!(
                     "glibc: main_arena not found in {libc}'s data (install its debug file, e.g. libc6-dbg)"
                 ));
                 return Glibc::default();
             };
-            if let Some(s) = sym_arena {
-                if s != a {
-                    warnings.push(format!(
-                        "glibc: debug symbol main_arena {s:#x} != invariant search {a:#x}"
-                    ));
-                }
-            }
-            (a, p, "invariants")
+            (a, inv_mp, "invariants")
         }
     };
     let mut g = Glibc {
         found: true,
         located_by: by.into(),
+        invariants_match_symbols: agree,
         ..Default::default()
     };
     let sbrk_base = mp.and_then(|p| m.u64(p + o.mp_sbrk_base).ok()).unwrap_or(0);
