@@ -39,6 +39,8 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
     Probes(ProbesArgs),
+    /// Where the memory goes: Rss reconciled with LuaJIT, glibc, shm zones, stacks, files; fds, sockets, timers.
+    Mem(MemArgs),
     /// Long-running agent: Prometheus /metrics and pprof endpoints
     /// (/debug/pprof/heap, /debug/pprof/goroutine) for Parca, Pyroscope/Alloy.
     #[command(after_help = crate::serve::SERVE_HELP)]
@@ -388,6 +390,23 @@ pub struct ProbesArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
+}
+
+/// `ljleak mem`.
+#[derive(Debug, Args)]
+pub struct MemArgs {
+    /// Target (an nginx master: the master, every worker, and a total).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format [default: text, or json with -o FILE.json].
+    #[arg(long, value_enum)]
+    pub format: Option<TextOrJson>,
+    /// Write to FILE (atomically, mode 0600); `.svg` draws the breakdown.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Skip the file descriptor and socket tables.
+    #[arg(long)]
+    pub no_fds: bool,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

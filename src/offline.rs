@@ -320,12 +320,13 @@ pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result
         pid: core.pid,
         exe,
         vm,
-        image,
+        image: crate::target::source::HeapSource::Copy(image),
         pause_us: note.as_ref().map_or(0, |n| n.pause_us),
         attempts: 0,
         consistency,
         quiescence,
         maps,
+        fork: None,
     })
 }
 

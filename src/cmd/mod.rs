@@ -6,6 +6,7 @@ pub mod convert;
 pub mod diff;
 pub mod dump;
 pub mod leaks;
+pub mod mem;
 pub mod probes;
 pub mod refs;
 pub mod threads;
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Probes(a) => probes::run(a),
         Command::Dump(a) => dump::dump(a),
         Command::Serve(a) => crate::serve::run(a),
+        Command::Mem(a) => mem::run(a),
     }
 }
 

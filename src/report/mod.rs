@@ -7,6 +7,7 @@ pub mod diff;
 pub mod envelope;
 pub mod heapsnapshot;
 pub mod leaks;
+pub mod mem;
 pub mod plot;
 pub mod pprof;
 pub mod refs;
