@@ -37,9 +37,15 @@ rps() { wrk -t1 -c16 -d"${SECS}s" "$URL" | awk '/Requests\/sec/ {print $2}'; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 
+WORKER=$(pgrep -P "$MASTER" | head -1)
+# Worker CPU microseconds per request over a run (steadier than req/s on a
+# shared machine, where the worker is not always the bottleneck).
+usreq() { awk -v a="$1" -v b="$2" -v r="$3" -v s="$SECS" 'BEGIN {printf "%.1f", (b-a)*1e6/(r*s)}'; }
+
 wrk -t1 -c16 -d2s "$URL" >/dev/null    # warm up
-BASE=$(rps)
-echo "unscraped:                 $BASE req/s"
+W0=$(cpu "$WORKER"); BASE=$(rps); W1=$(cpu "$WORKER")
+BASE_US=$(usreq "$W0" "$W1" "$BASE")
+echo "unscraped:                 $BASE req/s, worker $BASE_US us/request"
 
 "$LJ" serve --listen "127.0.0.1:$SPORT" -p "$MASTER" --census-interval 10s 2>"$PREFIX/serve.log" &
 SERVE=$!
@@ -68,16 +74,18 @@ lat.sort()
 print(len(lat), errs, lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.99)] * 1e3)
 PY
 SCRAPER=$!
-SCRAPED=$(rps)
+W0=$(cpu "$WORKER"); SCRAPED=$(rps); W1=$(cpu "$WORKER")
+SCRAPED_US=$(usreq "$W0" "$W1" "$SCRAPED")
 wait "$SCRAPER"
 RSS1=$(rss_kb "$SERVE")
 C1=$(cpu "$SERVE")
 read -r N ERRS P50 P99 <"$PREFIX/scrapes"
 PAUSES=$(curl -fs "http://127.0.0.1:$SPORT/metrics" | awk '/^ljleak_pause_seconds_count/ {print $2}')
 kill "$SERVE"; wait "$SERVE" 2>/dev/null || true; SERVE=
-AGAIN=$(rps)
-echo "unscraped again:           $AGAIN req/s (noise: $(awk -v a="$AGAIN" -v b="$BASE" 'BEGIN {printf "%.3f", a/b}') of the first run)"
-awk -v r="$SCRAPED" -v b="$BASE" -v a="$AGAIN" 'BEGIN {printf "scraped 10/s:              %s req/s, %.3f of unscraped (mean of both unscraped runs)\n", r, r / ((a + b) / 2)}'
+W0=$(cpu "$WORKER"); AGAIN=$(rps); W1=$(cpu "$WORKER")
+AGAIN_US=$(usreq "$W0" "$W1" "$AGAIN")
+echo "unscraped again:           $AGAIN req/s, worker $AGAIN_US us/request (noise: $(awk -v a="$AGAIN" -v b="$BASE" 'BEGIN {printf "%.3f", a/b}') of the first run)"
+awk -v r="$SCRAPED" -v b="$BASE" -v a="$AGAIN" -v u="$SCRAPED_US" -v ub="$BASE_US" -v ua="$AGAIN_US" 'BEGIN {printf "scraped 10/s:              %s req/s, %.3f of unscraped; worker %s us/request, %.3f of unscraped (means of both unscraped runs)\n", r, r / ((a + b) / 2), u, u / ((ua + ub) / 2)}'
 echo "scrapes:                   $N in ${SECS}s, $ERRS failed, latency p50 $(printf %.2f "$P50") ms, p99 $(printf %.2f "$P99") ms"
 echo "background census:         $PAUSES pauses (--census-interval 10s)"
 echo "ljleak RSS:                ${RSS0} kB at start, ${RSS1} kB at end; CPU $(awk -v a="$C0" -v b="$C1" 'BEGIN {printf "%.2f", b-a}') s over the run"
