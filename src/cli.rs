@@ -42,6 +42,8 @@ pub enum Command {
     /// (/debug/pprof/heap, /debug/pprof/goroutine) for Parca, Pyroscope/Alloy.
     #[command(after_help = crate::serve::SERVE_HELP)]
     Serve(ServeArgs),
+    /// Where the memory goes: Rss reconciled with LuaJIT, glibc, shm zones, stacks, files; fds, sockets, timers.
+    Mem(MemArgs),
 }
 
 /// Options shared by every command that attaches to a live process.
@@ -329,6 +331,23 @@ pub struct ProbesArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: TextOrJson,
+}
+
+/// `ljleak mem`.
+#[derive(Debug, Args)]
+pub struct MemArgs {
+    /// Target (an nginx master: the master, every worker, and a total).
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Output format [default: text, or json with -o FILE.json].
+    #[arg(long, value_enum)]
+    pub format: Option<TextOrJson>,
+    /// Write to FILE (atomically, mode 0600); `.svg` draws the breakdown.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Skip the file descriptor and socket tables.
+    #[arg(long)]
+    pub no_fds: bool,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

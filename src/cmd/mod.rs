@@ -5,6 +5,7 @@ pub mod census;
 pub mod convert;
 pub mod diff;
 pub mod leaks;
+pub mod mem;
 pub mod probes;
 pub mod refs;
 pub mod threads;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
         Command::Serve(a) => crate::serve::run(a),
+        Command::Mem(a) => mem::run(a),
     }
 }
 

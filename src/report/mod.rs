@@ -6,6 +6,7 @@ pub mod census;
 pub mod diff;
 pub mod envelope;
 pub mod leaks;
+pub mod mem;
 pub mod plot;
 pub mod pprof;
 pub mod refs;
