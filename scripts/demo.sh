@@ -56,4 +56,14 @@ echo "== who holds it"
 "$ljleak" refs -p "$worker" --top 3 -o flamegraphs/refs.svg | tee reports/refs.txt
 echo "== where the Lua threads are"
 "$ljleak" threads -p "$worker" | tee reports/threads.txt
+echo "== fleet view: Prometheus metrics and pprof endpoints for this app (Ctrl-C stops it; see ljleak serve --help for scrape configs):"
+serve_port=${LJLEAK_DEMO_SERVE_PORT:-9145}
+echo "   $ljleak serve --listen 127.0.0.1:$serve_port -p $master --census-interval 60s"
+if "$ljleak" serve --listen "127.0.0.1:$serve_port" -p "$master" 2>/dev/null & then
+    serve_pid=$!
+    for _ in $(seq 30); do curl -fs "http://127.0.0.1:$serve_port/metrics" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -fs "http://127.0.0.1:$serve_port/metrics" 2>/dev/null | grep '^ljleak_luajit_gc_bytes' || echo "   (port $serve_port busy: set LJLEAK_DEMO_SERVE_PORT)"
+    kill "$serve_pid" 2>/dev/null || true
+    wait "$serve_pid" 2>/dev/null || true
+fi
 echo "== reports in reports/, flame graphs in flamegraphs/ (leaks.svg, refs.svg, census-diff.svg)"

@@ -582,6 +582,26 @@ fn bad_input_one_line_and_documented_codes() {
         assert_eq!(code, 31, "{err}");
         assert!(err.contains("--discover"), "{err}");
     }
+    // --allow-remote listens on every address, with a warning first.
+    let mut c = Command::new(ljleak())
+        .args([
+            "serve",
+            "--listen",
+            &format!("0.0.0.0:{}", free_port()),
+            "--allow-remote",
+            "-p",
+            &me,
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(c.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = c.kill();
+    let _ = c.wait();
+    assert!(first.contains("sensitive"), "{first}");
     // --help shows the scrape configs.
     let out = run(&["serve", "--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
@@ -634,6 +654,13 @@ fn discover_finds_nginx_masters_and_metrics_are_well_formed() {
         assert!(text.contains(&format!("# HELP {fam} ")), "{l}");
         assert!(text.contains(&format!("# TYPE {fam} ")), "{l}");
     }
+    // Scrapes alone never pause a worker.
+    for _ in 0..20 {
+        assert_eq!(serve.get("/metrics").0, 200);
+    }
+    let text = String::from_utf8(serve.get("/metrics").1).unwrap();
+    assert!(text.contains("\nljleak_pause_seconds_count 0\n"), "{text}");
+    assert!(text.contains("\nljleak_censuses_total 0\n"), "{text}");
     let (status, index) = serve.get("/");
     assert_eq!(status, 200);
     let index = String::from_utf8(index).unwrap();

@@ -32,8 +32,9 @@ use targets::{Target, Targets};
 pub const SERVE_HELP: &str = "\
 Endpoints: /metrics (Prometheus text format), /debug/pprof/heap (= /allocs) and
 /debug/pprof/goroutine (gzipped pprof; ?pid=N or ?master=N, else every watched
-process merged with a `pid N` root frame; other parameters such as ?seconds are
-ignored), / (this list and the watched processes). Scrapes never pause a worker;
+process merged, each stack under a `pid N` root frame when there are several;
+other parameters such as ?seconds are ignored), / (this list and the watched
+processes). Scrapes never pause a worker;
 pprof endpoints pause each worker at most once per --min-census-interval.
 
 Prometheus (prometheus.yml):
