@@ -7,7 +7,9 @@ set -euo pipefail
 
 pkgs=(nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev lua-resty-lrucache
       curl wrk build-essential dpkg-dev gdb prometheus golang-go
-      lua-resty-core libc6-dbg ${LJLEAK_EXTRA_PKGS:-})
+      lua-resty-core libc6-dbg
+      clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool linux-perf
+      ${LJLEAK_EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

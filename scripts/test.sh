@@ -21,3 +21,6 @@ export CI="${CI:-}"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
 cargo test --release -- --test-threads=2
+# The leak tracer's tests again on the perf fallback (the default run used
+# the BPF tracer).
+LJLEAK_TRACER=perf cargo test --release --test leaks --test leaksnap -- --test-threads=2

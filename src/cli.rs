@@ -374,6 +374,19 @@ pub struct LeaksArgs {
     /// share of the overhead; the report is empty).
     #[arg(long, hide = true)]
     pub debug_discard: bool,
+    /// Test hook: force a tracer (`bpf`, the default, or `perf`, the
+    /// fallback); the environment variable LJLEAK_TRACER does the same.
+    #[arg(long, value_enum, hide = true)]
+    pub tracer: Option<TracerKind>,
+}
+
+/// Which tracer `ljleak leaks` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TracerKind {
+    /// BPF programs on uprobe_multi session links (default).
+    Bpf,
+    /// perf uprobe events, one per thread and probe (fallback).
+    Perf,
 }
 
 /// `ljleak probes`.

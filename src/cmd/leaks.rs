@@ -17,10 +17,13 @@ use crate::target::{self, Maps, ProcessMemory, ReadExt};
 use crate::trace::pmu::UprobePmu;
 use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
 use crate::trace::record::Sample;
-use crate::trace::session::Session;
 use crate::unwind::lua::{self, LuaFrames};
 use crate::unwind::symbols::Symbolizer;
 use crate::unwind::Unwinder;
+
+#[path = "leaks_bpf.rs"]
+mod tracer;
+use tracer::Tracer;
 
 fn usage(msg: impl Into<String>) -> anyhow::Error {
     Classified::new(ExitCode::Usage, msg).into()
@@ -202,6 +205,10 @@ struct Window {
     mem: ProcessMemory,
     /// Latest mappings (kept so a target that exits can still be symbolized).
     maps: Maps,
+    /// With the BPF tracer sampling: the weights of its samples.
+    bpf_sampler: Option<Sampler>,
+    /// With the BPF tracer sampling: allocations it sampled.
+    bpf_sampled: Option<u64>,
 }
 
 impl Window {
@@ -310,6 +317,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         .uprobe_pmu_dir
         .clone()
         .unwrap_or_else(UprobePmu::default_dir);
+    // Both tracers need the kernel's uprobes (CONFIG_UPROBE_EVENTS).
     let pmu = UprobePmu::read(&pmu_dir)?;
     let maps = Maps::read(pid)?;
     let specs = probe_set(&a, &maps)?;
@@ -329,14 +337,21 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
 
-    let mut session =
-        Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
+    let mut session = Tracer::attach(&a, pmu, specs, None)?;
+    let bpf = matches!(session, Tracer::Bpf(_));
     let started = Instant::now();
     let window = Duration::from_secs_f64(a.time);
     let bar = progress_bar(a.time);
     let mut tracker = Tracker::new();
+    let mut bpf_sampler = None;
     if let Some(n) = a.sample_bytes {
-        tracker.set_sampler(Sampler::new(n, monotonic_ns() ^ ((pid as u64) << 32)));
+        let s = Sampler::new(n, monotonic_ns() ^ ((pid as u64) << 32));
+        if bpf {
+            // The kernel decides; ljleak only weighs.
+            bpf_sampler = Some(s);
+        } else {
+            tracker.set_sampler(s);
+        }
     }
     let mut w = Window {
         pid,
@@ -347,6 +362,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         hits: vec![0; session.specs().len()],
         mem: ProcessMemory::new(pid),
         maps: maps_at_start,
+        bpf_sampler,
+        bpf_sampled: None,
     };
     eprintln!(
         "ljleak: tracing pid {pid} for {} s with {} probes{}",
@@ -363,18 +380,14 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let mut exited = false;
     while started.elapsed() < window && !stop.load(Ordering::SeqCst) {
         session.wait(Duration::from_millis(20));
-        if a.debug_discard {
-            session.drain(|_, _| w.samples += 1);
-        } else {
-            session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
-        }
+        session.drain(&mut w, a.debug_discard);
         if last_threads.elapsed() > Duration::from_millis(50) {
             last_threads = Instant::now();
             if !target::process_exists(pid) {
                 exited = true;
                 break;
             }
-            session.refresh_threads()?;
+            session.refresh_threads(pid)?;
             // A zombie's maps are empty: keep the last real ones.
             if let Ok(m) = Maps::read(pid) {
                 if !m.list.is_empty() {
@@ -384,12 +397,14 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         }
         bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
     }
-    session.drain(|i, s| w.on_sample(i, &specs_copy[i], s));
+    session.drain(&mut w, a.debug_discard);
     let end = monotonic_ns();
     let elapsed = started.elapsed();
-    let stats = session.stats;
+    let stats = session.finish(&mut w);
     // Closing the fds removes every probe before the slow part.
+    let t_detach = Instant::now();
     drop(session);
+    log::info!("probes detached in {} ms", t_detach.elapsed().as_millis());
     bar.finish_and_clear();
     if exited {
         log::warn!("process {pid} exited during the window; reporting what was seen");
@@ -537,12 +552,17 @@ fn build_report(
         truncated_stacks: w.stacks.truncated,
         samples: w.samples,
         min_age: a.min_age,
-        sampling: w.tracker.sampler().map(|s| SamplingSummary {
-            sample_bytes: a.sample_bytes.unwrap_or(0),
-            sampled: s.sampled,
-            outstanding_sampled: sampled,
-            outstanding_bytes_ci95: crate::leaks::sample::ci95(var),
-        }),
+        sampling: w
+            .tracker
+            .sampler()
+            .map(|s| s.sampled)
+            .or(w.bpf_sampled)
+            .map(|n| SamplingSummary {
+                sample_bytes: a.sample_bytes.unwrap_or(0),
+                sampled: n,
+                outstanding_sampled: sampled,
+                outstanding_bytes_ci95: crate::leaks::sample::ci95(var),
+            }),
     };
     let exe = w.seen.exe.clone();
     let mut r = LeakReport {

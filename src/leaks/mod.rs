@@ -119,7 +119,7 @@ pub struct Tracker {
 }
 
 /// Bytes a call asks for, known at entry; None for calls that only free.
-fn requested(func: Func, a: &Args) -> Option<u64> {
+pub fn requested(func: Func, a: &Args) -> Option<u64> {
     match func {
         Func::Malloc | Func::Valloc | Func::Pvalloc => Some(a.a0),
         Func::Calloc => Some(a.a0.saturating_mul(a.a1)),
@@ -241,6 +241,45 @@ impl Tracker {
             nested,
             weight,
         });
+    }
+
+    /// An allocation call the kernel tracer already found outermost and
+    /// chose to track (the BPF path decides nesting and sampling itself),
+    /// standing for `weight` bytes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_entry_tracked(
+        &mut self,
+        tid: u32,
+        func: Func,
+        sp: u64,
+        args: Args,
+        time: u64,
+        weight: u64,
+        store: impl FnOnce() -> u32,
+    ) {
+        // A pending call at or below this one lost its return record.
+        self.drop_stale(tid, sp);
+        let stack = store();
+        let p = self.pending.entry(tid).or_default();
+        if p.len() >= MAX_PENDING {
+            let q = p.remove(0);
+            self.counts.unmatched += 1;
+            self.release(q.stack);
+        }
+        self.pending.entry(tid).or_default().push(Pending {
+            func,
+            sp,
+            args,
+            stack,
+            time,
+            nested: false,
+            weight: Some(weight),
+        });
+    }
+
+    /// A tracked pointer was freed (the kernel tracer reports only those).
+    pub fn forget(&mut self, ptr: u64) {
+        self.free(ptr, None);
     }
 
     /// A USDT allocation probe fired (no return to wait for).

@@ -7,11 +7,14 @@
 //! - [`record`]: decoding records;
 //! - [`site`]: where in a function to place a probe cheaply;
 //! - [`probes`]: the probe set (libc allocation functions, LuaJIT's allocf);
-//! - [`session`]: probes on every thread, draining the rings.
+//! - [`session`]: probes on every thread, draining the rings;
+//! - [`ebpf`]: the default tracer: BPF programs on `uprobe_multi` session
+//!   links, liveness and pairing in the kernel.
 //!
 //! Not here: what the samples mean for leaks (`crate::leaks`), unwinding
 //! (`crate::unwind`).
 
+pub mod ebpf;
 pub mod perf;
 pub mod pmu;
 pub mod probes;

@@ -1,0 +1,240 @@
+//! The tracer behind `ljleak leaks`: the BPF one (default) or the perf
+//! fallback, and how BPF records feed the same accounting as perf samples.
+
+use std::time::Duration;
+
+use crate::cli::TracerKind;
+use crate::leaks::Args;
+use crate::trace::ebpf::abi::{self, counter, LjRegs};
+use crate::trace::ebpf::{BpfOpts, BpfSession, Event};
+use crate::trace::pmu::UprobePmu;
+use crate::trace::probes::ProbeSpec;
+use crate::trace::record::Regs;
+use crate::trace::session::{Session, SessionStats};
+
+use super::Window;
+
+/// What a fallback to perf loses, for the one-line warning.
+const FALLBACK_LOSES: &str = "falling back to perf uprobes: one event per thread and probe \
+     (slower hits, slow teardown on many threads, threads started during the window missed \
+     until picked up), every call sampled in user space, no Lua call chain beyond the \
+     innermost frame";
+
+/// The tracer in use.
+pub(super) enum Tracer {
+    /// perf uprobe events per thread.
+    Perf(Session),
+    /// BPF programs on uprobe_multi session links.
+    Bpf(Box<BpfSession>),
+}
+
+/// Which tracer was asked for: `--tracer`, else LJLEAK_TRACER, else BPF.
+fn wanted(a: &crate::cli::LeaksArgs) -> TracerKind {
+    a.tracer
+        .unwrap_or_else(|| match std::env::var("LJLEAK_TRACER").as_deref() {
+            Ok("perf") => TracerKind::Perf,
+            _ => TracerKind::Bpf,
+        })
+}
+
+impl Tracer {
+    /// Attach the probe set: BPF when possible, else perf with a warning.
+    pub(super) fn attach(
+        a: &crate::cli::LeaksArgs,
+        pmu: UprobePmu,
+        specs: Vec<ProbeSpec>,
+        lua: Option<abi::LjLuaCfg>,
+    ) -> anyhow::Result<Tracer> {
+        use anyhow::Context;
+        let pid = a.target.pid;
+        if wanted(a) == TracerKind::Bpf {
+            let opts = BpfOpts {
+                stack_bytes: a.stack_bytes,
+                sample_bytes: a.sample_bytes,
+                // One ring for the whole process: at least 64 MB, so a
+                // busy target does not fill it between two 20 ms polls.
+                ring_bytes: (a.ring_pages * 4096).max(64 << 20),
+                lua,
+            };
+            match BpfSession::attach(pid, specs.clone(), opts) {
+                Ok(mut s) => {
+                    s.note_threads(pid);
+                    log::info!(
+                        "BPF tracer: {} uprobe_multi session links attached in {} ms",
+                        s.link_count(),
+                        s.attach_time.as_millis()
+                    );
+                    return Ok(Tracer::Bpf(Box::new(s)));
+                }
+                Err(e) => {
+                    let why = if e.is_permission() {
+                        format!("no permission for BPF (needs CAP_BPF and CAP_PERFMON): {e}")
+                    } else {
+                        e.to_string()
+                    };
+                    eprintln!("ljleak: warning: eBPF tracer unavailable ({why}); {FALLBACK_LOSES}");
+                }
+            }
+        }
+        Ok(Tracer::Perf(
+            Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?,
+        ))
+    }
+
+    /// The probe set.
+    pub(super) fn specs(&self) -> &[ProbeSpec] {
+        match self {
+            Tracer::Perf(s) => s.specs(),
+            Tracer::Bpf(s) => s.specs(),
+        }
+    }
+
+    /// Wait for the next poll. The BPF programs never wake ljleak (no
+    /// per-event wakeups): it drains on this timer.
+    pub(super) fn wait(&self, timeout: Duration) {
+        match self {
+            Tracer::Perf(s) => s.wait(timeout),
+            Tracer::Bpf(_) => std::thread::sleep(timeout),
+        }
+    }
+
+    /// New threads: perf must open events on them; BPF links cover the
+    /// whole process already.
+    pub(super) fn refresh_threads(&mut self, pid: i32) -> Result<(), crate::trace::TraceError> {
+        match self {
+            Tracer::Perf(s) => {
+                s.refresh_threads()?;
+            }
+            Tracer::Bpf(s) => s.note_threads(pid),
+        }
+        Ok(())
+    }
+
+    /// Feed every pending record to `w` (or only count them, `discard`).
+    pub(super) fn drain(&mut self, w: &mut Window, discard: bool) {
+        match self {
+            Tracer::Perf(s) => {
+                let specs = s.specs().to_vec();
+                if discard {
+                    s.drain(|_, _| w.samples += 1);
+                } else {
+                    s.drain(|i, smp| w.on_sample(i, &specs[i], smp));
+                }
+            }
+            Tracer::Bpf(s) => {
+                let specs = s.specs().to_vec();
+                s.drain(|i, ev| {
+                    if discard {
+                        w.samples += 1;
+                    } else if let Some(spec) = specs.get(i) {
+                        w.on_bpf(i, spec, ev);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Counters for the summary; with BPF the kernel's counts replace the
+    /// tracker's (it sees every call, ljleak only the tracked ones).
+    pub(super) fn finish(&self, w: &mut Window) -> SessionStats {
+        match self {
+            Tracer::Perf(s) => s.stats,
+            Tracer::Bpf(s) => {
+                let c = s.counters();
+                let k = &mut w.tracker.counts;
+                k.allocs = c[counter::ALLOCS];
+                k.alloc_bytes = c[counter::ALLOC_BYTES];
+                k.frees = c[counter::FREES];
+                k.pre_window_frees = c[counter::PRE_FREES];
+                k.pre_window_free_bytes = c[counter::PRE_FREE_BYTES];
+                k.nested = c[counter::NESTED];
+                k.unmatched += c[counter::UNMATCHED];
+                k.failed = c[counter::FAILED];
+                k.untracked_frees = c[counter::UNTRACKED_FREES];
+                if s.sampling() {
+                    w.bpf_sampled = Some(c[counter::SAMPLED]);
+                }
+                log::info!(
+                    "BPF: {} program runs, {} Lua walks ({} stopped at a marker), live map full {} times",
+                    c[counter::HITS],
+                    c[counter::LUA_WALKS],
+                    c[counter::LUA_BAD],
+                    c[counter::LIVE_FULL]
+                );
+                SessionStats {
+                    lost: c[counter::LOST],
+                    throttled: 0,
+                    undecodable: 0,
+                    threads: s.thread_count() as u64,
+                }
+            }
+        }
+    }
+}
+
+fn regs_of(r: &LjRegs) -> Regs {
+    Regs {
+        ax: r.ax,
+        cx: r.cx,
+        dx: r.dx,
+        si: r.si,
+        di: r.di,
+        bp: r.bp,
+        sp: r.sp,
+        ip: r.ip,
+        bx: r.bx,
+        r: r.r,
+    }
+}
+
+impl Window {
+    /// One BPF record (from probe `i`, `spec`).
+    pub(super) fn on_bpf(&mut self, i: usize, spec: &ProbeSpec, ev: Event<'_>) {
+        if let Some(h) = self.hits.get_mut(i) {
+            *h += 1;
+        }
+        self.samples += 1;
+        match ev {
+            Event::Entry(e, stack) => {
+                let regs = regs_of(&e.regs);
+                let args = Args {
+                    a0: regs.di,
+                    a1: regs.si,
+                    a2: regs.dx,
+                    a3: regs.cx,
+                };
+                let size = crate::leaks::requested(spec.func, &args).unwrap_or(0);
+                let weight = match (&self.bpf_sampler, e.sampled) {
+                    (Some(sm), 1) => sm.weight(size).round() as u64,
+                    _ => size,
+                };
+                let stacks = &mut self.stacks;
+                self.tracker.on_entry_tracked(
+                    e.tid,
+                    spec.func,
+                    regs.sp,
+                    args,
+                    e.time,
+                    weight,
+                    || stacks.keep(&regs, stack),
+                );
+            }
+            Event::Return(r) => {
+                let ret = if r.flags & abi::RET_UNTRACKED != 0 {
+                    0
+                } else {
+                    r.ret
+                };
+                let deref = r.deref;
+                self.tracker
+                    .on_return(r.tid, spec.func, ret, |_| Some(deref));
+            }
+            Event::Free(r) => {
+                self.tracker.forget(r.ptr);
+            }
+        }
+        for h in self.tracker.released() {
+            self.stacks.release(h);
+        }
+    }
+}

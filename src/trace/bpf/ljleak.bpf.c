@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* ljleak's in-kernel allocation tracer: one uprobe session program on every
+ * allocation site (uprobe_multi links, PID-filtered by the link), pairing
+ * entries with returns per thread, keeping the live set keyed by pointer,
+ * and writing records to one BPF ring buffer without waking user space
+ * (ljleak polls on a timer). With cfg.sample_bytes the entry decides, and
+ * an unsampled call returns 1 so the kernel skips its return probe. */
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <asm/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include "ljleak.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* uprobe session kfuncs (kernel >= 6.12). */
+extern bool bpf_session_is_return(void) __ksym;
+
+const volatile struct lj_config cfg = {};
+
+/* Keep the record types in the object's BTF (ljleak's layout test reads
+ * them there); never used. */
+struct lj_rec_entry *btf_rec_entry __attribute__((unused));
+struct lj_rec_return *btf_rec_return __attribute__((unused));
+struct lj_rec_free *btf_rec_free __attribute__((unused));
+struct lj_lua_frame *btf_lua_frame __attribute__((unused));
+struct lj_regs *btf_regs __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 26); /* resized at load */
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1 << 22);
+	__type(key, __u64);
+	__type(value, __u8);
+} live SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u32);
+	__type(value, struct lj_pending);
+} pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LJ_C_N);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Bytes left before the next sample point, per CPU (the Poisson process of
+ * sample points on the allocated byte stream is memoryless, so splitting it
+ * per CPU keeps every allocation's sampling probability). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} countdown SEC(".maps");
+
+static __always_inline void count(__u32 i, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &i);
+	if (c)
+		*c += n;
+}
+
+/* -log2(u / 2^32) in 16.16 fixed point, u > 0: normalise, then one
+ * fraction bit per squaring (the classic shift-and-square log). */
+static __always_inline __u64 neg_log2_q16(__u32 u)
+{
+	__u32 k = 0;
+	__u64 m = u;
+	for (int i = 0; i < 32; i++) {
+		if (m & 0x80000000ULL)
+			break;
+		m <<= 1;
+		k++;
+	}
+	/* m / 2^31 is in [1, 2): log2(u / 2^32) = log2(m / 2^31) - 1 - k. */
+	__u64 frac = 0;
+	for (int i = 15; i >= 0; i--) {
+		m = (m * m) >> 31;
+		if (m >= (1ULL << 32)) {
+			m >>= 1;
+			frac |= 1ULL << i;
+		}
+	}
+	return ((__u64)(k + 1) << 16) - frac;
+}
+
+/* An exponential variate with mean cfg.sample_bytes: -ln(U) * N. */
+static __always_inline __s64 draw(void)
+{
+	__u32 u = bpf_get_prandom_u32() | 1;
+	/* ln 2 = 45426 / 2^16. */
+	__u64 e = (neg_log2_q16(u) * 45426) >> 16;
+	return (__s64)((e * cfg.sample_bytes) >> 16) + 1;
+}
+
+/* Whether an allocation of `size` bytes is sampled. */
+static __always_inline bool sampled(__u64 size)
+{
+	__u32 z = 0;
+	__s64 *left = bpf_map_lookup_elem(&countdown, &z);
+	if (!left || size == 0)
+		return false;
+	if (*left == 0)
+		*left = draw();
+	*left -= (__s64)size;
+	if (*left > 0)
+		return false;
+	/* Points may fall past this allocation: keep the overshoot. */
+	__s64 next = draw();
+	for (int i = 0; i < 8 && *left + next <= 0; i++)
+		next += draw();
+	*left += next;
+	return true;
+}
+
+/* Bytes a call asks for; 0 for a call that only frees. */
+static __always_inline __u64 requested(__u32 f, struct pt_regs *ctx)
+{
+	switch (f) {
+	case LJ_F_MALLOC:
+	case LJ_F_VALLOC:
+		return ctx->rdi;
+	case LJ_F_CALLOC:
+		return ctx->rdi * ctx->rsi;
+	case LJ_F_ALIGNED_ALLOC:
+		return ctx->rsi;
+	case LJ_F_POSIX_MEMALIGN:
+		return ctx->rdx;
+	case LJ_F_REALLOC:
+		return ctx->rsi;
+	case LJ_F_REALLOCARRAY:
+		return ctx->rsi * ctx->rdx;
+	case LJ_F_LUA_ALLOCF:
+		return ctx->rcx;
+	}
+	return 0;
+}
+
+/* A free of `ptr` (osize bytes when the allocator says): a record only when
+ * the pointer is tracked. */
+static __always_inline void do_free(struct pt_regs *ctx, __u64 cookie, __u32 tid, __u64 ptr,
+				    __u64 osize)
+{
+	if (!ptr)
+		return;
+	if (bpf_map_delete_elem(&live, &ptr) != 0) {
+		if (cfg.sample_bytes) {
+			count(LJ_C_UNTRACKED_FREES, 1);
+		} else {
+			count(LJ_C_PRE_FREES, 1);
+			count(LJ_C_PRE_FREE_BYTES, osize);
+		}
+		return;
+	}
+	count(LJ_C_FREES, 1);
+	struct lj_rec_free *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(LJ_C_LOST, 1);
+		return;
+	}
+	r->type = LJ_REC_FREE;
+	r->tid = tid;
+	r->time = bpf_ktime_get_ns();
+	r->cookie = cookie;
+	r->ptr = ptr;
+	r->sp = ctx->rsp;
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+}
+
+#include "lua_walk.h"
+
+static __always_inline void copy_regs(struct lj_regs *d, struct pt_regs *s)
+{
+	d->ax = s->rax;
+	d->bx = s->rbx;
+	d->cx = s->rcx;
+	d->dx = s->rdx;
+	d->si = s->rsi;
+	d->di = s->rdi;
+	d->bp = s->rbp;
+	d->sp = s->rsp;
+	d->ip = s->rip;
+	d->r[0] = s->r8;
+	d->r[1] = s->r9;
+	d->r[2] = s->r10;
+	d->r[3] = s->r11;
+	d->r[4] = s->r12;
+	d->r[5] = s->r13;
+	d->r[6] = s->r14;
+	d->r[7] = s->r15;
+}
+
+/* The ENTRY record of a tracked call: registers, Lua frames, stack copy. */
+static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid, bool smp)
+{
+	const __u32 n = cfg.stack_bytes & ~7U;
+	struct lj_rec_entry *e =
+		bpf_ringbuf_reserve(&events, sizeof(*e) + (n <= LJ_MAX_STACK ? n : 0), 0);
+	if (!e) {
+		count(LJ_C_LOST, 1);
+		return false;
+	}
+	e->type = LJ_REC_ENTRY;
+	e->tid = tid;
+	e->time = bpf_ktime_get_ns();
+	e->cookie = cookie;
+	e->sampled = smp;
+	copy_regs(&e->regs, ctx);
+	e->lua_n = 0;
+	e->lua_flags = 0;
+	lua_walk(ctx, e);
+	e->stack_len = 0;
+	if (n > 0 && n <= LJ_MAX_STACK) {
+		/* Near the top of a stack the full copy faults: halve it. */
+		__u32 len = n;
+		for (int i = 0; i < 6; i++) {
+			if (bpf_probe_read_user(e->stack, len, (void *)ctx->rsp) == 0) {
+				e->stack_len = len;
+				break;
+			}
+			len = (len >> 1) & ~7U;
+			if (len == 0)
+				break;
+		}
+	}
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	return true;
+}
+
+static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid)
+{
+	__u32 f = cookie & 0xff;
+	__u64 sp = ctx->rsp;
+	struct lj_pending *p = bpf_map_lookup_elem(&pending, &tid);
+	if (p) {
+		if (p->sp > sp) {
+			/* Called from inside a traced call on this thread
+			 * (posix_memalign -> malloc, realloc(p, 0) -> free). */
+			count(LJ_C_NESTED, 1);
+			return 1;
+		}
+		/* Its return never came (longjmp, a thread that died). */
+		count(LJ_C_UNMATCHED, 1);
+		bpf_map_delete_elem(&pending, &tid);
+	}
+	if (f == LJ_F_FREE) {
+		do_free(ctx, cookie, tid, ctx->rdi, 0);
+		return 1;
+	}
+	__u64 size = requested(f, ctx);
+	bool track = true, smp = false;
+	if (size == 0) {
+		/* realloc(p, 0), allocf(.., nsize 0): a free. Still pending, so
+		 * the free it calls inside is nested. */
+		if (f == LJ_F_REALLOC)
+			do_free(ctx, cookie, tid, ctx->rdi, 0);
+		else if (f == LJ_F_LUA_ALLOCF)
+			do_free(ctx, cookie, tid, ctx->rsi, ctx->rdx);
+		track = false;
+	} else if (cfg.sample_bytes) {
+		if (!sampled(size)) {
+			/* No return trap for this call. The old block of a
+			 * realloc may go: forget it if tracked. */
+			count(LJ_C_ALLOCS, 1);
+			count(LJ_C_ALLOC_BYTES, size);
+			if (f == LJ_F_REALLOC || f == LJ_F_REALLOCARRAY)
+				do_free(ctx, cookie, tid, ctx->rdi, 0);
+			else if (f == LJ_F_LUA_ALLOCF)
+				do_free(ctx, cookie, tid, ctx->rsi, ctx->rdx);
+			return 1;
+		}
+		smp = true;
+		count(LJ_C_SAMPLED, 1);
+	}
+	struct lj_pending np = {
+		.sp = sp,
+		.a0 = ctx->rdi,
+		.a1 = ctx->rsi,
+		.a2 = ctx->rdx,
+		.a3 = ctx->rcx,
+		.cookie = cookie,
+	};
+	if (track)
+		np.emitted = emit_entry(ctx, cookie, tid, smp);
+	bpf_map_update_elem(&pending, &tid, &np, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void forget_old(struct pt_regs *ctx, struct lj_pending *p, __u32 tid,
+				       __u32 f)
+{
+	if (f == LJ_F_REALLOC || f == LJ_F_REALLOCARRAY) {
+		if (p->a0 && bpf_map_delete_elem(&live, &p->a0) != 0) {
+			if (cfg.sample_bytes) {
+				count(LJ_C_UNTRACKED_FREES, 1);
+			} else {
+				count(LJ_C_PRE_FREES, 1);
+			}
+		} else if (p->a0) {
+			count(LJ_C_FREES, 1);
+		}
+	} else if (f == LJ_F_LUA_ALLOCF && p->a1) {
+		if (bpf_map_delete_elem(&live, &p->a1) != 0) {
+			if (cfg.sample_bytes) {
+				count(LJ_C_UNTRACKED_FREES, 1);
+			} else {
+				count(LJ_C_PRE_FREES, 1);
+				count(LJ_C_PRE_FREE_BYTES, p->a2);
+			}
+		} else {
+			count(LJ_C_FREES, 1);
+		}
+	}
+}
+
+static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
+{
+	struct lj_pending *p = bpf_map_lookup_elem(&pending, &tid);
+	if (!p)
+		return 0;
+	struct lj_pending q = *p;
+	bpf_map_delete_elem(&pending, &tid);
+	__u32 f = q.cookie & 0xff;
+	__u64 ret = ctx->rax, ptr = ret, deref = 0, size = 0;
+	if (f == LJ_F_POSIX_MEMALIGN) {
+		ptr = 0;
+		if (ret == 0 && bpf_probe_read_user(&deref, 8, (void *)q.a0) == 0)
+			ptr = deref;
+		size = q.a2;
+	} else {
+		size = f == LJ_F_CALLOC		    ? q.a0 * q.a1 :
+		       f == LJ_F_ALIGNED_ALLOC	    ? q.a1 :
+		       f == LJ_F_REALLOC	    ? q.a1 :
+		       f == LJ_F_REALLOCARRAY	    ? q.a1 * q.a2 :
+		       f == LJ_F_LUA_ALLOCF	    ? q.a3 :
+						      q.a0;
+	}
+	if (!q.emitted && size == 0)
+		return 0; /* a free-like call: handled at entry */
+	__u32 flags = 0;
+	if (ptr == 0) {
+		if (size > 0)
+			count(LJ_C_FAILED, 1);
+	} else {
+		forget_old(ctx, &q, tid, f);
+		if (!cfg.sample_bytes) {
+			count(LJ_C_ALLOCS, 1);
+			count(LJ_C_ALLOC_BYTES, size);
+		}
+		__u8 one = 1;
+		if (q.emitted) {
+			if (bpf_map_update_elem(&live, &ptr, &one, BPF_ANY) != 0) {
+				count(LJ_C_LIVE_FULL, 1);
+				flags |= LJ_RET_UNTRACKED;
+			}
+		} else {
+			/* Not tracked (ring full at entry): a block reusing
+			 * a tracked address means its free was missed. */
+			bpf_map_delete_elem(&live, &ptr);
+		}
+	}
+	if (!q.emitted)
+		return 0;
+	struct lj_rec_return *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
+	if (!r) {
+		count(LJ_C_LOST, 1);
+		return 0;
+	}
+	r->type = LJ_REC_RETURN;
+	r->tid = tid;
+	r->time = bpf_ktime_get_ns();
+	r->cookie = q.cookie;
+	r->ret = ret;
+	r->deref = deref;
+	r->sp = ctx->rsp;
+	r->flags = flags;
+	r->pad = 0;
+	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	return 0;
+}
+
+SEC("uprobe.session")
+int ljleak_alloc(struct pt_regs *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	count(LJ_C_HITS, 1);
+	if (bpf_session_is_return())
+		return on_return(ctx, tid);
+	return on_entry(ctx, cookie, tid);
+}

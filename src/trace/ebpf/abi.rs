@@ -1,0 +1,396 @@
+//! Rust mirrors of the structs in `src/trace/bpf/ljleak.h` (map values,
+//! ring-buffer records, the load-time configuration). The unit test below
+//! checks every size and field offset against the BTF of the compiled
+//! object, so the two sides cannot drift silently.
+
+/// The compiled BPF object (built by build.rs from src/trace/bpf/).
+pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ljleak.bpf.o"));
+
+/// Record types.
+pub const REC_ENTRY: u32 = 1;
+/// A tracked call returned.
+pub const REC_RETURN: u32 = 2;
+/// A tracked pointer was freed.
+pub const REC_FREE: u32 = 3;
+
+/// Function kinds (low byte of a site's cookie).
+pub mod func {
+    /// malloc.
+    pub const MALLOC: u64 = 1;
+    /// calloc.
+    pub const CALLOC: u64 = 2;
+    /// realloc.
+    pub const REALLOC: u64 = 3;
+    /// reallocarray.
+    pub const REALLOCARRAY: u64 = 4;
+    /// free.
+    pub const FREE: u64 = 5;
+    /// posix_memalign.
+    pub const POSIX_MEMALIGN: u64 = 6;
+    /// aligned_alloc, memalign.
+    pub const ALIGNED_ALLOC: u64 = 7;
+    /// valloc, pvalloc.
+    pub const VALLOC: u64 = 8;
+    /// LuaJIT's allocf.
+    pub const LUA_ALLOCF: u64 = 9;
+}
+
+/// Counter indices (per-CPU array `counters`).
+pub mod counter {
+    /// Allocations.
+    pub const ALLOCS: usize = 0;
+    /// Their bytes.
+    pub const ALLOC_BYTES: usize = 1;
+    /// Frees of tracked pointers.
+    pub const FREES: usize = 2;
+    /// Frees of pointers allocated before the window.
+    pub const PRE_FREES: usize = 3;
+    /// Their bytes when known.
+    pub const PRE_FREE_BYTES: usize = 4;
+    /// Nested calls.
+    pub const NESTED: usize = 5;
+    /// Entries whose return never came.
+    pub const UNMATCHED: usize = 6;
+    /// Failed allocations.
+    pub const FAILED: usize = 7;
+    /// Frees of untracked pointers when sampling.
+    pub const UNTRACKED_FREES: usize = 8;
+    /// Records dropped (ring buffer full).
+    pub const LOST: usize = 9;
+    /// Allocations sampled.
+    pub const SAMPLED: usize = 10;
+    /// Allocations not tracked because the live map was full.
+    pub const LIVE_FULL: usize = 11;
+    /// Program runs.
+    pub const HITS: usize = 12;
+    /// Lua walks done.
+    pub const LUA_WALKS: usize = 13;
+    /// Lua walks that stopped at a frame they could not validate.
+    pub const LUA_BAD: usize = 14;
+    /// Array size.
+    pub const N: usize = 16;
+}
+
+/// Most Lua frames in one record.
+pub const MAX_LUA: usize = 48;
+/// Largest stack copy.
+pub const MAX_STACK: u32 = 65528;
+
+/// Lua frame flags.
+pub mod lf {
+    /// First frame of a segment.
+    pub const SEGMENT: u32 = 1;
+    /// A C function's frame.
+    pub const CFUNC: u32 = 2;
+    /// The walk stopped here: marker.
+    pub const BAD: u32 = 4;
+    /// Read while a trace ran.
+    pub const TRACE: u32 = 8;
+}
+
+/// Return flag: the live map was full, the allocation is not tracked.
+pub const RET_UNTRACKED: u32 = 1;
+
+/// `struct lj_regs`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct LjRegs {
+    pub ax: u64,
+    pub bx: u64,
+    pub cx: u64,
+    pub dx: u64,
+    pub si: u64,
+    pub di: u64,
+    pub bp: u64,
+    pub sp: u64,
+    pub ip: u64,
+    pub r: [u64; 8],
+}
+
+/// `struct lj_lua_frame`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LjLuaFrame {
+    /// GCfunc address.
+    pub func: u64,
+    /// Bytecode PC (+4 past the current instruction, as LuaJIT keeps them).
+    pub pc: u64,
+    /// The segment's C frame.
+    pub cframe: u64,
+    /// `lf::*`.
+    pub flags: u32,
+    /// Padding.
+    pub pad: u32,
+}
+
+/// `struct lj_rec_entry` (followed by the stack bytes).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct LjRecEntry {
+    pub ty: u32,
+    pub tid: u32,
+    pub time: u64,
+    pub cookie: u64,
+    pub stack_len: u32,
+    pub sampled: u32,
+    pub regs: LjRegs,
+    pub lua_n: u32,
+    pub lua_flags: u32,
+    pub lua: [LjLuaFrame; MAX_LUA],
+}
+
+/// `struct lj_rec_return`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct LjRecReturn {
+    pub ty: u32,
+    pub tid: u32,
+    pub time: u64,
+    pub cookie: u64,
+    pub ret: u64,
+    pub deref: u64,
+    pub sp: u64,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+/// `struct lj_rec_free`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct LjRecFree {
+    pub ty: u32,
+    pub tid: u32,
+    pub time: u64,
+    pub cookie: u64,
+    pub ptr: u64,
+    pub sp: u64,
+}
+
+/// `struct lj_lua_cfg`: LuaJIT layout for the in-kernel walk.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct LjLuaCfg {
+    pub g: u64,
+    pub gc64: u32,
+    pub g_cur_l: u32,
+    pub g_jit_base: u32,
+    pub l_base: u32,
+    pub l_stack: u32,
+    pub l_cframe: u32,
+    pub fn_ffid: u32,
+    pub fn_pc: u32,
+    pub cf_save_l: u32,
+    pub cf_save_pc: u32,
+    pub cf_prev: u32,
+    pub pad: u32,
+}
+
+/// `struct lj_config` (the `.rodata` variable `cfg`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(missing_docs)]
+pub struct LjConfig {
+    pub sample_bytes: u64,
+    pub stack_bytes: u32,
+    pub pad: u32,
+    pub lua: LjLuaCfg,
+}
+
+/// Plain-old-data: every bit pattern is a valid value and there is no
+/// padding the compiler could leave uninitialised (checked by the layout
+/// test), so values can be read from and written as bytes.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` structs of integers without implicit
+/// padding.
+pub unsafe trait Pod: Copy {}
+// SAFETY: repr(C) integer structs with explicit padding (see the test).
+unsafe impl Pod for LjRecEntry {}
+// SAFETY: a u32.
+unsafe impl Pod for u32 {}
+// SAFETY: as above.
+unsafe impl Pod for LjRecReturn {}
+// SAFETY: as above.
+unsafe impl Pod for LjRecFree {}
+// SAFETY: as above.
+unsafe impl Pod for LjConfig {}
+
+/// Read a `T` from the start of `b` (None when too short).
+pub fn read<T: Pod>(b: &[u8]) -> Option<T> {
+    if b.len() < std::mem::size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `b` holds at least size_of::<T>() bytes; T is Pod (any bit
+    // pattern is valid); read_unaligned has no alignment requirement.
+    Some(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
+}
+
+/// The bytes of a `T`.
+pub fn bytes<T: Pod>(v: &T) -> Vec<u8> {
+    // SAFETY: T is Pod without implicit padding, so all its bytes are
+    // initialised; the slice lives only for this copy.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libbpf_rs::btf::types::{MemberAttr, Struct};
+    use libbpf_rs::btf::{Btf, HasSize};
+    use std::mem::{offset_of, size_of};
+
+    /// (field, byte offset) of a struct in the object's BTF.
+    fn btf_layout(btf: &Btf<'_>, name: &str) -> (usize, Vec<(String, usize)>) {
+        let s: Struct<'_> = btf
+            .type_by_name(name)
+            .unwrap_or_else(|| panic!("{name} not in BTF"));
+        let fields = s
+            .iter()
+            .map(|m| {
+                let off = match m.attr {
+                    MemberAttr::Normal { offset } => offset,
+                    MemberAttr::BitField { offset, .. } => offset,
+                };
+                (
+                    m.name
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    off as usize / 8,
+                )
+            })
+            .collect();
+        (s.size(), fields)
+    }
+
+    macro_rules! check {
+        ($btf:expr, $cname:literal, $ty:ty, [$(($cf:literal, $rf:ident)),* $(,)?] $(, $extra:expr)?) => {{
+            let (size, fields) = btf_layout(&$btf, $cname);
+            assert_eq!(size, size_of::<$ty>(), "sizeof {}", $cname);
+            #[allow(unused_mut)]
+            let mut want: Vec<(String, usize)> = vec![$(($cf.to_string(), offset_of!($ty, $rf))),*];
+            $(want.push($extra);)?
+            assert_eq!(fields, want, "fields of {}", $cname);
+        }};
+    }
+
+    #[test]
+    fn rust_mirrors_match_the_compiled_object() {
+        let btf = Btf::from_raw("ljleak", OBJECT)
+            .unwrap()
+            .expect("BTF in object");
+        check!(
+            btf,
+            "lj_regs",
+            LjRegs,
+            [
+                ("ax", ax),
+                ("bx", bx),
+                ("cx", cx),
+                ("dx", dx),
+                ("si", si),
+                ("di", di),
+                ("bp", bp),
+                ("sp", sp),
+                ("ip", ip),
+                ("r", r)
+            ]
+        );
+        check!(
+            btf,
+            "lj_lua_frame",
+            LjLuaFrame,
+            [
+                ("fn", func),
+                ("pc", pc),
+                ("cframe", cframe),
+                ("flags", flags),
+                ("pad", pad)
+            ]
+        );
+        // The stack bytes follow the fixed part.
+        check!(
+            btf,
+            "lj_rec_entry",
+            LjRecEntry,
+            [
+                ("type", ty),
+                ("tid", tid),
+                ("time", time),
+                ("cookie", cookie),
+                ("stack_len", stack_len),
+                ("sampled", sampled),
+                ("regs", regs),
+                ("lua_n", lua_n),
+                ("lua_flags", lua_flags),
+                ("lua", lua)
+            ],
+            ("stack".to_string(), size_of::<LjRecEntry>())
+        );
+        check!(
+            btf,
+            "lj_rec_return",
+            LjRecReturn,
+            [
+                ("type", ty),
+                ("tid", tid),
+                ("time", time),
+                ("cookie", cookie),
+                ("ret", ret),
+                ("deref", deref),
+                ("sp", sp),
+                ("flags", flags),
+                ("pad", pad)
+            ]
+        );
+        check!(
+            btf,
+            "lj_rec_free",
+            LjRecFree,
+            [
+                ("type", ty),
+                ("tid", tid),
+                ("time", time),
+                ("cookie", cookie),
+                ("ptr", ptr),
+                ("sp", sp)
+            ]
+        );
+        check!(
+            btf,
+            "lj_lua_cfg",
+            LjLuaCfg,
+            [
+                ("g", g),
+                ("gc64", gc64),
+                ("g_cur_l", g_cur_l),
+                ("g_jit_base", g_jit_base),
+                ("l_base", l_base),
+                ("l_stack", l_stack),
+                ("l_cframe", l_cframe),
+                ("fn_ffid", fn_ffid),
+                ("fn_pc", fn_pc),
+                ("cf_save_l", cf_save_l),
+                ("cf_save_pc", cf_save_pc),
+                ("cf_prev", cf_prev),
+                ("pad", pad)
+            ]
+        );
+        check!(
+            btf,
+            "lj_config",
+            LjConfig,
+            [
+                ("sample_bytes", sample_bytes),
+                ("stack_bytes", stack_bytes),
+                ("pad", pad),
+                ("lua", lua)
+            ]
+        );
+    }
+}

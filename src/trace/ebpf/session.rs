@@ -1,0 +1,303 @@
+//! Loading the BPF object, attaching it to the probe set, draining records.
+
+use std::os::fd::AsFd;
+
+use libbpf_rs::{MapCore, MapFlags, ObjectBuilder, UprobeMultiOpts};
+
+use super::abi::{self, LjConfig, LjLuaCfg, LjRecEntry, LjRecFree, LjRecReturn};
+use super::ring::BpfRing;
+use crate::trace::probes::{Func, ProbeSpec};
+
+/// Why the BPF tracer cannot be used (the caller falls back to perf).
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// A probe of the set has no BPF equivalent (USDT arguments).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Loading or attaching failed.
+    #[error("{what}: {source}")]
+    Load {
+        /// What was being done.
+        what: String,
+        /// libbpf's error.
+        source: libbpf_rs::Error,
+    },
+    /// Mapping the ring buffer failed.
+    #[error("mapping the BPF ring buffer: {0}")]
+    Ring(std::io::Error),
+}
+
+impl BpfError {
+    /// True when the kernel refused for lack of privileges.
+    pub fn is_permission(&self) -> bool {
+        match self {
+            BpfError::Load { source, .. } => {
+                matches!(source.kind(), libbpf_rs::ErrorKind::PermissionDenied)
+                    || source.to_string().contains("Operation not permitted")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Options of the BPF tracer.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BpfOpts {
+    /// Bytes of user stack copied with each tracked allocation.
+    pub stack_bytes: u32,
+    /// Mean bytes between samples (None: every allocation).
+    pub sample_bytes: Option<u64>,
+    /// Ring buffer bytes (rounded up to a power of two).
+    pub ring_bytes: usize,
+    /// LuaJIT layout for the Lua walk (None: no Lua frames in records).
+    pub lua: Option<LjLuaCfg>,
+}
+
+/// One record from the ring.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A tracked allocation call entered (boxed: 1.7 KB of Lua frames).
+    Entry(Box<LjRecEntry>, &'a [u8]),
+    /// It returned.
+    Return(LjRecReturn),
+    /// A tracked pointer was freed.
+    Free(LjRecFree),
+}
+
+/// The function kind the BPF program knows `f` as.
+fn kind(f: Func) -> Option<u64> {
+    use abi::func::*;
+    Some(match f {
+        Func::Malloc => MALLOC,
+        Func::Calloc => CALLOC,
+        Func::Realloc => REALLOC,
+        Func::ReallocArray => REALLOCARRAY,
+        Func::Free => FREE,
+        Func::PosixMemalign => POSIX_MEMALIGN,
+        Func::AlignedAlloc | Func::Memalign => ALIGNED_ALLOC,
+        Func::Valloc | Func::Pvalloc => VALLOC,
+        Func::LuaAllocf => LUA_ALLOCF,
+        Func::UsdtAlloc | Func::UsdtFree => return None,
+    })
+}
+
+/// The BPF tracer attached to one process.
+pub struct BpfSession {
+    // Field order is drop order: unmap the ring, detach, then free the
+    // object (programs and maps).
+    ring: BpfRing,
+    links: Vec<libbpf_rs::Link>,
+    obj: libbpf_rs::Object,
+    specs: Vec<ProbeSpec>,
+    sampling: bool,
+    /// Threads seen (listed at a poll, or in a record).
+    tids: std::collections::HashSet<u32>,
+    /// How long loading and attaching took.
+    pub attach_time: std::time::Duration,
+}
+
+impl std::fmt::Debug for BpfSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BpfSession({} links)", self.links.len())
+    }
+}
+
+/// libbpf's own messages go to the log (debug), not raw to stderr.
+fn route_libbpf_messages() {
+    fn print(level: libbpf_rs::PrintLevel, msg: String) {
+        match level {
+            libbpf_rs::PrintLevel::Warn => log::debug!("libbpf: {}", msg.trim_end()),
+            _ => log::trace!("libbpf: {}", msg.trim_end()),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, print)));
+}
+
+impl BpfSession {
+    /// Load the programs and attach one session link per object file to
+    /// the entry sites of `specs` (return specs share their entry's link: the session runs
+    /// the same program at the return) to process `pid`.
+    pub fn attach(pid: i32, specs: Vec<ProbeSpec>, o: BpfOpts) -> Result<BpfSession, BpfError> {
+        let t0 = std::time::Instant::now();
+        if let Some(s) = specs.iter().find(|s| kind(s.func).is_none()) {
+            return Err(BpfError::Unsupported(format!(
+                "{} probes are traced by the perf tracer only",
+                s.func.name()
+            )));
+        }
+        route_libbpf_messages();
+        let load = |what: &str| {
+            let what = what.to_string();
+            move |source| BpfError::Load { what, source }
+        };
+        let mut open = ObjectBuilder::default()
+            .open_memory(abi::OBJECT)
+            .map_err(load("opening the embedded BPF object"))?;
+        let ring_bytes = o.ring_bytes.max(1 << 16).next_power_of_two();
+        let cfg = LjConfig {
+            sample_bytes: o.sample_bytes.unwrap_or(0),
+            stack_bytes: o.stack_bytes.min(abi::MAX_STACK) & !7,
+            pad: 0,
+            lua: o.lua.unwrap_or_default(),
+        };
+        for mut m in open.maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if name == "events" {
+                m.set_max_entries(ring_bytes as u32)
+                    .map_err(load("sizing the ring buffer"))?;
+            } else if name.ends_with(".rodata") {
+                let bytes = abi::bytes(&cfg);
+                if let Some(v) = m.initial_value_mut() {
+                    if v.len() >= bytes.len() {
+                        v[..bytes.len()].copy_from_slice(&bytes);
+                    }
+                }
+            }
+        }
+        let obj = open.load().map_err(load("loading the BPF programs"))?;
+        let mut links = Vec::new();
+        {
+            let prog = obj
+                .progs_mut()
+                .find(|p| p.name() == "ljleak_alloc")
+                .ok_or_else(|| BpfError::Unsupported("program ljleak_alloc missing".into()))?;
+            // One link per object file, holding all its sites: each link
+            // costs an RCU grace period to detach (~50 ms here), whatever
+            // its number of sites.
+            let mut by_path: Vec<(&str, &str, Vec<usize>, Vec<u64>)> = Vec::new();
+            for (i, s) in specs.iter().enumerate() {
+                if s.retprobe() {
+                    continue;
+                }
+                let cookie = ((i as u64) << 8) | kind(s.func).unwrap_or(0);
+                let off = s.attr.offset as usize;
+                match by_path.iter_mut().find(|g| g.0 == s.attr.path) {
+                    Some(g) => {
+                        g.2.push(off);
+                        g.3.push(cookie);
+                    }
+                    None => by_path.push((&s.attr.path, &s.target_path, vec![off], vec![cookie])),
+                }
+            }
+            for (path, target_path, offsets, cookies) in by_path {
+                let n = offsets.len();
+                let opts = UprobeMultiOpts {
+                    offsets,
+                    cookies,
+                    session: true,
+                    ..Default::default()
+                };
+                let l = prog
+                    .attach_uprobe_multi_with_opts(pid, path, "", opts)
+                    .map_err(|source| BpfError::Load {
+                        what: format!(
+                            "attaching a uprobe_multi session link to {n} sites of {target_path}"
+                        ),
+                        source,
+                    })?;
+                links.push(l);
+            }
+        }
+        let ring_fd = {
+            let m = obj
+                .maps()
+                .find(|m| m.name() == "events")
+                .ok_or_else(|| BpfError::Unsupported("map events missing".into()))?;
+            m.as_fd().try_clone_to_owned().map_err(BpfError::Ring)?
+        };
+        let ring = BpfRing::map(ring_fd, ring_bytes).map_err(BpfError::Ring)?;
+        Ok(BpfSession {
+            ring,
+            links,
+            obj,
+            specs,
+            sampling: o.sample_bytes.is_some(),
+            tids: Default::default(),
+            attach_time: t0.elapsed(),
+        })
+    }
+
+    /// The probe set (as given, return specs included).
+    pub fn specs(&self) -> &[ProbeSpec] {
+        &self.specs
+    }
+
+    /// Whether the kernel samples (`--sample-bytes`).
+    pub fn sampling(&self) -> bool {
+        self.sampling
+    }
+
+    /// Note the threads `pid` has now (the links cover them already: this
+    /// only counts them for the summary).
+    pub fn note_threads(&mut self, pid: i32) {
+        if let Ok(t) = crate::target::threads(pid) {
+            self.tids.extend(t.into_iter().map(|t| t as u32));
+        }
+    }
+
+    /// Threads seen so far.
+    pub fn thread_count(&self) -> usize {
+        self.tids.len()
+    }
+
+    /// Links attached.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Decode every record now in the ring; `f` gets each with the index
+    /// of the probe (entry spec) it came from.
+    pub fn drain(&mut self, mut f: impl FnMut(usize, Event<'_>)) -> usize {
+        let mut bad = 0;
+        let tids = &mut self.tids;
+        let n = self.ring.drain(|rec| {
+            if let Some(tid) = rec.get(4..8) {
+                tids.insert(u32::from_le_bytes(tid.try_into().unwrap_or([0; 4])));
+            }
+            let Some(ty) = abi::read::<u32>(rec) else {
+                bad += 1;
+                return;
+            };
+            let ev = match ty {
+                abi::REC_ENTRY => abi::read::<LjRecEntry>(rec).map(|e| {
+                    let start = std::mem::size_of::<LjRecEntry>();
+                    let len = (e.stack_len as usize).min(rec.len().saturating_sub(start));
+                    let stack = &rec[start..start + len];
+                    (e.cookie, Event::Entry(Box::new(e), stack))
+                }),
+                abi::REC_RETURN => {
+                    abi::read::<LjRecReturn>(rec).map(|r| (r.cookie, Event::Return(r)))
+                }
+                abi::REC_FREE => abi::read::<LjRecFree>(rec).map(|r| (r.cookie, Event::Free(r))),
+                _ => None,
+            };
+            match ev {
+                Some((cookie, ev)) => f((cookie >> 8) as usize, ev),
+                None => bad += 1,
+            }
+        });
+        if bad > 0 {
+            log::debug!("{bad} BPF records did not decode");
+        }
+        n
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn counters(&self) -> [u64; abi::counter::N] {
+        let mut out = [0u64; abi::counter::N];
+        let Some(m) = self.obj.maps().find(|m| m.name() == "counters") else {
+            return out;
+        };
+        for (i, slot) in out.iter_mut().enumerate() {
+            let key = (i as u32).to_ne_bytes();
+            if let Ok(Some(per_cpu)) = m.lookup_percpu(&key, MapFlags::ANY) {
+                *slot = per_cpu
+                    .iter()
+                    .filter_map(|v| v.get(..8))
+                    .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                    .sum();
+            }
+        }
+        out
+    }
+}
