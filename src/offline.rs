@@ -121,7 +121,13 @@ pub fn resolve_objects(core: &CoreFile, maps: &Maps, opts: &CoreOpts) -> Vec<Cor
         }
     }
     let mut out = Vec::new();
-    for path in maps.files() {
+    let mut seen = std::collections::HashSet::new();
+    let paths = maps
+        .list
+        .iter()
+        .filter_map(|m| m.file_path())
+        .filter(|p| seen.insert(*p));
+    for path in paths {
         if path.starts_with("/dev/") || path.starts_with("/memfd:") || path.starts_with("/SYSV") {
             continue;
         }
