@@ -338,6 +338,9 @@ pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result
 /// Capture the target named on the command line: a live process (`-p`) or
 /// a core file (`--core`).
 pub fn capture_target(t: &crate::cli::TargetArgs, opts: &CaptureOpts) -> Result<Capture> {
+    if t.sysroot.is_some() && t.core.is_none() {
+        return Err(Classified::new(ExitCode::Usage, "--sysroot goes with --core FILE").into());
+    }
     match &t.core {
         Some(path) => capture_core(
             path,

@@ -323,6 +323,7 @@ fn bad_cores_give_documented_exit_codes() {
     assert_eq!(c, Some(9), "{e}");
     // A core of a process without LuaJIT.
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let sleep_exe = std::fs::read_link(format!("/proc/{}/exe", sleeper.id())).unwrap();
     let core = gcore(sleeper.id() as i32, &dir);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
@@ -344,6 +345,19 @@ fn bad_cores_give_documented_exit_codes() {
         e.contains("/sleep (build-id "),
         "names the missing file: {e}"
     );
+    // Another binary at that path: its build-id is not the core's.
+    let fake = empty.join(sleep_exe.to_str().unwrap().trim_start_matches('/'));
+    std::fs::create_dir_all(fake.parent().unwrap()).unwrap();
+    std::fs::copy("/bin/true", &fake).unwrap();
+    let (c, e) = code(&[
+        "objs",
+        "--core",
+        core.to_str().unwrap(),
+        "--sysroot",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(c, Some(10), "{e}");
+    assert!(e.contains("has build-id"), "says the build-id differs: {e}");
     // Truncated.
     let bytes = std::fs::read(&core).unwrap();
     let cut = dir.join("cut.core");
