@@ -335,6 +335,16 @@ pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result
     })
 }
 
+/// The build-id (hex) of the executable of the core at `path`, from the
+/// core itself (the envelope of live reports reads it from the file, which
+/// on the analysing machine may be another build or another process's).
+pub fn core_exe_build_id(path: &Path) -> Option<String> {
+    let core = CoreFile::open(path).ok()?;
+    let maps = core.maps();
+    let exe = core.exe()?;
+    build_ids(&core, &maps).remove(&exe)
+}
+
 /// Capture the target named on the command line: a live process (`-p`) or
 /// a core file (`--core`).
 pub fn capture_target(t: &crate::cli::TargetArgs, opts: &CaptureOpts) -> Result<Capture> {
