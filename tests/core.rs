@@ -420,3 +420,64 @@ fn nginx_worker_core_census_equals_live() {
     assert_eq!(n.get("/hello"), (200, "hello\n".to_string()));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The kernel's core dump of an nginx worker (SIGABRT while idle): the VM
+/// is found through ngx_cycle and the census equals the live one.
+#[test]
+fn kernel_core_of_nginx_worker_census_equals_live() {
+    let Some(n) = common::Nginx::start("core.conf", 1) else {
+        return;
+    };
+    let old = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let old = old.trim_end().to_string();
+    let cores = n.prefix.join("logs");
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/kernel/core_pattern", &self.0);
+        }
+    }
+    let plain = !old.is_empty() && !old.starts_with('|') && !old.contains('/');
+    let restore = if plain {
+        None
+    } else {
+        let pat = format!("{}/core", cores.display());
+        std::fs::write("/proc/sys/kernel/core_pattern", &pat).expect("set core_pattern");
+        Some(Restore(old.clone()))
+    };
+    let w = n.worker();
+    assert_eq!(n.get("/tables?n=2000").0, 200);
+    assert_eq!(n.get("/collect").0, 200);
+    let live = common::census(w);
+    let again = common::census(w);
+    assert_eq!(live["types"], again["types"], "the idle worker is quiet");
+    common::unsafe_kill(w, libc::SIGABRT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let core = loop {
+        let found = std::fs::read_dir(&cores)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("core"))
+            });
+        // Complete once the worker is gone (the master reaps it).
+        if let Some(c) = found {
+            if common::proc_state(w).is_none_or(|s| s == 'Z') {
+                break c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel core of the worker in {}",
+            cores.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(restore);
+    let c = core_census(&core);
+    assert_eq!(c["luajit"]["method"], "nginx", "found through ngx_cycle");
+    assert_same_census(&live, &c, "kernel core of nginx");
+    std::fs::remove_file(&core).ok();
+}
