@@ -200,7 +200,13 @@ fn gdb_loads_an_ljleak_dump() {
     wait_in_read(p.pid);
     let dir = tmpdir("gdb");
     let core = dir.join("w.core");
+    // A link planted at the output path is replaced, never written through.
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, &core).unwrap();
     dump(p.pid, &core, &[]);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(std::fs::symlink_metadata(&core).unwrap().is_file());
     p.resume_total();
     let out = Command::new("gdb")
         .args([
