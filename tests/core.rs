@@ -503,3 +503,50 @@ fn kernel_core_of_nginx_worker_census_equals_live() {
     assert_same_census(&live, &c, "kernel core of nginx");
     std::fs::remove_file(&core).ok();
 }
+
+/// Damaged cores (bytes flipped in the headers, the notes and the heap)
+/// give an error or a report, never a panic or a hang.
+#[test]
+fn mangled_cores_never_panic() {
+    let Some(mut p) = common::luajit_script("refs_known.lua", &[]) else {
+        return;
+    };
+    p.ready();
+    wait_in_read(p.pid);
+    let dir = tmpdir("mangled");
+    let core = dir.join("ok.core");
+    dump(p.pid, &core, &[]);
+    p.resume_total();
+    p.kill();
+    let good = std::fs::read(&core).unwrap();
+    let bad = dir.join("bad.core");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..40 {
+        let mut b = good.clone();
+        // Half the rounds hit the headers and notes, half anywhere.
+        let span = if round % 2 == 0 {
+            16384.min(b.len())
+        } else {
+            b.len()
+        };
+        for _ in 0..1 + next() % 16 {
+            let i = (next() % span as u64) as usize;
+            b[i] = next() as u8;
+        }
+        std::fs::write(&bad, &b).unwrap();
+        let o = common::run(&["objs", "--core", bad.to_str().unwrap(), "--format", "json"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("panicked") && matches!(o.status.code(), Some(0 | 1 | 6 | 7 | 9 | 10)),
+            "round {round}: {:?} {err}",
+            o.status.code()
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
