@@ -121,7 +121,13 @@ pub fn resolve_objects(core: &CoreFile, maps: &Maps, opts: &CoreOpts) -> Vec<Cor
         }
     }
     let mut out = Vec::new();
-    for path in maps.files() {
+    let mut seen = std::collections::HashSet::new();
+    let paths = maps
+        .list
+        .iter()
+        .filter_map(|m| m.file_path())
+        .filter(|p| seen.insert(*p));
+    for path in paths {
         if path.starts_with("/dev/") || path.starts_with("/memfd:") || path.starts_with("/SYSV") {
             continue;
         }
@@ -330,9 +336,22 @@ pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result
     })
 }
 
+/// The build-id (hex) of the executable of the core at `path`, from the
+/// core itself (the envelope of live reports reads it from the file, which
+/// on the analysing machine may be another build or another process's).
+pub fn core_exe_build_id(path: &Path) -> Option<String> {
+    let core = CoreFile::open(path).ok()?;
+    let maps = core.maps();
+    let exe = core.exe()?;
+    build_ids(&core, &maps).remove(&exe)
+}
+
 /// Capture the target named on the command line: a live process (`-p`) or
 /// a core file (`--core`).
 pub fn capture_target(t: &crate::cli::TargetArgs, opts: &CaptureOpts) -> Result<Capture> {
+    if t.sysroot.is_some() && t.core.is_none() {
+        return Err(Classified::new(ExitCode::Usage, "--sysroot goes with --core FILE").into());
+    }
     match &t.core {
         Some(path) => capture_core(
             path,

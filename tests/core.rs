@@ -24,6 +24,10 @@ fn wait_in_read(pid: i32) {
     panic!("process {pid} never blocked in read");
 }
 
+/// core_pattern is one system-wide setting: the tests that may change it
+/// take turns.
+static CORE_PATTERN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ljleak-core-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -196,7 +200,13 @@ fn gdb_loads_an_ljleak_dump() {
     wait_in_read(p.pid);
     let dir = tmpdir("gdb");
     let core = dir.join("w.core");
+    // A link planted at the output path is replaced, never written through.
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    std::os::unix::fs::symlink(&victim, &core).unwrap();
     dump(p.pid, &core, &[]);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(std::fs::symlink_metadata(&core).unwrap().is_file());
     p.resume_total();
     let out = Command::new("gdb")
         .args([
@@ -236,6 +246,7 @@ fn kernel_core_dump_census_equals_live() {
         return;
     };
     let dir = tmpdir("kernel");
+    let _turn = CORE_PATTERN.lock().unwrap_or_else(|e| e.into_inner());
     struct Restore(String);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -249,7 +260,12 @@ fn kernel_core_dump_census_equals_live() {
         None
     } else {
         let pat = format!("{}/core", dir.display());
-        std::fs::write("/proc/sys/kernel/core_pattern", &pat).expect("set core_pattern");
+        if !common::require(
+            "a plain or writable /proc/sys/kernel/core_pattern (kernel core dumps)",
+            std::fs::write("/proc/sys/kernel/core_pattern", &pat).is_ok(),
+        ) {
+            return;
+        }
         Some(Restore(old.clone()))
     };
     let mut cmd = Command::new("sh");
@@ -323,6 +339,7 @@ fn bad_cores_give_documented_exit_codes() {
     assert_eq!(c, Some(9), "{e}");
     // A core of a process without LuaJIT.
     let mut sleeper = Command::new("sleep").arg("60").spawn().unwrap();
+    let sleep_exe = std::fs::read_link(format!("/proc/{}/exe", sleeper.id())).unwrap();
     let core = gcore(sleeper.id() as i32, &dir);
     let _ = sleeper.kill();
     let _ = sleeper.wait();
@@ -344,6 +361,19 @@ fn bad_cores_give_documented_exit_codes() {
         e.contains("/sleep (build-id "),
         "names the missing file: {e}"
     );
+    // Another binary at that path: its build-id is not the core's.
+    let fake = empty.join(sleep_exe.to_str().unwrap().trim_start_matches('/'));
+    std::fs::create_dir_all(fake.parent().unwrap()).unwrap();
+    std::fs::copy("/bin/true", &fake).unwrap();
+    let (c, e) = code(&[
+        "objs",
+        "--core",
+        core.to_str().unwrap(),
+        "--sysroot",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(c, Some(10), "{e}");
+    assert!(e.contains("has build-id"), "says the build-id differs: {e}");
     // Truncated.
     let bytes = std::fs::read(&core).unwrap();
     let cut = dir.join("cut.core");
@@ -404,5 +434,119 @@ fn nginx_worker_core_census_equals_live() {
     assert_same_census(&live, &c2, "gcore of nginx");
     // The worker kept serving.
     assert_eq!(n.get("/hello"), (200, "hello\n".to_string()));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The kernel's core dump of an nginx worker (SIGABRT while idle): the VM
+/// is found through ngx_cycle and the census equals the live one.
+#[test]
+fn kernel_core_of_nginx_worker_census_equals_live() {
+    let Some(n) = common::Nginx::start("core.conf", 1) else {
+        return;
+    };
+    let _turn = CORE_PATTERN.lock().unwrap_or_else(|e| e.into_inner());
+    let old = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
+    let old = old.trim_end().to_string();
+    let cores = n.prefix.join("logs");
+    struct Restore(String);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::write("/proc/sys/kernel/core_pattern", &self.0);
+        }
+    }
+    let plain = !old.is_empty() && !old.starts_with('|') && !old.contains('/');
+    let restore = if plain {
+        None
+    } else {
+        let pat = format!("{}/core", cores.display());
+        if !common::require(
+            "a plain or writable /proc/sys/kernel/core_pattern (kernel core dumps)",
+            std::fs::write("/proc/sys/kernel/core_pattern", &pat).is_ok(),
+        ) {
+            return;
+        }
+        Some(Restore(old.clone()))
+    };
+    let w = n.worker();
+    assert_eq!(n.get("/tables?n=2000").0, 200);
+    assert_eq!(n.get("/collect").0, 200);
+    let live = common::census(w);
+    let again = common::census(w);
+    assert_eq!(live["types"], again["types"], "the idle worker is quiet");
+    common::unsafe_kill(w, libc::SIGABRT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let core = loop {
+        let found = std::fs::read_dir(&cores)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("core"))
+            });
+        // Complete once the worker is gone (the master reaps it).
+        if let Some(c) = found {
+            if common::proc_state(w).is_none_or(|s| s == 'Z') {
+                break c;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no kernel core of the worker in {}",
+            cores.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    drop(restore);
+    let c = core_census(&core);
+    assert_eq!(c["luajit"]["method"], "nginx", "found through ngx_cycle");
+    assert_same_census(&live, &c, "kernel core of nginx");
+    std::fs::remove_file(&core).ok();
+}
+
+/// Damaged cores (bytes flipped in the headers, the notes and the heap)
+/// give an error or a report, never a panic or a hang.
+#[test]
+fn mangled_cores_never_panic() {
+    let Some(mut p) = common::luajit_script("refs_known.lua", &[]) else {
+        return;
+    };
+    p.ready();
+    wait_in_read(p.pid);
+    let dir = tmpdir("mangled");
+    let core = dir.join("ok.core");
+    dump(p.pid, &core, &[]);
+    p.resume_total();
+    p.kill();
+    let good = std::fs::read(&core).unwrap();
+    let bad = dir.join("bad.core");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for round in 0..40 {
+        let mut b = good.clone();
+        // Half the rounds hit the headers and notes, half anywhere.
+        let span = if round % 2 == 0 {
+            16384.min(b.len())
+        } else {
+            b.len()
+        };
+        for _ in 0..1 + next() % 16 {
+            let i = (next() % span as u64) as usize;
+            b[i] = next() as u8;
+        }
+        std::fs::write(&bad, &b).unwrap();
+        let o = common::run(&["objs", "--core", bad.to_str().unwrap(), "--format", "json"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !err.contains("panicked") && matches!(o.status.code(), Some(0 | 1 | 6 | 7 | 9 | 10)),
+            "round {round}: {:?} {err}",
+            o.status.code()
+        );
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -229,3 +229,33 @@ fn weak_tables_give_weak_edges_that_retain_nothing() {
     p.resume_total();
     std::fs::remove_file(tmp("weak.heapsnapshot")).ok();
 }
+
+/// The same on a non-GC64 build (32-bit GC references, other layouts).
+#[test]
+fn memlab_agrees_with_refs_on_non_gc64() {
+    let Some(lj) = common::variant("luajit2-nogc64", false) else {
+        common::require(
+            "luajit2-nogc64 variant (scripts/build-luajit-variants.sh)",
+            false,
+        );
+        return;
+    };
+    if !have_memlab() {
+        return;
+    }
+    let mut p = LuaProc::spawn(
+        &lj,
+        &common::testdata("lua/refs_known.lua"),
+        &["1000", "50"],
+    );
+    p.ready();
+    wait_in_read(p.pid);
+    let (r, _) = check(&["-p", &p.pid.to_string()], "nogc64");
+    assert_eq!(r["luajit"]["gc64"], false);
+    assert_eq!(
+        strs(&r["suspects"][0]["path"]),
+        ["registry", "._LOADED", ".mymod", ".get", "upvalue cache"]
+    );
+    p.resume_total();
+    std::fs::remove_file(tmp("nogc64.heapsnapshot")).ok();
+}

@@ -191,7 +191,10 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
             )
         })?;
     }
-    let r = census_report(&cap, &c, walk);
+    let mut r = census_report(&cap, &c, walk);
+    if let Some(core) = &a.target.core {
+        r.exe_build_id = crate::offline::core_exe_build_id(core);
+    }
     let text = match format {
         CensusFormat::Pprof => {
             return super::convert::write_pprof(

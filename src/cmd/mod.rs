@@ -24,7 +24,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         _ => None,
     };
     if let Some((name, t)) = live_only {
-        if t.core.is_some() {
+        if t.core.is_some() || t.sysroot.is_some() {
             return Err(crate::error::Classified::new(
                 crate::error::ExitCode::Usage,
                 format!("`{name}` needs a live process (-p PID); --core works with objs, refs and threads"),

@@ -468,9 +468,11 @@ impl CoreFile {
     /// mapping gets inode 1 so that [`Mapping::file_path`] and
     /// [`Mapping::is_anon_heap`] classify it as a file.
     pub fn maps(&self) -> Maps {
+        let by_start: std::collections::HashMap<u64, &FileMapping> =
+            self.files.iter().map(|f| (f.start, f)).collect();
         let mut list: Vec<Mapping> = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
-            let file = self.files.iter().find(|f| f.start == s.vaddr);
+            let file = by_start.get(&s.vaddr);
             list.push(Mapping {
                 start: s.vaddr,
                 end: s.vaddr + s.memsz,
@@ -483,20 +485,20 @@ impl CoreFile {
                 path: file.map(|f| f.path.clone()).unwrap_or_default(),
             });
         }
-        for f in &self.files {
-            if !list.iter().any(|m| m.start == f.start) {
-                list.push(Mapping {
-                    start: f.start,
-                    end: f.end,
-                    read: true,
-                    write: false,
-                    exec: false,
-                    private: true,
-                    offset: f.offset,
-                    inode: 1,
-                    path: f.path.clone(),
-                });
-            }
+        let loaded: std::collections::HashSet<u64> =
+            self.segments.iter().map(|s| s.vaddr).collect();
+        for f in self.files.iter().filter(|f| !loaded.contains(&f.start)) {
+            list.push(Mapping {
+                start: f.start,
+                end: f.end,
+                read: true,
+                write: false,
+                exec: false,
+                private: true,
+                offset: f.offset,
+                inode: 1,
+                path: f.path.clone(),
+            });
         }
         list.sort_by_key(|m| m.start);
         Maps { list }

@@ -100,15 +100,17 @@ impl Maps {
 
     /// Distinct backing files, in address order.
     pub fn files(&self) -> Vec<&str> {
-        let mut seen = Vec::new();
+        // A set beside the list: a core file can name a million mappings.
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
         for m in &self.list {
             if let Some(p) = m.file_path() {
-                if !seen.contains(&p) {
-                    seen.push(p);
+                if seen.insert(p) {
+                    out.push(p);
                 }
             }
         }
-        seen
+        out
     }
 }
 
