@@ -38,6 +38,7 @@ const N_NATIVE: u8 = 8;
 const N_SYNTHETIC: u8 = 9;
 const E_ELEMENT: u8 = 1;
 const E_PROPERTY: u8 = 2;
+const E_INTERNAL: u8 = 3;
 const E_WEAK: u8 = 6;
 
 const META: &str = r#"{"node_fields":["type","name","id","self_size","edge_count","trace_node_id","detachedness"],"node_types":[["hidden","array","string","object","code","closure","regexp","number","native","synthetic","concatenated string","sliced string","symbol","bigint","object shape"],"string","number","number","number","number","number"],"edge_fields":["type","name_or_index","to_node"],"edge_types":[["context","element","property","internal","hidden","shortcut","weak"],"string_or_number","node"],"trace_function_info_fields":["function_id","name","script_name","script_id","line","column"],"trace_node_fields":["id","function_info_index","count","size","children"],"sample_fields":["timestamp_us","last_assigned_id"],"location_fields":["object_index","script_id","line","column"]}"#;
@@ -136,9 +137,18 @@ pub fn write<M: Memory + ?Sized>(
         if t == gct::TAB {
             let _ = refs.weak_refs(a, &mut |l, x| found.push((l, x)));
         }
+        // A weak-keyed entry's value is held by the table only when the
+        // graph kept that edge (see analysis::graph: usually its key holds
+        // it, or the next cycle clears it).
+        let kept: std::collections::HashSet<NodeId> =
+            if found.iter().any(|(l, _)| matches!(l, Label::WeakKeyVal(_))) {
+                g.succ(u).iter().copied().collect()
+            } else {
+                Default::default()
+            };
         for (k, (l, x)) in found.into_iter().enumerate() {
             let Some(v) = g.index(x) else { continue };
-            let weak = k >= strong;
+            let weak = k >= strong || (matches!(l, Label::WeakKeyVal(_)) && !kept.contains(&v));
             let e = match l {
                 Label::Array(i) if !weak => (E_ELEMENT, i, v),
                 Label::UpvalValue => (E_PROPERTY, strings.id("value"), v),
@@ -148,6 +158,12 @@ pub fn write<M: Memory + ?Sized>(
                 }
             };
             edges.push(e);
+        }
+        // The key of a weak-keyed entry holds its value (what V8 writes for
+        // a WeakMap entry: an internal key → value edge).
+        let from = g.key_edges.partition_point(|&(k, _)| k < u);
+        for &(_, v) in g.key_edges[from..].iter().take_while(|&&(k, _)| k == u) {
+            edges.push((E_INTERNAL, strings.id("(weak-keyed entry value)"), v));
         }
         counts.push((edges.len() - before) as u32);
     }
