@@ -329,8 +329,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
 
-    let mut session =
-        Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
+    let mut session = Session::attach_bounded(pid, pmu, specs, a.ring_pages, a.max_events)
+        .context("attaching uprobes")?;
     let started = Instant::now();
     let window = Duration::from_secs_f64(a.time);
     let bar = progress_bar(a.time);
@@ -406,7 +406,25 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     refresh_lua_index(&a, &mut w);
     let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
     eprint!("{}", out::summary_text(&report.summary));
-    write_outputs(&a, &report)
+    write_outputs(&a, &report)?;
+    if stats.threads_skipped > 0 {
+        log::warn!(
+            "{} thread(s) of process {pid} were not traced (over --max-events {})",
+            stats.threads_skipped,
+            a.max_events
+        );
+    }
+    if stats.lost > a.max_lost {
+        return Err(crate::error::Classified::new(
+            crate::error::ExitCode::LostEvents,
+            format!(
+                "the kernel lost {} events (over --max-lost {}): the report above undercounts; trace fewer probes (--source), sample (--sample-bytes), or raise --ring-pages",
+                stats.lost, a.max_lost
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// When outstanding stacks hold Lua PCs the index does not know (code
