@@ -10,6 +10,10 @@ pub struct Cli {
     /// More detail on stderr (repeat for debug output).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// With capabilities and a non-root real user: inspect processes of
+    /// other users too (refused by default, as the kernel would).
+    #[arg(long, global = true)]
+    pub allow_other_users: bool,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Command,

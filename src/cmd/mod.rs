@@ -15,6 +15,7 @@ use crate::cli::{Cli, Command};
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    crate::safety::access::allow_other_users(cli.allow_other_users);
     match cli.cmd {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),
