@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ljleak's demo and tests need: the real
 # OpenResty-on-Debian stack (nginx, the lua module, luajit2,
-# lua-resty-lrucache) plus curl and wrk to drive it. Idempotent: apt runs
+# lua-resty-lrucache) plus curl and wrk to drive it; setcap, useradd,
+# runuser, unshare and python3 for the safety tests (issue 9). Idempotent: apt runs
 # only when something is missing.
 set -euo pipefail
 
@@ -9,7 +10,7 @@ pkgs=(nginx libnginx-mod-http-lua luajit2 libluajit2-5.1-dev lua-resty-lrucache
       curl wrk build-essential dpkg-dev gdb prometheus golang-go
       lua-resty-core libc6-dbg
       clang llvm libbpf-dev libelf-dev zlib1g-dev bpftool linux-perf
-      ${LJLEAK_EXTRA_PKGS:-})
+      libcap2-bin passwd util-linux python3-minimal ${LJLEAK_EXTRA_PKGS:-})
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -10,6 +10,10 @@ pub struct Cli {
     /// More detail on stderr (repeat for debug output).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// With capabilities and a non-root real user: inspect processes of
+    /// other users too (refused by default, as the kernel would).
+    #[arg(long, global = true)]
+    pub allow_other_users: bool,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Command,
@@ -367,6 +371,14 @@ pub struct LeaksArgs {
     /// Its free probe PROVIDER:NAME with argument (pointer).
     #[arg(long, value_name = "PROVIDER:NAME")]
     pub free_usdt: Option<String>,
+    /// Refuse to trace more than N perf events (threads x probes): each takes
+    /// ~0.1 s to remove at the end (exit 22).
+    #[arg(long, value_name = "N", default_value_t = crate::trace::session::DEFAULT_MAX_EVENTS)]
+    pub max_events: usize,
+    /// Exit 23 (after the report) when the kernel lost more than N events:
+    /// the outstanding figures are then wrong.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub max_lost: u64,
     /// Test hook: where to look for the uprobe PMU.
     #[arg(long, value_name = "DIR", hide = true)]
     pub uprobe_pmu_dir: Option<std::path::PathBuf>,

@@ -421,7 +421,25 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     refresh_lua_index(&a, &mut w);
     let report = build_report(&a, &w, end, elapsed, stop.load(Ordering::SeqCst), stats)?;
     eprint!("{}", out::summary_text(&report.summary));
-    write_outputs(&a, &report)
+    write_outputs(&a, &report)?;
+    if stats.threads_skipped > 0 {
+        log::warn!(
+            "{} thread(s) of process {pid} were not traced (over --max-events {})",
+            stats.threads_skipped,
+            a.max_events
+        );
+    }
+    if stats.lost > a.max_lost {
+        return Err(crate::error::Classified::new(
+            crate::error::ExitCode::LostEvents,
+            format!(
+                "the kernel lost {} events (over --max-lost {}): the report above undercounts; trace fewer probes (--source), sample (--sample-bytes), or raise --ring-pages",
+                stats.lost, a.max_lost
+            ),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// When outstanding stacks hold Lua PCs the index does not know (code

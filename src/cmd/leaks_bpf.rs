@@ -77,7 +77,8 @@ impl Tracer {
             }
         }
         Ok(Tracer::Perf(
-            Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?,
+            Session::attach_bounded(pid, pmu, specs, a.ring_pages, a.max_events)
+                .context("attaching uprobes")?,
         ))
     }
 
@@ -166,6 +167,8 @@ impl Tracer {
                     throttled: 0,
                     undecodable: 0,
                     threads: s.thread_count() as u64,
+                    // One link per probe covers every thread.
+                    threads_skipped: 0,
                 }
             }
         }

@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             .into());
         }
     }
+    crate::safety::access::allow_other_users(cli.allow_other_users);
     match cli.cmd {
         Command::Gc(a) => census::gc(a),
         Command::Objs(a) => census::objs(a),

@@ -3,6 +3,7 @@
 //! terminal, children that die with their parent, and the access check a
 //! capability-granted binary owes the real user.
 
+pub mod access;
 pub mod child;
 pub mod escape;
 pub mod outfile;

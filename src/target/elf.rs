@@ -34,15 +34,10 @@ pub enum SymTable {
 }
 
 impl ElfFile {
-    /// Open `target_path` of process `pid` (through its root), falling back
-    /// to the path in this process's view.
+    /// Open `target_path` of process `pid`: the inode it maps, through its
+    /// root or its `map_files` (see [`super::maps::resolve_mapped_file`]).
     pub fn open(pid: i32, target_path: &str) -> std::io::Result<ElfFile> {
-        let via_root = PathBuf::from(format!("/proc/{pid}/root{target_path}"));
-        let host_path = if via_root.exists() {
-            via_root
-        } else {
-            PathBuf::from(target_path)
-        };
+        let host_path = super::maps::resolve_mapped_file(pid, target_path)?;
         Self::open_host(target_path, &host_path)
     }
 

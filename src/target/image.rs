@@ -193,7 +193,12 @@ impl HeapImage {
     pub fn load(path: &Path) -> std::io::Result<HeapImage> {
         let bad =
             || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an ljleak heap image");
-        let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+        let file = std::fs::File::open(path)?;
+        // Segment lengths are checked against what the file still holds, so
+        // a damaged or hostile header cannot make us allocate more than the
+        // file's size.
+        let mut left = file.metadata()?.len();
+        let mut f = std::io::BufReader::new(file);
         let mut word = [0u8; 8];
         f.read_exact(&mut word)?;
         if &word != b"LJLKIMG1" {
@@ -207,9 +212,13 @@ impl HeapImage {
             let start = u64::from_le_bytes(word);
             f.read_exact(&mut word)?;
             let len = u64::from_le_bytes(word);
-            if len > 1 << 40 {
+            // This segment's header (start, length) came off the file too,
+            // and the image's (magic, count) before the first one.
+            left = left.saturating_sub(if segs.is_empty() { 32 } else { 16 });
+            if len > 1 << 40 || len > left {
                 return Err(bad());
             }
+            left -= len;
             let mut data = anon_buffer(len as usize, false)?;
             f.read_exact(&mut data[..len as usize])?;
             segs.push(Segment {

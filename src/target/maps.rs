@@ -114,6 +114,74 @@ impl Maps {
     }
 }
 
+/// A path through which this process can open the file that `pid` maps
+/// at `target_path` (the path as the target sees it, without
+/// ` (deleted)`): the one function symbols, ELF reading and uprobe paths
+/// all use.
+///
+/// `/proc/PID/root/PATH` when it resolves to the mapped inode (same device
+/// and inode as the maps line); otherwise — the file was replaced or
+/// deleted after a package upgrade, or the container's mount namespace
+/// does not show it through /proc/PID/root (a chroot on a private tmpfs) —
+/// `/proc/PID/map_files/START-END`, which opens the very inode mapped
+/// (proc(5); readable with ptrace read access), and which the uprobe PMU
+/// accepts as its path too (it looks the path up following links, and
+/// this link leads to the mapped inode). An error says why neither works.
+pub fn resolve_mapped_file(pid: i32, target_path: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let via_root = std::path::PathBuf::from(format!("/proc/{pid}/root{target_path}"));
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    // (start, end, dev, inode) of the first mapping of this file.
+    let mapped = text.lines().find_map(|l| {
+        let mut it = l.splitn(6, char::is_whitespace);
+        let range = it.next()?;
+        let _perms = it.next()?;
+        let _off = it.next()?;
+        let dev = it.next()?;
+        let inode: u64 = it.next()?.parse().ok()?;
+        let path = it.next()?.trim_start();
+        let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+        (inode != 0 && path == target_path).then(|| {
+            let (maj, min) = dev.split_once(':')?;
+            let maj = u64::from_str_radix(maj, 16).ok()?;
+            let min = u64::from_str_radix(min, 16).ok()?;
+            Some((range.to_string(), maj, min, inode))
+        })?
+    });
+    let Some((range, maj, min, inode)) = mapped else {
+        // Not mapped (a debug file, or the caller's own guess): the
+        // target's view, then ours.
+        return Ok(if via_root.exists() {
+            via_root
+        } else {
+            std::path::PathBuf::from(target_path)
+        });
+    };
+    if let Ok(md) = std::fs::metadata(&via_root) {
+        let (dmaj, dmin) = (libc::major(md.dev()) as u64, libc::minor(md.dev()) as u64);
+        if md.ino() == inode && dmaj == maj && dmin == min {
+            return Ok(via_root);
+        }
+    }
+    let by_map = std::path::PathBuf::from(format!("/proc/{pid}/map_files/{range}"));
+    match std::fs::File::open(&by_map) {
+        Ok(_) => {
+            log::info!(
+                "{target_path} of process {pid} is not the mapped file at that path (replaced, deleted or in another mount namespace): reading it through {}",
+                by_map.display()
+            );
+            Ok(by_map)
+        }
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!(
+                "{target_path} mapped by process {pid} is not reachable: /proc/{pid}/root{target_path} is another file or missing, and {} cannot be opened ({e})",
+                by_map.display()
+            ),
+        )),
+    }
+}
+
 fn parse_line(line: &str) -> Option<Mapping> {
     let mut it = line.splitn(6, char::is_whitespace);
     let range = it.next()?;

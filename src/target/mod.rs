@@ -144,7 +144,7 @@ pub fn check_process(pid: i32) -> Result<(), TargetError> {
     if let Some(what) = not_user_process(pid) {
         return Err(TargetError::NotUserProcess { pid, what });
     }
-    Ok(())
+    crate::safety::access::check_target_access(pid)
 }
 
 /// Why `pid` is not a user process with memory: a zombie (state Z/X in

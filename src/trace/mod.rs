@@ -44,6 +44,19 @@ pub enum TraceError {
     /// The target exited.
     #[error("process {0} exited")]
     Exited(i32),
+    /// More perf events than the bound: setting them up and tearing them
+    /// down would take minutes with the probes live.
+    #[error("process {pid} has {threads} threads x {probes} probes = {} perf events, over --max-events {max} (removing each takes ~0.08 s with the probes live, ~{} s in all): trace fewer probes (--source luajit has 2) or raise --max-events", threads * probes, threads * probes * 81 / 1000)]
+    TooManyEvents {
+        /// The target.
+        pid: i32,
+        /// Its threads.
+        threads: usize,
+        /// Probes per thread.
+        probes: usize,
+        /// The bound.
+        max: usize,
+    },
     /// A syscall failed.
     #[error("{what}: {source}")]
     Open {
@@ -62,6 +75,7 @@ impl TraceError {
             TraceError::NoLibc(_) => ExitCode::NothingToTrace,
             TraceError::AllocfNotMapped(_) => ExitCode::NothingToTrace,
             TraceError::Exited(_) => ExitCode::TargetExited,
+            TraceError::TooManyEvents { .. } => ExitCode::TooManyEvents,
             TraceError::Open { source, .. } => match source.raw_os_error() {
                 Some(libc::EPERM) | Some(libc::EACCES) => ExitCode::Permission,
                 Some(libc::ESRCH) => ExitCode::TargetExited,

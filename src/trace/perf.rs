@@ -148,6 +148,16 @@ impl ProbeFd {
         Ok(())
     }
 
+    /// Stop counting (quick; the uprobe goes on close).
+    pub fn disable(&self) -> std::io::Result<()> {
+        // SAFETY: a perf event fd we own; DISABLE takes no pointer.
+        let r = unsafe { perf_event_open_sys::ioctls::DISABLE(self.fd.as_raw_fd(), 0) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// The kernel's id of this event (what PERF_SAMPLE_IDENTIFIER reports).
     pub fn id(&self) -> std::io::Result<u64> {
         let mut id = 0u64;

@@ -246,7 +246,22 @@ pub fn find_libc(pid: i32, maps: &Maps) -> Option<ElfFile> {
 /// Probes for every libc allocation function. Aliases (two names at one
 /// offset, as glibc's memalign and aligned_alloc) are probed once.
 pub fn libc_probes(pid: i32, maps: &Maps, opts: ProbeOpts) -> Result<Vec<ProbeSpec>, TraceError> {
-    let libc = find_libc(pid, maps).ok_or(TraceError::NoLibc(pid))?;
+    let Some(libc) = find_libc(pid, maps) else {
+        // A libc is mapped but cannot be opened: say so, not "static binary".
+        if let Some(p) = maps.files().into_iter().find(|p| {
+            let base = p.rsplit('/').next().unwrap_or(p);
+            base.starts_with("libc.so") || (base.starts_with("libc-") && base.ends_with(".so"))
+        }) {
+            let e = ElfFile::open(pid, p)
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("?"));
+            return Err(TraceError::Open {
+                what: format!("opening libc {p} of process {pid}"),
+                source: e,
+            });
+        }
+        return Err(TraceError::NoLibc(pid));
+    };
     let mut out: Vec<ProbeSpec> = Vec::new();
     for f in Func::LIBC {
         let Some((svma, _)) = libc.symbol(f.name(), false) else {
