@@ -372,7 +372,7 @@ fn bad_cores_give_documented_exit_codes() {
         "--sysroot",
         empty.to_str().unwrap(),
     ]);
-    assert_eq!(c, Some(10), "{e}");
+    assert_eq!(c, Some(13), "{e}");
     assert!(e.contains("has build-id"), "says the build-id differs: {e}");
     // Truncated.
     let bytes = std::fs::read(&core).unwrap();

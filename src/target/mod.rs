@@ -90,7 +90,8 @@ impl TargetError {
     pub fn from_io(pid: i32, what: &str, e: std::io::Error) -> Self {
         match e.raw_os_error() {
             Some(libc::ESRCH) => {
-                if process_exists(pid) {
+                // A killed target stays a zombie until its parent reaps it.
+                if process_alive(pid) {
                     TargetError::Io {
                         pid,
                         what: what.into(),
