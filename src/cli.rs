@@ -38,6 +38,17 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
     Probes(ProbesArgs),
+    /// Internal: makes and looks after a fork snapshot for another ljleak.
+    #[command(hide = true)]
+    SnapshotHelper(SnapshotHelperArgs),
+}
+
+/// `ljleak snapshot-helper` (internal; see src/target/forker.rs).
+#[derive(Debug, Args)]
+pub struct SnapshotHelperArgs {
+    /// PID ATTEMPTS HOLD_MS SITE RDX MAX_LIFE_S MAX_COW.
+    #[arg(num_args = 7, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// Options shared by every command that attaches to a live process.

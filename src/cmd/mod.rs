@@ -25,6 +25,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
+        Command::SnapshotHelper(a) => {
+            let h = crate::target::forker::HelperArgs::parse(&a.args)
+                .ok_or_else(|| anyhow::anyhow!("snapshot-helper: bad arguments"))?;
+            std::process::exit(crate::target::forker::helper_main(&h))
+        }
     }
 }
 

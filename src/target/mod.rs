@@ -7,6 +7,7 @@
 
 pub mod elf;
 pub mod fork;
+pub mod forker;
 pub mod image;
 pub mod inject;
 pub mod maps;
