@@ -223,8 +223,13 @@ pub fn helper_main(a: &HelperArgs) -> i32 {
         if a.hold_ms > 0 {
             std::thread::sleep(Duration::from_millis(a.hold_ms));
         }
+        let t_fork = pause.elapsed();
         let r = fork::fork_snapshot(&mut pause, a.pid, a.site, &stale);
+        let t_done = pause.elapsed();
         let held = pause.resume();
+        log::debug!(
+            "snapshot helper: stopped after {t_fork:?}, forked after {t_done:?}, resumed after {held:?}"
+        );
         made = Some((r, held, attempt, q));
         break;
     }
