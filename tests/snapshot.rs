@@ -373,3 +373,62 @@ fn fork_refused_under_seccomp() {
     assert_eq!(p.resume_total(), c["gc_total"].as_u64().unwrap());
     let _ = std::fs::remove_file(&bin);
 }
+
+/// Field `n` (1-based, as proc(5) numbers them) of /proc/PID/stat.
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = s.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(n - 3).map(str::to_string)
+}
+
+/// The snapshot never runs and sends no signal: it is a ptrace-stopped
+/// child with exit signal 0. If even the helper is killed, the kernel
+/// kills the snapshot (PTRACE_O_EXITKILL) and the next fork capture reaps
+/// the zombie, so nothing stays.
+#[test]
+fn snapshot_is_held_silent_and_dies_with_its_helper() {
+    let Some(mut p) = common::luajit_script("census_big.lua", &["600000"]) else {
+        return;
+    };
+    assert_eq!(p.ready(), "big");
+    let mut lj = Command::new(common::ljleak())
+        .args(["objs", "-p", &p.pid.to_string(), "--snapshot", "fork"])
+        .args(["--snapshot-cache", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the snapshot (a child of the target) while ljleak walks it.
+    let t = std::time::Instant::now();
+    // (Once the target runs again: the helper is then done with its
+    // registers, and only the snapshot is at stake.)
+    let child = loop {
+        if let Some(&(c, 't')) = children_states(p.pid).first() {
+            if common::proc_state(p.pid) != Some('t') {
+                break c;
+            }
+        }
+        assert!(t.elapsed().as_secs() < 20, "no snapshot appeared");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    assert_eq!(
+        common::proc_state(child),
+        Some('t'),
+        "held in a ptrace stop"
+    );
+    assert_eq!(stat_field(child, 38).as_deref(), Some("0"), "exit signal");
+    let helper = helpers(p.pid);
+    assert_eq!(helper.len(), 1, "one helper: {helper:?}");
+    common::unsafe_kill(helper[0], 9);
+    let t = std::time::Instant::now();
+    while common::proc_state(child) != Some('Z') {
+        assert!(t.elapsed().as_secs() < 5, "snapshot survived its helper");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = lj.wait();
+    // The next fork capture reaps it.
+    let c = objs(p.pid, "fork");
+    assert_eq!(c["walker_total"], c["gc_total"]);
+    assert_eq!(children_states(p.pid), vec![]);
+    assert_eq!(p.resume_total(), c["gc_total"].as_u64().unwrap());
+}
