@@ -17,11 +17,12 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 printf '%-7s %-5s %-5s %10s %10s %9s %10s %12s %s\n' heap cmd how pause_ms rss_mb rss/heap wall_s cow_mb same_census
 for mb in $sizes; do
+    rm -f "$tmp/out"
     mkfifo "$tmp/in"
     luajit testdata/lua/snapshot_big.lua "$PWD/testdata" "$mb" <"$tmp/in" >"$tmp/out" &
     pid=$!
     exec 9>"$tmp/in"
-    until grep -q '^ready' "$tmp/out"; do sleep 0.5; done
+    until grep -qs '^ready' "$tmp/out"; do sleep 0.5; done
     cmds="objs"
     [ "${BENCH_REFS:-0}" = 1 ] && cmds="objs refs"
     for cmd in $cmds; do
