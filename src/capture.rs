@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use crate::error::{Classified, ExitCode};
 use crate::luajit::layout::validate;
 use crate::luajit::locate::{find_vm, FoundVm, LocateError, LocateOpts};
-use crate::target::fork::{ForkError, ForkLimits, ForkSnapshot};
+use crate::target::fork::{ForkError, ForkLimits};
+use crate::target::forker::ForkSnapshot;
 use crate::target::paged::PagedMemory;
 use crate::target::{self, HeapImage, HeapSource, Maps, Pause, Quiescence, TargetError};
 
@@ -348,67 +349,47 @@ fn capture_fork(
     vm: FoundVm,
     pre: &target::fork::Preflight,
 ) -> Result<Capture, FallBack> {
-    let attempts = opts.attempts.max(1);
     let lim = ForkLimits {
         max_life: opts.max_snapshot_life,
         max_cow: pre.room,
     };
-    let stale = target::fork::stale_snapshots(pid);
-    for attempt in 1..=attempts {
-        let mut pause = Pause::new(pid, Duration::from_secs(2))?;
-        let q = pause.quiescence(pid)?;
-        if !q.is_quiescent() && attempt != attempts {
-            drop(pause);
-            std::thread::sleep(Duration::from_micros(500 + 997 * (attempt as u64 % 7)));
-            continue;
-        }
-        if let Some(h) = opts.hold_pause {
-            std::thread::sleep(h);
-        }
-        let t_fork = pause.elapsed();
-        let snap = target::fork::fork_snapshot(&mut pause, pid, pre, lim, &stale);
-        let t_done = pause.elapsed();
-        let held = pause.resume();
-        log::debug!(
-            "fork pause: stopped after {t_fork:?}, forked after {t_done:?}, resumed after {held:?}"
-        );
-        let snap = snap?;
-        let g = snap.pid();
-        let maps = Maps::read(g)?;
-        let ranges = target::image::copy_plan(g, &maps, &[]);
-        let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
-        let cache = opts
-            .cache_bytes
-            .unwrap_or((total / 16).clamp(16 << 20, 256 << 20) as usize);
-        log::info!(
-            "fork snapshot {g}: paused {} us; {} MB of heap read through a {} MB cache; \
-             the worst case of copy-on-write is {} MB",
-            held.as_micros(),
-            total >> 20,
-            cache >> 20,
-            pre.worst_cow >> 20
-        );
-        let image = HeapSource::Paged(PagedMemory::new(g, ranges, cache)?);
-        let consistency = if q.is_quiescent() {
-            Consistency::Quiescent
-        } else {
-            Consistency::BestEffort
-        };
-        return finish(
-            pid,
-            exe,
-            vm,
-            image,
-            held.as_micros() as u64,
-            attempt,
-            consistency,
-            Some(q),
-            maps,
-            Some(snap),
-        )
-        .map_err(|e| FallBack(format!("{e:#}")));
-    }
-    Err(FallBack("no pause".into()))
+    let snap = target::forker::snapshot(pid, opts.attempts, opts.hold_pause, pre, lim)?;
+    let g = snap.pid();
+    let maps = Maps::read(g)?;
+    let ranges = target::image::copy_plan(g, &maps, &[]);
+    let total: u64 = ranges.iter().map(|(s, e)| e - s).sum();
+    let cache = opts
+        .cache_bytes
+        .unwrap_or((total / 16).clamp(16 << 20, 256 << 20) as usize);
+    log::info!(
+        "fork snapshot {g}: paused {} us; {} MB of heap read through a {} MB cache; \
+         the worst case of copy-on-write is {} MB",
+        snap.pause_us,
+        total >> 20,
+        cache >> 20,
+        pre.worst_cow >> 20
+    );
+    let image = HeapSource::Paged(PagedMemory::new(g, ranges, cache)?);
+    let q = snap.quiescence;
+    let consistency = if q.is_quiescent() {
+        Consistency::Quiescent
+    } else {
+        Consistency::BestEffort
+    };
+    let (pause_us, attempts) = (snap.pause_us, snap.attempts);
+    finish(
+        pid,
+        exe,
+        vm,
+        image,
+        pause_us,
+        attempts,
+        consistency,
+        Some(q),
+        maps,
+        Some(snap),
+    )
+    .map_err(|e| FallBack(format!("{e:#}")))
 }
 
 /// A failure on a process that has meanwhile died is reported as its exit.

@@ -52,6 +52,9 @@ pub enum Command {
     /// Write the process's memory as an ELF core file (for gdb, and for
     /// objs/refs/threads --core on another machine).
     Dump(DumpArgs),
+    /// Internal: makes and looks after a fork snapshot for another ljleak.
+    #[command(hide = true)]
+    SnapshotHelper(SnapshotHelperArgs),
 }
 
 /// `ljleak dump`.
@@ -70,6 +73,14 @@ pub struct DumpArgs {
     /// How the heap is copied.
     #[command(flatten)]
     pub capture: CaptureArgs,
+}
+
+/// `ljleak snapshot-helper` (internal; see src/target/forker.rs).
+#[derive(Debug, Args)]
+pub struct SnapshotHelperArgs {
+    /// PID ATTEMPTS HOLD_MS SITE RDX MAX_LIFE_S MAX_COW.
+    #[arg(num_args = 7, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// Options shared by every command that attaches to a live process.

@@ -46,6 +46,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dump(a) => dump::dump(a),
         Command::Serve(a) => crate::serve::run(a),
         Command::Mem(a) => mem::run(a),
+        Command::SnapshotHelper(a) => {
+            let h = crate::target::forker::HelperArgs::parse(&a.args)
+                .ok_or_else(|| anyhow::anyhow!("snapshot-helper: bad arguments"))?;
+            std::process::exit(crate::target::forker::helper_main(&h))
+        }
     }
 }
 

@@ -3,24 +3,26 @@
 //! while the target runs on. The pause lasts as long as the kernel takes to
 //! copy page tables, not pages (Redis takes its snapshots the same way).
 //!
+//! The process that does this is a helper of ljleak's (see `forker`), so a
+//! SIGKILL of ljleak itself never lands in the middle of it.
+//!
 //! Who is who: the target's thread T clones C (exit signal 0, so the worker
 //! gets no SIGCHLD), the snapshot. C is auto-attached from birth
 //! (PTRACE_O_TRACECLONE) and never runs a user instruction:
 //! - C gets PTRACE_O_EXITKILL right after birth: it dies with ljleak.
 //!   Before that, if ljleak dies, C runs the code after the `syscall` in
 //!   `_exit`, which can only exit (checked by emulation, see `inject`).
-//! - The target itself never has EXITKILL: if ljleak dies, it is detached
-//!   and runs on. Its registers are restored after each injected call; a
-//!   SIGKILL of ljleak during one (microseconds) leaves it running `_exit`'s
-//!   tail, i.e. the worker exits.
-//! - When ljleak is done, C is killed and reaped by one more injected
-//!   `wait4` in T (one thread held for microseconds), so no zombie stays
-//!   behind. A C killed with ljleak stays a zombie of the worker, invisible
-//!   to it (no SIGCHLD, and `waitpid` without `__WALL` does not see it),
-//!   until the next fork snapshot of that target reaps it.
+//! - The target itself never has EXITKILL: if its tracer dies, it is
+//!   detached and runs on. Its registers are restored after each injected
+//!   call; only a SIGKILL of the helper itself during one (the length of a
+//!   clone) would leave it running `_exit`'s tail, i.e. the worker exits.
+//! - When ljleak is done (or dead), C is killed and reaped by one more
+//!   injected `wait4` in T (one thread held for microseconds), so no
+//!   zombie stays behind. Should even that fail (the helper killed too), C
+//!   stays a zombie of the worker, invisible to it (no SIGCHLD, and
+//!   `waitpid` without `__WALL` does not see it), until the next fork
+//!   snapshot of that target reaps it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::ptrace::{self, Options};
@@ -57,7 +59,8 @@ pub struct ForkLimits {
 /// What is known before pausing: the syscall site and the memory room.
 #[derive(Debug, Clone, Copy)]
 pub struct Preflight {
-    site: Site,
+    /// The `syscall` used.
+    pub site: Site,
     /// Worst case of copy-on-write: the target's private anonymous memory.
     pub worst_cow: u64,
     /// Room for it (MemAvailable and cgroup limits).
@@ -141,104 +144,11 @@ pub fn memory_room(pid: i32) -> u64 {
     room
 }
 
-/// The snapshot process G: stopped, traced by us with EXITKILL, killed on
-/// drop (or by the watchdog when it lives too long or costs too much).
-pub struct ForkSnapshot {
-    pid: i32,
-    target: i32,
-    tid: i32,
-    site: Site,
-    stop: Arc<AtomicBool>,
-    cow: Arc<AtomicU64>,
-    killed: Arc<Mutex<Option<String>>>,
-    watchdog: Option<std::thread::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for ForkSnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ForkSnapshot({})", self.pid)
-    }
-}
-
 /// Bytes the snapshot now holds alone: the pages the target has written
 /// since the fork (it got the copies; G kept the originals).
 pub fn private_bytes(pid: i32) -> Option<u64> {
     let r = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     Some((field(&r, "Private_Dirty:")? + field(&r, "Private_Clean:").unwrap_or(0)) * 1024)
-}
-
-impl ForkSnapshot {
-    /// The snapshot's PID (read its memory through it).
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    /// Bytes the target copied on write so far (as last measured).
-    pub fn cow_bytes(&self) -> u64 {
-        let now = private_bytes(self.pid).unwrap_or(0);
-        self.cow.fetch_max(now, Ordering::Relaxed).max(now)
-    }
-
-    /// Why the watchdog killed the snapshot, if it did.
-    pub fn killed(&self) -> Option<String> {
-        self.killed.lock().ok()?.clone()
-    }
-
-    fn start_watchdog(&mut self, lim: ForkLimits) {
-        let (pid, stop, cow, killed) = (
-            self.pid,
-            self.stop.clone(),
-            self.cow.clone(),
-            self.killed.clone(),
-        );
-        let born = Instant::now();
-        self.watchdog = Some(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let why = if born.elapsed() > lim.max_life {
-                    Some(format!(
-                        "the snapshot lived longer than {} s",
-                        lim.max_life.as_secs()
-                    ))
-                } else {
-                    let c = private_bytes(pid).unwrap_or(0);
-                    cow.fetch_max(c, Ordering::Relaxed);
-                    (c > lim.max_cow).then(|| {
-                        format!(
-                            "the target copied {} MB on write, more than the {} MB allowed",
-                            c >> 20,
-                            lim.max_cow >> 20
-                        )
-                    })
-                };
-                if let Some(w) = why {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                    if let Ok(mut k) = killed.lock() {
-                        *k = Some(w);
-                    }
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }));
-    }
-}
-
-impl Drop for ForkSnapshot {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        reap(self.pid, Duration::from_secs(2));
-        if let Some(w) = self.watchdog.take() {
-            let _ = w.join();
-        }
-        if let Err(e) = reap_in_target(self.target, self.tid, self.site, &[self.pid]) {
-            log::warn!(
-                "could not reap the snapshot {} in process {}: {e} (a zombie stays until the next fork snapshot)",
-                self.pid,
-                self.target
-            );
-        }
-    }
 }
 
 /// One thread of the target held alone, for an injected call; detached
@@ -296,11 +206,27 @@ impl Drop for OneThread {
 /// Reap `children` (dead, exit signal 0) of the target by an injected
 /// `wait4(child, NULL, __WALL|WNOHANG, NULL)` in its thread `tid`, held
 /// alone for the purpose.
-fn reap_in_target(target: i32, tid: i32, site: Site, children: &[i32]) -> Result<(), InjectError> {
+pub fn reap_in_target(
+    target: i32,
+    tid: i32,
+    site: Site,
+    children: &[i32],
+) -> Result<(), InjectError> {
     if !super::process_alive(target) {
         return Ok(());
     }
-    let mut t = OneThread::seize(tid)?;
+    // Another tracer (a second ljleak) may hold the target for a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut t = loop {
+        match OneThread::seize(tid) {
+            Ok(t) => break t,
+            Err(InjectError::Ptrace {
+                errno: nix::errno::Errno::EPERM,
+                ..
+            }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(e),
+        }
+    };
     let saved = ptrace::getregs(Pid::from_raw(tid)).map_err(|errno| InjectError::Ptrace {
         what: "PTRACE_GETREGS",
         errno,
@@ -368,7 +294,7 @@ pub fn stale_snapshots(pid: i32) -> Vec<i32> {
 }
 
 /// Collect a traced task we killed (bounded wait).
-fn reap(pid: i32, timeout: Duration) {
+pub fn reap(pid: i32, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         match waitpid(
@@ -383,20 +309,21 @@ fn reap(pid: i32, timeout: Duration) {
     }
 }
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for one injected call or one stop.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Make the paused target fork a snapshot. `pause` holds every thread;
-/// `tid` is the thread used (stopped, ideally in a system call); `stale`
-/// are snapshots of earlier runs to reap first (see [`stale_snapshots`]).
+/// Make the paused target fork a snapshot; returns its PID. `pause` holds
+/// every thread; `tid` is the thread used (stopped, ideally in a system
+/// call); `stale` are snapshots of earlier runs to reap first (see
+/// [`stale_snapshots`]). The child is stopped, traced by this process with
+/// PTRACE_O_EXITKILL.
 pub fn fork_snapshot(
     pause: &mut Pause,
     tid: i32,
-    pre: &Preflight,
-    lim: ForkLimits,
+    site: Site,
     stale: &[i32],
-) -> Result<ForkSnapshot, ForkError> {
+) -> Result<i32, ForkError> {
     let t = Pid::from_raw(tid);
-    let site = pre.site;
     let pt = |what: &'static str| move |errno| InjectError::Ptrace { what, errno };
     ptrace::setoptions(
         t,
@@ -414,13 +341,10 @@ pub fn fork_snapshot(
             Err(e) => log::warn!("reaping snapshot {z} left by an earlier run: {e}"),
         }
     }
-    // The child: dies with us, never runs (it is only read).
-    let born = |c: i32| -> Result<(), InjectError> {
-        inject::wait_born(c, Instant::now() + CALL_TIMEOUT)?;
-        ptrace::setoptions(Pid::from_raw(c), Options::PTRACE_O_EXITKILL)
-            .map_err(pt("PTRACE_SETOPTIONS (child)"))
-    };
-    // clone(flags = 0: no CLONE_VM, exit signal 0).
+    // clone(flags = 0: no CLONE_VM, exit signal 0). The child is looked
+    // after only once the target's registers are back: it cannot run a
+    // user instruction but exit meanwhile, and the target's window of
+    // injected registers stays as short as the clone itself.
     let (r, sigs) = inject::call(
         tid,
         site,
@@ -428,7 +352,7 @@ pub fn fork_snapshot(
         [Some(0), Some(0), None, Some(0), Some(0), Some(0)],
         &restore,
         CALL_TIMEOUT,
-        &mut |c| born(c),
+        &mut |_| Ok(()),
     )?;
     sigs.into_iter().for_each(|s| pause.add_pending(tid, s));
     let c = match (r.ret, r.child) {
@@ -446,16 +370,15 @@ pub fn fork_snapshot(
             }))
         }
     };
-    let mut snap = ForkSnapshot {
-        pid: c,
-        target: pause.pid(),
-        tid,
-        site,
-        stop: Arc::new(AtomicBool::new(false)),
-        cow: Arc::new(AtomicU64::new(0)),
-        killed: Arc::new(Mutex::new(None)),
-        watchdog: None,
-    };
-    snap.start_watchdog(lim);
-    Ok(snap)
+    let held = inject::wait_born(c, Instant::now() + CALL_TIMEOUT).and_then(|_| {
+        ptrace::setoptions(Pid::from_raw(c), Options::PTRACE_O_EXITKILL)
+            .map_err(pt("PTRACE_SETOPTIONS (child)"))
+    });
+    if let Err(e) = held {
+        let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+        reap(c, CALL_TIMEOUT);
+        let _ = wait4_in(tid, site, c, &restore);
+        return Err(e.into());
+    }
+    Ok(c)
 }

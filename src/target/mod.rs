@@ -9,6 +9,7 @@ pub mod core;
 pub mod core_write;
 pub mod elf;
 pub mod fork;
+pub mod forker;
 pub mod image;
 pub mod inject;
 pub mod maps;

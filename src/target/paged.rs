@@ -273,4 +273,22 @@ mod tests {
         assert!(m.u8(base - 1).is_err());
         assert!(m.stats().misses > 40);
     }
+
+    #[test]
+    fn ranges_sharing_a_block_are_both_read() {
+        // Two page runs inside one block, with a gap between them.
+        let v: Vec<u8> = (0..4 * BLOCK).map(|i| (i / 4096) as u8 + 1).collect();
+        let b0 = (v.as_ptr() as u64 + BLOCK as u64) & !(BLOCK as u64 - 1);
+        let ranges = vec![(b0 + 256, b0 + 512), (b0 + 1024, b0 + 2048)];
+        let m = PagedMemory::new(std::process::id() as i32, ranges, 0).unwrap();
+        let at = |a: u64| v[(a - v.as_ptr() as u64) as usize];
+        assert_eq!(m.u8(b0 + 300).unwrap(), at(b0 + 300));
+        // Same block, the other range: served from the cached block.
+        assert_eq!(m.u8(b0 + 2000).unwrap(), at(b0 + 2000));
+        assert_eq!(m.stats().misses, 1);
+        // The gap and the ends are outside both ranges.
+        assert!(m.u8(b0 + 600).is_err());
+        assert!(m.u8(b0 + 2048).is_err());
+        assert!(m.u16(b0 + 511).is_err());
+    }
 }
