@@ -268,7 +268,10 @@ fn profile_page(s: &State, req: &Request, heap: bool) -> Response {
         Err(msg) => return Response::text(404, msg + "\n"),
     };
     let max_age = s.min_census_interval;
-    let fail = |pid: i32, e: anyhow::Error| {
+    // A process failing in a merged profile (a worker exiting meanwhile)
+    // is left out and counted; the request fails only when all do.
+    let mut first_err: Option<(u16, String)> = None;
+    let mut fail = |pid: i32, e: anyhow::Error| {
         let kind = match metrics::error_kind(&e, pid) {
             "read" => "profile",
             k => k,
@@ -277,30 +280,33 @@ fn profile_page(s: &State, req: &Request, heap: bool) -> Response {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .error(kind);
+        log::warn!("profile of pid {pid}: {e:#}");
         let code = if kind == "target_gone" { 404 } else { 500 };
-        Response::text(code, format!("pid {pid}: {e:#}\n"))
+        first_err.get_or_insert((code, format!("pid {pid}: {e:#}\n")));
     };
-    if heap {
+    let p = if heap {
         let mut reps = Vec::with_capacity(sel.len());
         for t in &sel {
             match profiles::census(s, t.pid, max_age) {
                 Ok(r) => reps.push((*r).clone()),
-                Err(e) => return fail(t.pid, e),
+                Err(e) => fail(t.pid, e),
             }
         }
-        pprof_response(
-            "heap",
-            &crate::report::pprof::from_censuses(&reps, reps.len() > 1),
-        )
+        (!reps.is_empty()).then(|| crate::report::pprof::from_censuses(&reps, reps.len() > 1))
     } else {
         let mut reps = Vec::with_capacity(sel.len());
         for t in &sel {
             match profiles::threads(s, t.pid, max_age) {
                 Ok(r) => reps.push((*r).clone()),
-                Err(e) => return fail(t.pid, e),
+                Err(e) => fail(t.pid, e),
             }
         }
-        pprof_response("goroutine", &crate::report::pprof::from_threads(&reps))
+        (!reps.is_empty()).then(|| crate::report::pprof::from_threads(&reps))
+    };
+    match (p, first_err) {
+        (Some(p), _) => pprof_response(if heap { "heap" } else { "goroutine" }, &p),
+        (None, Some((code, msg))) => Response::text(code, msg),
+        (None, None) => Response::text(404, "no process is watched right now\n"),
     }
 }
 
