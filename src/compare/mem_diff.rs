@@ -94,8 +94,8 @@ pub fn flat(r: &MemReport) -> BTreeMap<String, (u64, bool)> {
         put(format!("{k}.free"), z.free, true);
         put(format!("{k}.rss"), z.rss, true);
         put(format!("{k}.pss"), z.pss, true);
-        if z.size > 0 {
-            put(format!("{k}.used_pct"), z.used * 100 / z.size, false);
+        if let Some(pct) = (z.used * 100).checked_div(z.size) {
+            put(format!("{k}.used_pct"), pct, false);
         }
     }
     put("fds.total".into(), r.fds.total, false);
