@@ -408,6 +408,10 @@ fn mem_metrics_match_lua_and_proc() {
             &format!("ljleak_tcp_sockets{{master=\"{m}\",pid=\"{w}\",state=\"LISTEN\"}}")
         ) >= 1.0
     );
+    // serve.conf's init_worker_by_lua starts one timer pending for an hour.
+    let tl = |st: &str| format!("ljleak_timers{{master=\"{m}\",pid=\"{w}\",state=\"{st}\"}}");
+    assert_eq!(sample(&text, &tl("pending")), 1.0, "{text}");
+    assert_eq!(sample(&text, &tl("running")), 0.0, "{text}");
 }
 
 /// Sums of each sample type in `go tool pprof -raw SOURCE`, and the raw text.
