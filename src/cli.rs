@@ -624,6 +624,11 @@ pub struct ServeArgs {
     /// pausing the target again.
     #[arg(long, default_value = "30s", value_name = "INTERVAL", value_parser = crate::units::parse_interval)]
     pub min_census_interval: std::time::Duration,
+    /// Re-read the memory breakdown (`ljleak mem`: smaps, allocators, fds,
+    /// sockets, shm zones; no pause) at most this often; scrapes in between
+    /// export the last one.
+    #[arg(long, default_value = "5s", value_name = "INTERVAL", value_parser = crate::cmd::watch::parse_interval)]
+    pub mem_interval: std::time::Duration,
     /// HTTP worker threads (requests beyond a small queue get 503).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub http_threads: usize,

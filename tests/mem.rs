@@ -176,3 +176,200 @@ fn bad_input_exit_codes() {
         1
     );
 }
+
+fn two_nums(s: &str) -> (u64, u64) {
+    let mut it = s
+        .split_whitespace()
+        .map(|x| x.parse::<u64>().expect("number"));
+    (it.next().expect("first"), it.next().expect("second"))
+}
+
+/// `ss -tanp` for one process: (state, peer) -> count.
+fn ss_for(pid: i32) -> std::collections::BTreeMap<(String, String), u64> {
+    let out = Command::new("ss").args(["-tanp"]).output().expect("run ss");
+    let mut m = std::collections::BTreeMap::new();
+    for l in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        if !l.contains(&format!("pid={pid},")) {
+            continue;
+        }
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // State Recv-Q Send-Q Local Peer Process; ss writes CLOSE-WAIT, /proc CLOSE_WAIT.
+        let state = match f[0] {
+            "ESTAB" => "ESTABLISHED".to_string(),
+            s => s.replace('-', "_"),
+        };
+        *m.entry((state, f[4].to_string())).or_insert(0) += 1;
+    }
+    m
+}
+
+/// nginx with two lua_shared_dict zones filled to known levels, cosockets
+/// held open and half-closed by their peer, and 500 pending timers from two
+/// callbacks: each figure against the server's own API or `ss`; the master
+/// total counts each zone once; `ljleak diff` gates on socket growth.
+#[test]
+fn nginx_zones_sockets_timers_and_gates() {
+    let Some(ng) = Nginx::start("mem.conf", 2) else {
+        return;
+    };
+    let (st, body) = ng.get("/fill?dict=sessions&n=1000&size=200");
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = ng.get("/fill?dict=ratelimit&n=100&size=5000");
+    assert_eq!(st, 200, "{body}");
+    let space = |d: &str| two_nums(&ng.get(&format!("/space?dict={d}")).1);
+    let before = tmp("mem-before.json");
+    let out = run(&[
+        "mem",
+        "-p",
+        &ng.master.to_string(),
+        "-o",
+        before.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A peer that keeps 5 connections and closes 4 others after accepting.
+    let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let pport = peer.local_addr().expect("addr").port();
+    let (st, _) = ng.get(&format!("/hold?port={pport}&n=5"));
+    assert_eq!(st, 200);
+    let mut kept = Vec::new();
+    for _ in 0..5 {
+        kept.push(peer.accept().expect("accept").0);
+    }
+    let (st, _) = ng.get(&format!("/hold?port={pport}&n=4"));
+    assert_eq!(st, 200);
+    for _ in 0..4 {
+        drop(peer.accept().expect("accept").0); // peer closes: nginx side CLOSE_WAIT
+    }
+    let (st, body) = ng.get("/timers?n=250");
+    assert_eq!(st, 200, "{body}");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let after = tmp("mem-after.json");
+    let out = run(&[
+        "mem",
+        "-p",
+        &ng.master.to_string(),
+        "-o",
+        after.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&after).expect("read")).expect("json");
+    let workers = v["workers"].as_array().expect("workers");
+    assert_eq!(workers.len(), 2);
+    check_reconciles(&v["master"]);
+    for w in workers {
+        check_reconciles(w);
+    }
+    let total = &v["total"];
+
+    // Zones: capacity() and free_space() of lua-resty-core, once in the total.
+    for d in ["sessions", "ratelimit"] {
+        let (cap, free) = space(d);
+        let zs: Vec<&serde_json::Value> = total["shm"]
+            .as_array()
+            .expect("shm")
+            .iter()
+            .filter(|z| z["name"] == d)
+            .collect();
+        assert_eq!(zs.len(), 1, "{d} once in the total: {:#}", total["shm"]);
+        let z = zs[0];
+        assert_eq!(z["kind"], "lua_shared_dict");
+        assert_eq!(n(z, "size"), cap, "{d} capacity");
+        assert_eq!(n(z, "free"), free, "{d} free_space");
+        assert_eq!(n(z, "used"), cap - free);
+        assert!(n(z, "rss") > 0 && n(z, "rss") <= cap);
+    }
+    // The total's Rss counts each zone's resident pages once.
+    let procs: Vec<&serde_json::Value> = std::iter::once(&v["master"])
+        .chain(workers.iter())
+        .collect();
+    let sum_rss: u64 = procs.iter().map(|r| n(r, "rss")).sum();
+    let mut dup = 0;
+    for z in total["shm"].as_array().expect("shm") {
+        let per: Vec<u64> = procs
+            .iter()
+            .filter_map(|r| {
+                r["shm"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["name"] == z["name"] && x["addr"] == z["addr"])
+                    .map(|x| n(x, "rss"))
+            })
+            .collect();
+        dup += per.iter().sum::<u64>() - per.iter().max().copied().unwrap_or(0);
+    }
+    assert_eq!(n(total, "rss"), sum_rss - dup);
+
+    // Sockets, per worker, against ss; all of them in the total.
+    let peer_s = format!("127.0.0.1:{pport}");
+    let (mut est, mut cw) = (0, 0);
+    for w in workers {
+        let pid = n(w, "pid") as i32;
+        let ss = ss_for(pid);
+        for state in ["ESTABLISHED", "CLOSE_WAIT"] {
+            let mine = w["fds"]["tcp_peers"]
+                .as_array()
+                .expect("peers")
+                .iter()
+                .find(|p| p["peer"] == peer_s.as_str() && p["state"] == state)
+                .map(|p| n(p, "count"))
+                .unwrap_or(0);
+            let theirs = ss
+                .get(&(state.to_string(), peer_s.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(mine, theirs, "worker {pid} {state} to {peer_s}: ss {ss:?}");
+            if state == "ESTABLISHED" {
+                est += mine;
+            } else {
+                cw += mine;
+            }
+        }
+    }
+    assert_eq!((est, cw), (5, 4));
+
+    // Timers: 500 pending from two callbacks (lines 6 and 10 of
+    // mem_app.lua), and the 9 socket holders running.
+    let t = &total["timers"];
+    assert_eq!(n(t, "pending"), 500, "{t:#}");
+    assert_eq!(n(t, "running"), 9, "{t:#}");
+    let by: Vec<(String, u64)> = t["by_callback"]
+        .as_array()
+        .expect("by_callback")
+        .iter()
+        .map(|s| (s["site"].as_str().expect("site").to_string(), n(s, "count")))
+        .collect();
+    assert_eq!(by.len(), 2, "{by:?}");
+    for (site, count) in &by {
+        assert_eq!(*count, 250, "{by:?}");
+        assert!(
+            site.ends_with("mem_app.lua:6") || site.ends_with("mem_app.lua:10"),
+            "{site}"
+        );
+    }
+
+    // Gates: CLOSE_WAIT grew by 4, pending timers by 500.
+    let ba = [
+        before.to_str().expect("utf-8"),
+        after.to_str().expect("utf-8"),
+    ];
+    let out = run(&["diff", ba[0], ba[1], "--fail-if", "fds.tcp.close_wait>+3"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let out = run(&[
+        "diff",
+        ba[0],
+        ba[1],
+        "--fail-if",
+        "fds.tcp.close_wait>+4",
+        "--fail-if",
+        "timers.pending>+1000",
+        "--fail-if",
+        "shm.sessions.used>90%",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = run(&["diff", ba[0], ba[1], "--fail-if", "timers.pending>+499"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    drop(kept);
+}

@@ -58,8 +58,15 @@ impl Serve {
                 .spawn()
                 .expect("spawn ljleak serve");
             let mut err = BufReader::new(child.stderr.take().unwrap());
+            // Warnings (a discovered process exiting) may come first.
             let mut line = String::new();
-            let _ = err.read_line(&mut line);
+            loop {
+                line.clear();
+                if err.read_line(&mut line).unwrap_or(0) == 0 || !line.starts_with('[') {
+                    break;
+                }
+                eprint!("serve: {line}");
+            }
             if line.contains("listening on") {
                 // Keep draining stderr so the server never blocks on it.
                 std::thread::spawn(move || {
@@ -257,11 +264,19 @@ impl Drop for Load {
 
 #[test]
 fn prometheus_scrapes_gc_growth_census_and_replaced_worker() {
-    let Some(ngx) = Nginx::start("app.conf", 1) else {
+    let Some(ngx) = Nginx::start("serve.conf", 1) else {
         return;
     };
     let w = ngx.worker();
-    let serve = Serve::start(&["-p", &ngx.master.to_string(), "--census-interval", "1s"]);
+    assert_eq!(ngx.get("/fill?n=100").0, 200);
+    let serve = Serve::start(&[
+        "-p",
+        &ngx.master.to_string(),
+        "--census-interval",
+        "1s",
+        "--mem-interval",
+        "500ms",
+    ]);
     let Some(prom) = Prometheus::start(serve.port) else {
         return;
     };
@@ -271,6 +286,11 @@ fn prometheus_scrapes_gc_growth_census_and_replaced_worker() {
         ngx.master
     );
     let before = prom.wait_for(&sel, 20, |v| v > 0.0);
+    // The shared dict as Lua itself reports it: capacity() and free_space().
+    let (cap, free) = dictstat(&ngx);
+    let zone = |m: &str| format!("{m}{{zone=\"serve_cache\",master=\"{}\"}}", ngx.master);
+    prom.wait_for(&zone("ljleak_shm_size_bytes"), 10, |v| v == cap);
+    prom.wait_for(&zone("ljleak_shm_used_bytes"), 10, |v| v == cap - free);
     // 300 leaked entries of 10 x 4 KiB cdata: 12 MB that stay reachable.
     for _ in 0..300 {
         assert_eq!(ngx.get("/leak?n=10").0, 200);
@@ -306,6 +326,92 @@ fn prometheus_scrapes_gc_growth_census_and_replaced_worker() {
         proc_state(serve.pid()).is_some_and(|s| s != 'Z'),
         "serve died"
     );
+}
+
+/// (capacity, free space) of the `serve_cache` dict, from Lua.
+fn dictstat(ngx: &Nginx) -> (f64, f64) {
+    let (status, body) = ngx.get("/dictstat");
+    assert_eq!(status, 200, "{body}");
+    let v: Vec<f64> = body
+        .split_whitespace()
+        .map(|x| x.parse().unwrap())
+        .collect();
+    (v[0], v[1])
+}
+
+/// Value of the one sample of `/metrics` text whose line starts with
+/// `prefix` (name and leading labels).
+fn sample(text: &str, prefix: &str) -> f64 {
+    let l: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+    assert_eq!(l.len(), 1, "{prefix}:\n{text}");
+    l[0].rsplit_once(' ').unwrap().1.parse().unwrap()
+}
+
+#[test]
+fn mem_metrics_match_lua_and_proc() {
+    let Some(ngx) = Nginx::start("serve.conf", 1) else {
+        return;
+    };
+    let w = ngx.worker();
+    assert_eq!(ngx.get("/fill?n=300").0, 200);
+    let (cap, free) = dictstat(&ngx);
+    let serve = Serve::start(&["-p", &ngx.master.to_string()]);
+    let text = String::from_utf8(serve.get("/metrics").1).unwrap();
+    let m = ngx.master;
+    let zl = format!("{{master=\"{m}\",zone=\"serve_cache\",kind=\"lua_shared_dict\"}}");
+    assert_eq!(sample(&text, &format!("ljleak_shm_size_bytes{zl}")), cap);
+    assert_eq!(
+        sample(&text, &format!("ljleak_shm_used_bytes{zl}")),
+        cap - free
+    );
+    assert!(
+        cap - free > 300.0 * 1024.0,
+        "300 values of 1 KiB: {cap} {free}"
+    );
+    // Components add up to the worker's resident size.
+    let mine = format!("{{master=\"{m}\",pid=\"{w}\",component=");
+    let rss: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("ljleak_memory_bytes{mine}")))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    let status = std::fs::read_to_string(format!("/proc/{w}/status")).unwrap();
+    let vmrss: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse::<f64>()
+        .unwrap()
+        * 1024.0;
+    assert!(
+        (rss - vmrss).abs() < vmrss * 0.1,
+        "components {rss} vs VmRSS {vmrss}"
+    );
+    assert!(
+        sample(
+            &text,
+            &format!("ljleak_memory_bytes{mine}\"luajit_arena\"}}")
+        ) > 0.0
+    );
+    // fds by kind add up to /proc/PID/fd; the listening socket is there.
+    let fds: f64 = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("ljleak_fds{{master=\"{m}\",pid=\"{w}\"")))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+        .sum();
+    let open = std::fs::read_dir(format!("/proc/{w}/fd")).unwrap().count() as f64;
+    assert_eq!(fds, open, "{text}");
+    assert!(
+        sample(
+            &text,
+            &format!("ljleak_tcp_sockets{{master=\"{m}\",pid=\"{w}\",state=\"LISTEN\"}}")
+        ) >= 1.0
+    );
+    // serve.conf's init_worker_by_lua starts one timer pending for an hour.
+    let tl = |st: &str| format!("ljleak_timers{{master=\"{m}\",pid=\"{w}\",state=\"{st}\"}}");
+    assert_eq!(sample(&text, &tl("pending")), 1.0, "{text}");
+    assert_eq!(sample(&text, &tl("running")), 0.0, "{text}");
 }
 
 /// Sums of each sample type in `go tool pprof -raw SOURCE`, and the raw text.

@@ -56,3 +56,63 @@ pub fn run(a: MemArgs) -> Result<()> {
     };
     super::write_output(if svg { None } else { a.output.as_deref() }, &text)
 }
+
+/// `ljleak diff A B` when both are mem snapshots: deltas of every figure and
+/// the gates. Returns false (nothing done) when neither is a mem snapshot.
+pub(crate) fn diff(a: &crate::cli::DiffArgs, gates: &[crate::compare::gate::Gate]) -> Result<bool> {
+    use crate::compare::mem_diff;
+    use crate::error::{Classified, ExitCode};
+    let bad = |e: String| -> anyhow::Error { Classified::new(ExitCode::BadInput, e).into() };
+    let (fa, fb) = (a.a.display().to_string(), a.b.display().to_string());
+    let ra = mem_diff::load(&a.a).map_err(|e| bad(e.to_string()))?;
+    let rb = mem_diff::load(&a.b).map_err(|e| bad(e.to_string()))?;
+    let (ra, rb) = match (ra, rb) {
+        (None, None) => return Ok(false),
+        (Some(x), Some(y)) => (x, y),
+        (x, _) => {
+            let (m, o) = if x.is_some() { (&fa, &fb) } else { (&fb, &fa) };
+            return Err(bad(format!(
+                "cannot compare {m} (mem) with {o} (another kind): give two `ljleak mem` snapshots"
+            )));
+        }
+    };
+    let d = mem_diff::diff(&fa, &ra, &fb, &rb);
+    let mut results = Vec::new();
+    for g in gates {
+        let mut g = g.clone();
+        mem_diff::rewrite_gate(&mut g);
+        results.push(
+            g.eval(&d)
+                .map_err(|e| Classified::new(ExitCode::Usage, e.to_string()))?,
+        );
+    }
+    let tripped: Vec<String> = results
+        .iter()
+        .filter(|r| r.tripped)
+        .map(|r| format!("{} (observed {})", r.expr, r.observed))
+        .collect();
+    let out = if a.format == crate::cli::DiffFormat::Json {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "kind": "mem",
+            "mem": d,
+            "gates": results,
+            "tripped": tripped.len(),
+        }))? + "\n"
+    } else {
+        let style = if a.format == crate::cli::DiffFormat::Markdown {
+            crate::report::diff::Style::Markdown
+        } else {
+            crate::report::diff::Style::Text
+        };
+        mem_diff::text(&d, a.top) + &crate::report::diff::gates(&results, style)
+    };
+    super::write_output(a.output.as_deref(), &out)?;
+    if !tripped.is_empty() {
+        return Err(Classified::new(
+            ExitCode::GateTripped,
+            format!("{} gate(s) tripped: {}", tripped.len(), tripped.join(", ")),
+        )
+        .into());
+    }
+    Ok(true)
+}

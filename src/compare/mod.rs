@@ -6,5 +6,6 @@ pub mod census_diff;
 pub mod folded;
 pub mod gate;
 pub mod leak_diff;
+pub mod mem_diff;
 pub mod snapshot;
 pub mod trend;

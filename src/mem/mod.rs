@@ -14,6 +14,7 @@ pub mod glibc;
 pub mod ljalloc;
 pub mod nginx;
 pub mod smaps;
+pub mod timers;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -182,7 +183,8 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
 
     // LuaJIT (any process: absent VM is normal here).
     let mut claims: Vec<(u64, u64, Owner)> = Vec::new();
-    match crate::luajit::find_vm(pid, &maps, &opts.locate) {
+    let found = crate::luajit::find_vm(pid, &maps, &opts.locate);
+    match &found {
         Ok(vm) => {
             let lj = ljalloc::read(
                 &mem,
@@ -216,7 +218,7 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
     claims.sort_by_key(|c| c.0);
 
     // nginx zones name the shared mappings.
-    let ngx = nginx::read(&mem, pid, &maps, &mut warnings);
+    let ngx = nginx::read(&mem, pid, &maps, found.as_ref().ok(), &mut warnings);
     t.lap(&mut r, "nginx");
 
     // Walk every mapping once.

@@ -137,8 +137,14 @@ pub fn dynsym(pid: i32, maps: &Maps, files: &[&str], name: &str) -> Option<u64> 
 }
 
 /// Read the zones and timers of an nginx process (nothing for other
-/// processes).
-pub fn read<M: Memory + ?Sized>(m: &M, pid: i32, maps: &Maps, warnings: &mut Vec<String>) -> Nginx {
+/// processes). `vm` (the lua module's VM) validates timer coroutines.
+pub fn read<M: Memory + ?Sized>(
+    m: &M,
+    pid: i32,
+    maps: &Maps,
+    vm: Option<&crate::luajit::FoundVm>,
+    warnings: &mut Vec<String>,
+) -> Nginx {
     let mut out = Nginx::default();
     let Ok(exe) = crate::target::exe_path(pid) else {
         return out;
@@ -166,6 +172,9 @@ pub fn read<M: Memory + ?Sized>(m: &M, pid: i32, maps: &Maps, warnings: &mut Vec
                 o.cycle_shm
             ));
         }
+    }
+    if let (Some(lm), Some(vm)) = (lua_mod, vm) {
+        out.timers = super::timers::read(m, pid, maps, &exe, cycle, lm, vm, warnings);
     }
     let Some(list) = at else {
         warnings.push(

@@ -82,7 +82,7 @@ pub fn sum(rs: &[&MemReport], pid: i32) -> MemReport {
         stamp: rs.first().map(|r| r.stamp.clone()).unwrap_or_default(),
         ..Default::default()
     };
-    let mut zones: BTreeMap<(String, u64), ShmZone> = BTreeMap::new();
+    let mut zones: BTreeMap<(String, u64, u64), ShmZone> = BTreeMap::new();
     let mut files: BTreeMap<String, FileRss> = BTreeMap::new();
     let mut peers: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut sites: BTreeMap<String, u64> = BTreeMap::new();
@@ -133,7 +133,7 @@ pub fn sum(rs: &[&MemReport], pid: i32) -> MemReport {
         for z in &r.shm {
             // Zones match by name and size: the same zone in every process
             // of one server (mapped before fork, at the same address).
-            let key = (z.name.clone(), z.size);
+            let key = (z.name.clone(), z.size, z.addr);
             match zones.get_mut(&key) {
                 Some(x) => {
                     dup_shm += x.rss.min(z.rss);

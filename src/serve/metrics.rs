@@ -23,6 +23,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "read",
     "census",
     "profile",
+    "mem",
 ];
 
 /// Text exposition being written.

@@ -10,10 +10,12 @@
 //! every pause goes through one lock in [`profiles`].
 
 pub mod http;
+pub mod mem_metrics;
 pub mod metrics;
 pub mod profiles;
 pub mod targets;
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -71,6 +73,9 @@ Grafana Alloy (pyroscope.scrape):
 Listening on a non-loopback address needs --allow-remote: heap contents are
 sensitive. SIGTERM or SIGINT stops cleanly (no process left paused).";
 
+/// A memory breakdown, when it was read, and the process's start time.
+type MemEntry = (Instant, Option<u64>, Arc<crate::mem::MemReport>);
+
 /// Shared state of a running server.
 pub struct State {
     targets: Mutex<Targets>,
@@ -89,6 +94,8 @@ pub struct State {
     pub hold: Option<Duration>,
     census_interval: Option<Duration>,
     min_census_interval: Duration,
+    mem_interval: Duration,
+    mem_cache: Mutex<HashMap<i32, MemEntry>>,
 }
 
 impl State {
@@ -136,6 +143,29 @@ impl State {
     }
 }
 
+impl State {
+    /// The memory breakdown of `pid` (no pause), re-read at most every
+    /// `--mem-interval`: it walks smaps, both allocators and the fd table,
+    /// tens of milliseconds of ljleak's time, too much for every scrape.
+    fn mem(&self, pid: i32) -> Result<Arc<crate::mem::MemReport>> {
+        let start = targets::start_time(pid);
+        let mut c = self.mem_cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.retain(|&p, e| targets::start_time(p) == e.1);
+        if let Some((at, st, r)) = c.get(&pid) {
+            if at.elapsed() < self.mem_interval && *st == start {
+                return Ok(Arc::clone(r));
+            }
+        }
+        drop(c);
+        let r = Arc::new(crate::mem::breakdown(pid, &crate::mem::MemOpts::default())?);
+        self.mem_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pid, (Instant::now(), start, Arc::clone(&r)));
+        Ok(r)
+    }
+}
+
 fn describe(t: &Target) -> String {
     match (t.master, t.worker) {
         (Some(m), Some(w)) => format!("worker {w} (pid {}) of nginx master {m}", t.pid),
@@ -167,8 +197,31 @@ fn metrics_page(s: &State) -> Response {
             }
         }
     }
+    let mut mems = Vec::with_capacity(gc.len());
+    for (t, v) in &gc {
+        if v.is_none() {
+            continue;
+        }
+        match s.mem(t.pid) {
+            Ok(r) => mems.push((t.clone(), r)),
+            Err(e) => {
+                log::debug!("memory breakdown of pid {}: {e:#}", t.pid);
+                let kind = match metrics::error_kind(&e, t.pid) {
+                    "read" => "mem",
+                    k => k,
+                };
+                s.health
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .error(kind);
+            }
+        }
+    }
     let mut w = metrics::Writer::default();
     metrics::gc(&mut w, &gc);
+    let refs: Vec<(Target, &crate::mem::MemReport)> =
+        mems.iter().map(|(t, r)| (t.clone(), &**r)).collect();
+    mem_metrics::mem(&mut w, &refs);
     if s.census_interval.is_some() {
         let cs: Vec<(Target, Arc<crate::report::census::CensusReport>)> = targets
             .iter()
@@ -215,7 +268,10 @@ fn profile_page(s: &State, req: &Request, heap: bool) -> Response {
         Err(msg) => return Response::text(404, msg + "\n"),
     };
     let max_age = s.min_census_interval;
-    let fail = |pid: i32, e: anyhow::Error| {
+    // A process failing in a merged profile (a worker exiting meanwhile)
+    // is left out and counted; the request fails only when all do.
+    let mut first_err: Option<(u16, String)> = None;
+    let mut fail = |pid: i32, e: anyhow::Error| {
         let kind = match metrics::error_kind(&e, pid) {
             "read" => "profile",
             k => k,
@@ -224,30 +280,33 @@ fn profile_page(s: &State, req: &Request, heap: bool) -> Response {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .error(kind);
+        log::warn!("profile of pid {pid}: {e:#}");
         let code = if kind == "target_gone" { 404 } else { 500 };
-        Response::text(code, format!("pid {pid}: {e:#}\n"))
+        first_err.get_or_insert((code, format!("pid {pid}: {e:#}\n")));
     };
-    if heap {
+    let p = if heap {
         let mut reps = Vec::with_capacity(sel.len());
         for t in &sel {
             match profiles::census(s, t.pid, max_age) {
                 Ok(r) => reps.push((*r).clone()),
-                Err(e) => return fail(t.pid, e),
+                Err(e) => fail(t.pid, e),
             }
         }
-        pprof_response(
-            "heap",
-            &crate::report::pprof::from_censuses(&reps, reps.len() > 1),
-        )
+        (!reps.is_empty()).then(|| crate::report::pprof::from_censuses(&reps, reps.len() > 1))
     } else {
         let mut reps = Vec::with_capacity(sel.len());
         for t in &sel {
             match profiles::threads(s, t.pid, max_age) {
                 Ok(r) => reps.push((*r).clone()),
-                Err(e) => return fail(t.pid, e),
+                Err(e) => fail(t.pid, e),
             }
         }
-        pprof_response("goroutine", &crate::report::pprof::from_threads(&reps))
+        (!reps.is_empty()).then(|| crate::report::pprof::from_threads(&reps))
+    };
+    match (p, first_err) {
+        (Some(p), _) => pprof_response(if heap { "heap" } else { "goroutine" }, &p),
+        (None, Some((code, msg))) => Response::text(code, msg),
+        (None, None) => Response::text(404, "no process is watched right now\n"),
     }
 }
 
@@ -353,10 +412,18 @@ fn check_targets(s: &State, a: &ServeArgs) -> Result<()> {
         )
         .into());
     }
-    // Fail now, with the right code, on a process without a usable VM.
+    // Fail now, with the right code, on a process given with -p that has
+    // no usable VM. Discovered ones and processes exiting right now are
+    // left to the scrapes (a metric and a log line).
     for t in &targets {
-        s.gc_total(t)
-            .map_err(|e| e.context(format!("pid {}", t.pid)))?;
+        let given = a.pids.contains(&t.pid) || t.master.is_some_and(|m| a.pids.contains(&m));
+        match s.gc_total(t) {
+            Err(e) if given && crate::target::process_alive(t.pid) => {
+                return Err(e.context(format!("pid {}", t.pid)))
+            }
+            Err(e) => log::warn!("pid {}: {e:#}", t.pid),
+            Ok(_) => {}
+        }
     }
     Ok(())
 }
@@ -384,6 +451,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         hold: a.debug_hold_pause_ms.map(Duration::from_millis),
         census_interval: a.census_interval,
         min_census_interval: a.min_census_interval,
+        mem_interval: a.mem_interval,
+        mem_cache: Mutex::new(HashMap::new()),
     });
     check_targets(&state, &a)?;
     let local = listener.local_addr()?;
