@@ -4,6 +4,7 @@
 pub mod census;
 pub mod convert;
 pub mod diff;
+pub mod emit;
 pub mod leaks;
 pub mod probes;
 pub mod refs;

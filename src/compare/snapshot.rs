@@ -107,6 +107,80 @@ impl Input {
     }
 }
 
+/// What a snapshot covers: one process, or the sum over the workers of an
+/// nginx master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One process (or unknown: folded stacks).
+    Process(Option<i32>),
+    /// The total over these workers of a master.
+    Master {
+        /// The master.
+        master: i32,
+        /// Its workers.
+        workers: Vec<i32>,
+    },
+}
+
+/// [`load`], and what the file covers.
+pub fn load_scoped(path: &Path) -> Result<(Input, Scope), InputError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|err| InputError::Read {
+        file: file.clone(),
+        err,
+    })?;
+    let input = parse(&file, &text)?;
+    Ok((input, scope_of(&text)))
+}
+
+/// The scope of a snapshot's text (a `workers` file is a master's total).
+pub fn scope_of(text: &str) -> Scope {
+    let t = text.trim_start();
+    if !t.starts_with('{') {
+        return Scope::Process(None);
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
+        return Scope::Process(None);
+    };
+    if v.get("kind").and_then(|k| k.as_str()) == Some("workers") {
+        let workers = v["workers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Scope::Master {
+            master: v["master"].as_i64().unwrap_or(0) as i32,
+            workers,
+        };
+    }
+    Scope::Process(v["pid"].as_i64().map(|p| p as i32))
+}
+
+/// A warning when one snapshot is a master's total and the other one
+/// process: the delta then mixes N workers with one.
+pub fn scope_mismatch(fa: &str, a: &Scope, fb: &str, b: &Scope) -> Option<String> {
+    let what = |f: &str, s: &Scope| match s {
+        Scope::Master { master, workers } => format!(
+            "{f} is the total of {} workers of nginx master {master}",
+            workers.len()
+        ),
+        Scope::Process(Some(p)) => format!("{f} is one process (pid {p})"),
+        Scope::Process(None) => format!("{f} is one profile"),
+    };
+    let master = |s: &Scope| matches!(s, Scope::Master { .. });
+    if master(a) == master(b) {
+        return None;
+    }
+    Some(format!(
+        "{} but {}: the change mixes a whole server with one worker; snapshot both the same way (`-p MASTER` twice, or `-p WORKER` twice)",
+        what(fa, a),
+        what(fb, b)
+    ))
+}
+
 /// Read and validate `path`.
 pub fn load(path: &Path) -> Result<Input, InputError> {
     let file = path.display().to_string();
@@ -172,6 +246,24 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
             return serde_json::from_value(v)
                 .map(|r| Input::Leaks(Box::new(r)))
                 .map_err(|e| malformed(e.to_string()))
+        }
+        // `refs -p MASTER`: every worker's suspects by path, summed.
+        "workers" if v.get("of").and_then(|o| o.as_str()) == Some("refs") => {
+            let mut f = Folded::new();
+            for w in v["workers"].as_array().into_iter().flatten() {
+                let r: crate::report::refs::RefsReport =
+                    serde_json::from_value(w.clone()).map_err(|e| malformed(e.to_string()))?;
+                for (k, n) in refs_folded(&r) {
+                    *f.entry(k).or_default() += n;
+                }
+            }
+            return Ok(Input::Folded(f));
+        }
+        "workers" if v.get("of").is_some_and(|o| o != "census" && o != "gc") => {
+            return Err(InputError::UnknownKind {
+                file: file.into(),
+                kind: format!("workers of {}", v["of"]),
+            })
         }
         "workers" => v
             .get("total")
@@ -295,6 +387,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn master_total_against_one_worker_is_flagged() {
+        let m =
+            scope_of(r#"{"kind": "workers", "master": 7, "workers": [{"pid": 8}, {"pid": 9}]}"#);
+        assert_eq!(
+            m,
+            Scope::Master {
+                master: 7,
+                workers: vec![8, 9]
+            }
+        );
+        let w = scope_of(r#"{"kind": "census", "pid": 8}"#);
+        assert_eq!(w, Scope::Process(Some(8)));
+        let msg = scope_mismatch("a.json", &m, "b.json", &w).unwrap();
+        assert!(
+            msg.contains("total of 2 workers of nginx master 7") && msg.contains("pid 8"),
+            "{msg}"
+        );
+        assert_eq!(scope_mismatch("a", &w, "b", &w), None);
+        assert_eq!(scope_mismatch("a", &m, "b", &m), None);
+    }
+
+    #[test]
     fn folded_sums_repeats_and_rejects_garbage() {
         let f = parse_folded("a;b 3\n# c\n\na;b 4\nx 1\n").unwrap();
         assert_eq!(f["a;b"], 7);
@@ -312,6 +426,8 @@ mod tests {
         // A leak snapshot written before the envelope: summary and sites only.
         let i = parse("f", r#"{"kind": "leaks", "summary": {}, "sites": []}"#).unwrap();
         assert!(matches!(i, Input::Leaks(_)));
+        let e = parse("f", r#"{"schema": 1, "kind": "workers", "of": "threads"}"#).unwrap_err();
+        assert!(matches!(e, InputError::UnknownKind { .. }), "{e}");
         let e = parse("f", r#"{"schema": 1, "kind": "census""#).unwrap_err();
         assert!(matches!(e, InputError::Malformed { .. }), "{e}");
     }

@@ -148,6 +148,10 @@ pub struct CensusReport {
     /// Command line that produced it.
     #[serde(default)]
     pub command_line: Vec<String>,
+    /// Set on the total of an nginx master's workers: their PIDs (`diff`
+    /// warns when it compares such a total with one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<Vec<i32>>,
 }
 
 impl CensusReport {
@@ -162,6 +166,17 @@ impl CensusReport {
         self.ljleak_version = s.ljleak_version;
         self.command_line = s.command_line;
     }
+}
+
+/// How long the walk of the copy took: wall clock, and this thread's CPU
+/// time (what benchmarks compare: it does not grow when other processes
+/// compete for the CPU).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalkTime {
+    /// Wall-clock microseconds.
+    pub wall_us: u64,
+    /// CPU microseconds of the walking thread.
+    pub cpu_us: u64,
 }
 
 /// LuaJIT info from a found VM.
@@ -179,11 +194,7 @@ pub fn luajit_info(vm: &crate::luajit::FoundVm) -> LuajitInfo {
 }
 
 /// Build the census report.
-pub fn census_report(
-    cap: &Capture,
-    c: &Census,
-    walk: crate::cmd::census::WalkTime,
-) -> CensusReport {
+pub fn census_report(cap: &Capture, c: &Census, walk: WalkTime) -> CensusReport {
     let types = c
         .by_count()
         .into_iter()
@@ -324,6 +335,54 @@ pub fn census_text(r: &CensusReport, top_cdata: usize) -> String {
         let _ = writeln!(s, "WARNING: {w}");
     }
     s
+}
+
+/// A census as stacks `TYPE` (or `cdata;C TYPE`, `table;<=N bytes`) with
+/// (objects, bytes): the shape `diff -o x.svg` draws for census snapshots
+/// and that `--format pprof` writes.
+pub fn census_stacks(r: &CensusReport) -> Vec<(Vec<String>, u64, u64)> {
+    let mut out = Vec::new();
+    for (name, t) in &r.types {
+        let parts: Vec<(String, u64, u64)> = match name.as_str() {
+            "cdata" => r
+                .cdata_types
+                .iter()
+                .map(|c| (c.name.clone(), c.count, c.sum))
+                .collect(),
+            "table" => r
+                .table_classes
+                .iter()
+                .map(|c| (format!("<={} bytes", c.le), c.count, c.sum))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (mut cn, mut cb) = (0, 0);
+        for (sub, n, b) in parts {
+            cn += n;
+            cb += b;
+            out.push((vec![name.clone(), sub], n, b));
+        }
+        // Whatever the breakdown does not cover stays on the type itself.
+        if t.count > cn || t.sum > cb {
+            out.push((
+                vec![name.clone()],
+                t.count.saturating_sub(cn),
+                t.sum.saturating_sub(cb),
+            ));
+        }
+    }
+    out
+}
+
+/// [`census_stacks`] folded by bytes.
+pub fn census_folded(r: &CensusReport) -> std::collections::BTreeMap<String, u64> {
+    let mut f = std::collections::BTreeMap::new();
+    for (frames, _, bytes) in census_stacks(r) {
+        if bytes > 0 {
+            *f.entry(frames.join(";")).or_insert(0) += bytes;
+        }
+    }
+    f
 }
 
 /// lj-gc style text.

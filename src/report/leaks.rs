@@ -181,15 +181,18 @@ pub fn stap(r: &LeakReport) -> String {
             } else {
                 &f.module
             };
-            let _ = writeln!(
-                out,
-                " {:#x} : {}+{:#x}/{:#x} [{}]",
-                f.addr,
-                folded_name(&f.name),
-                f.offset,
-                f.size,
-                module
-            );
+            // A name that is already `module+0xOFF` (no symbol) carries its
+            // offset: do not add `+0x0` to it.
+            let name = folded_name(&f.name);
+            if f.size == 0 && name.contains("+0x") {
+                let _ = writeln!(out, " {:#x} : {name}/{:#x} [{}]", f.addr, f.size, module);
+            } else {
+                let _ = writeln!(
+                    out,
+                    " {:#x} : {name}+{:#x}/{:#x} [{}]",
+                    f.addr, f.offset, f.size, module
+                );
+            }
         }
         let _ = writeln!(out, "\t{}\n", s.bytes);
     }
@@ -203,28 +206,34 @@ pub fn json(r: &LeakReport, top: usize) -> String {
     serde_json::to_string_pretty(&r2).unwrap_or_default() + "\n"
 }
 
-/// An SVG flame graph of the folded stacks.
-pub fn svg(r: &LeakReport, title: Option<&str>) -> Result<String, String> {
+/// An SVG flame graph of the folded stacks, coloured by frame kind, the
+/// outstanding total in the subtitle; `trim` folds the nginx event loop.
+pub fn svg(r: &LeakReport, title: Option<&str>, trim: bool) -> anyhow::Result<String> {
     let lines = folded(r);
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.unwrap_or("Memory Leak Flame Graph").to_string();
-    opts.count_name = "bytes".to_string();
-    opts.deterministic = true;
-    let mut out = Vec::new();
-    if lines.is_empty() {
-        // inferno refuses empty input; draw an explicit empty graph.
-        opts.subtitle = Some("no outstanding allocations".into());
-        inferno::flamegraph::from_lines(
-            &mut opts,
-            std::iter::once("(no outstanding allocations) 1"),
-            &mut out,
+    let what = if r.pid != 0 {
+        format!(
+            "pid {}, {:.1} s window: bytes still allocated at the end, by stack",
+            r.pid, r.window_seconds
         )
-        .map_err(|e| e.to_string())?;
     } else {
-        inferno::flamegraph::from_lines(&mut opts, lines.lines(), &mut out)
-            .map_err(|e| e.to_string())?;
-    }
-    String::from_utf8(out).map_err(|e| e.to_string())
+        "bytes still allocated at the end of the window, by stack".into()
+    };
+    super::flame::svg(
+        &super::flame::Flame {
+            title: title.unwrap_or("Memory Leak Flame Graph").to_string(),
+            what,
+            unit: "bytes".into(),
+            trim,
+        },
+        lines.lines(),
+    )
+}
+
+/// Whether stacks of `exe` should have the event loop trimmed by default
+/// (nginx and OpenResty).
+pub fn trim_by_default(exe: &str) -> bool {
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    name.starts_with("nginx") || name.starts_with("openresty")
 }
 
 /// The summary as text (stderr).
@@ -345,13 +354,32 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("\t300\n"));
+        let mut r = report();
+        r.sites[0].frames[1] = SiteFrame {
+            name: "libluajit-5.1.so.2.1.0+0x1dd2f".into(),
+            addr: 0x7f00_0001_dd2f,
+            offset: 0,
+            size: 0,
+            module: "/usr/lib/libluajit-5.1.so.2.1.0".into(),
+        };
+        let s = stap(&r);
+        assert!(
+            s.contains(" : libluajit-5.1.so.2.1.0+0x1dd2f/0x0 ["),
+            "offset once: {s}"
+        );
     }
 
     #[test]
     fn svg_has_title_and_frames() {
-        let s = svg(&report(), None).unwrap();
+        let s = svg(&report(), None, false).unwrap();
         assert!(s.contains("Memory Leak Flame Graph"));
         assert!(s.contains("leaf:x"));
-        assert!(svg(&LeakReport::default(), None).unwrap().contains("<svg"));
+        assert!(
+            s.contains("total 312 B (312 bytes)"),
+            "the total in the subtitle"
+        );
+        assert!(svg(&LeakReport::default(), None, true)
+            .unwrap()
+            .contains("<svg"));
     }
 }

@@ -5,8 +5,11 @@
 pub mod census;
 pub mod diff;
 pub mod envelope;
+pub mod flame;
 pub mod leaks;
+pub mod output;
 pub mod plot;
 pub mod pprof;
 pub mod refs;
 pub mod threads;
+pub mod watch;

@@ -75,6 +75,100 @@ pub struct RefsReport {
     pub warnings: Vec<String>,
 }
 
+/// Suspects with the same named path in several processes (the workers of
+/// one nginx master run the same code), summed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathTotal {
+    /// The path from a root, root first.
+    pub path: Vec<String>,
+    /// Type of the holder.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Retained bytes summed over the processes.
+    pub retained: u64,
+    /// Retained objects summed.
+    pub retained_objects: u64,
+    /// In how many processes this path was a suspect.
+    pub processes: u64,
+}
+
+/// The total of `refs` over the workers of a master.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefsTotal {
+    /// The processes summed.
+    pub pids: Vec<i32>,
+    /// Sum of `g->gc.total`.
+    pub gc_total: u64,
+    /// Sum of reachable bytes.
+    pub reachable_bytes: u64,
+    /// Sum of reachable objects.
+    pub reachable_objects: u64,
+    /// Suspects by path, biggest first.
+    pub suspects: Vec<PathTotal>,
+}
+
+/// Sum reports of several processes; the `top` biggest paths.
+pub fn total_of(reps: &[&RefsReport], top: usize) -> RefsTotal {
+    let mut by: std::collections::BTreeMap<(Vec<String>, String), PathTotal> = Default::default();
+    for r in reps {
+        for h in r.suspects.iter().filter(|h| h.reachable) {
+            let e = by
+                .entry((h.path.clone(), h.ty.clone()))
+                .or_insert_with(|| PathTotal {
+                    path: h.path.clone(),
+                    ty: h.ty.clone(),
+                    retained: 0,
+                    retained_objects: 0,
+                    processes: 0,
+                });
+            e.retained += h.retained;
+            e.retained_objects += h.retained_objects;
+            e.processes += 1;
+        }
+    }
+    let mut suspects: Vec<PathTotal> = by.into_values().collect();
+    suspects.sort_by(|a, b| b.retained.cmp(&a.retained).then(a.path.cmp(&b.path)));
+    suspects.truncate(top);
+    RefsTotal {
+        pids: reps.iter().map(|r| r.pid).collect(),
+        gc_total: reps.iter().map(|r| r.gc_total).sum(),
+        reachable_bytes: reps.iter().map(|r| r.reachable_bytes).sum(),
+        reachable_objects: reps.iter().map(|r| r.reachable_objects).sum(),
+        suspects,
+    }
+}
+
+/// Text of a [`RefsTotal`].
+pub fn refs_total_text(t: &RefsTotal) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "GC total {} ({} bytes); reachable {} in {} objects",
+        human(t.gc_total),
+        t.gc_total,
+        human(t.reachable_bytes),
+        t.reachable_objects
+    );
+    if !t.suspects.is_empty() {
+        let _ = writeln!(s, "\nLeak suspects by path, summed over the workers:");
+        for (i, p) in t.suspects.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "#{} {} retains {} ({} bytes, {} objects) in {} of {} workers\n    held by: {}",
+                i + 1,
+                p.ty,
+                human(p.retained),
+                p.retained,
+                p.retained_objects,
+                p.processes,
+                t.pids.len(),
+                crate::analysis::retention::join_path(&p.path)
+            );
+        }
+    }
+    s
+}
+
 /// Bytes with a binary unit, for text.
 pub(crate) fn human(b: u64) -> String {
     crate::units::bytes(b)
@@ -110,8 +204,12 @@ pub fn refs_text(r: &RefsReport) -> String {
     let _ = writeln!(s, "ljleak refs: pid {} ({})", r.pid, r.exe);
     let _ = writeln!(
         s,
-        "GC total {} bytes; {} objects ({} bytes), {} references",
-        r.gc_total, r.objects, r.object_bytes, r.edges
+        "GC total {} ({} bytes); {} objects ({}), {} references",
+        human(r.gc_total),
+        r.gc_total,
+        r.objects,
+        human(r.object_bytes),
+        r.edges
     );
     let _ = writeln!(
         s,
@@ -123,10 +221,10 @@ pub fn refs_text(r: &RefsReport) -> String {
     );
     let _ = writeln!(
         s,
-        "paused {} us ({}), analysed in {} ms",
-        r.pause_us,
+        "paused {} ({}), analysed in {}",
+        crate::units::micros(r.pause_us),
         r.consistency,
-        r.analysis_us / 1000
+        crate::units::micros(r.analysis_us)
     );
     if !r.suspects.is_empty() {
         let _ = writeln!(s, "\nLeak suspects (objects holding many small objects):");
