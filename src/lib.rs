@@ -15,6 +15,7 @@ pub mod compare;
 pub mod error;
 pub mod leaks;
 pub mod luajit;
+pub mod model;
 pub mod report;
 pub mod target;
 pub mod trace;

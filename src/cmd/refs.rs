@@ -162,7 +162,10 @@ fn one_process(
     if graphic {
         let (reach_bytes, _) = ret.reachable();
         let min = a.min_frame.unwrap_or(reach_bytes / 2000).max(1);
-        lines = ret.folded(&graph, &mut refs, min);
+        lines = crate::report::flame::group_siblings(
+            &ret.folded(&graph, &mut refs, min),
+            crate::report::flame::GROUP_SIBLINGS,
+        );
     }
     if let Some(p) = &a.dump_graph {
         super::write_output(Some(p), &dump_graph(&graph))?;

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::report::census::CensusReport;
-use crate::report::envelope::SCHEMA_VERSION;
-use crate::report::leaks::LeakReport;
+use crate::model::census::CensusReport;
+use crate::model::envelope::SCHEMA_VERSION;
+use crate::model::leaks::LeakReport;
 
 /// Why an input cannot be used. Every variant maps to exit code 9
 /// ([`crate::error::ExitCode::BadInput`]).
@@ -238,7 +238,7 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
         // (not addresses) are stable across runs, so "which holder grew
         // between A and B" is one `ljleak diff`.
         "refs" => {
-            return serde_json::from_value::<crate::report::refs::RefsReport>(v)
+            return serde_json::from_value::<crate::model::refs::RefsReport>(v)
                 .map(|r| Input::Folded(refs_folded(&r)))
                 .map_err(|e| malformed(e.to_string()))
         }
@@ -251,7 +251,7 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
         "workers" if v.get("of").and_then(|o| o.as_str()) == Some("refs") => {
             let mut f = Folded::new();
             for w in v["workers"].as_array().into_iter().flatten() {
-                let r: crate::report::refs::RefsReport =
+                let r: crate::model::refs::RefsReport =
                     serde_json::from_value(w.clone()).map_err(|e| malformed(e.to_string()))?;
                 for (k, n) in refs_folded(&r) {
                     *f.entry(k).or_default() += n;
@@ -284,7 +284,7 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
 /// Suspects of a refs report as folded stacks: path frames root first,
 /// then the holder's type; weight = retained bytes. Unreachable suspects
 /// (no path) are left out.
-pub fn refs_folded(r: &crate::report::refs::RefsReport) -> Folded {
+pub fn refs_folded(r: &crate::model::refs::RefsReport) -> Folded {
     let mut f = Folded::new();
     for h in r.suspects.iter().filter(|h| !h.path.is_empty()) {
         let mut frames: Vec<String> = h.path.iter().map(|p| p.replace(';', ",")).collect();

@@ -126,6 +126,61 @@ pub fn trim_event_loop(stack: &str) -> std::borrow::Cow<'_, str> {
     stack.into()
 }
 
+/// Siblings of one frame grouped when more than this many differ only by
+/// an index or an object key.
+pub const GROUP_SIBLINGS: usize = 8;
+
+/// Whether a frame names one of many alike slots: an array index `[12]`,
+/// a hash node `[node 7]`, an object key `[table: 0x…]`, optionally after
+/// a field (`.recent[12]` style paths are split into frames already).
+fn groupable(f: &str) -> bool {
+    let Some(inner) = f.strip_prefix('[').and_then(|x| x.strip_suffix(']')) else {
+        return false;
+    };
+    inner.bytes().all(|b| b.is_ascii_digit())
+        || inner
+            .strip_prefix("node ")
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        || inner.contains(": 0x")
+}
+
+/// Group sibling frames that differ only by an index or object key (the
+/// thousands of `recent[i]` entries of a list) into one `[*] ×N` frame,
+/// when a frame has more than `min` of them; weights of merged stacks add
+/// up, so widths stay exact.
+pub fn group_siblings(lines: &[String], min: usize) -> Vec<String> {
+    let parsed: Vec<(Vec<&str>, u64)> = lines
+        .iter()
+        .filter_map(|l| {
+            let (s, n) = l.rsplit_once(' ')?;
+            Some((s.split(';').collect(), n.parse().ok()?))
+        })
+        .collect();
+    // Distinct groupable children of each (parent prefix) in the input.
+    let mut kids: HashMap<(Vec<&str>, usize), std::collections::HashSet<&str>> = HashMap::new();
+    for (frames, _) in &parsed {
+        for (d, f) in frames.iter().enumerate() {
+            if groupable(f) {
+                kids.entry((frames[..d].to_vec(), d)).or_default().insert(f);
+            }
+        }
+    }
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for (frames, n) in &parsed {
+        let mut renamed: Vec<String> = Vec::with_capacity(frames.len());
+        for (d, f) in frames.iter().enumerate() {
+            let k = kids.get(&(frames[..d].to_vec(), d)).map_or(0, |s| s.len());
+            if groupable(f) && k > min {
+                renamed.push(format!("[*] ×{k}"));
+            } else {
+                renamed.push(f.to_string());
+            }
+        }
+        *out.entry(renamed.join(";")).or_default() += n;
+    }
+    out.into_iter().map(|(s, n)| format!("{s} {n}")).collect()
+}
+
 /// What to draw.
 #[derive(Debug, Clone)]
 pub struct Flame {
@@ -308,6 +363,24 @@ mod tests {
         assert_eq!(kind_of("do_syscall_64_[k]"), Kind::Kernel);
         assert_eq!(kind_of("pid 42"), Kind::Meta);
         assert_eq!(kind_of(EVENT_LOOP), Kind::Meta);
+    }
+
+    #[test]
+    fn many_alike_siblings_become_one_frame() {
+        let mut lines: Vec<String> = (1..=20)
+            .map(|i| format!("registry;._LOADED;[\"app\"];upvalue recent;[{i}];table 100"))
+            .collect();
+        lines.push("registry;._LOADED;[\"app\"];upvalue recent;.n 8".into());
+        lines.push("registry;._LOADED;[\"app\"];upvalue few;[1] 5".into());
+        let g = group_siblings(&lines, GROUP_SIBLINGS);
+        assert_eq!(
+            g,
+            [
+                "registry;._LOADED;[\"app\"];upvalue few;[1] 5",
+                "registry;._LOADED;[\"app\"];upvalue recent;.n 8",
+                "registry;._LOADED;[\"app\"];upvalue recent;[*] ×20;table 2000",
+            ]
+        );
     }
 
     #[test]
