@@ -79,6 +79,20 @@ pub enum Command {
     Leaks(LeaksArgs),
     /// List the USDT (SystemTap SDT) probes of every object mapped in a process.
     Probes(ProbesArgs),
+    /// Write man pages (one per command) into DIR (packaging).
+    #[command(hide = true)]
+    Man {
+        /// Output folder.
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Options shared by every command that attaches to a live process.

@@ -8,6 +8,7 @@ pub mod emit;
 pub mod leaks;
 pub mod probes;
 pub mod refs;
+pub mod ship;
 pub mod threads;
 pub mod watch;
 pub mod workers;
@@ -26,6 +27,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Convert(a) => convert::convert(a),
         Command::Leaks(a) => leaks::leaks(a),
         Command::Probes(a) => probes::run(a),
+        Command::Man { dir } => ship::man(&dir),
+        Command::Completions { shell } => ship::completions(shell),
     }
 }
 
