@@ -20,4 +20,6 @@ scripts/build-luajit-variants.sh
 export CI="${CI:-}"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# The static, stripped binary tests/ship.rs runs from an empty chroot.
+scripts/build-release.sh
 cargo test --release -- --test-threads=2
