@@ -32,7 +32,7 @@ fn static_binary_runs_gc_and_objs_from_an_empty_chroot() {
     // Static and stripped: no interpreter, no dynamic section, no symbols.
     let elf = std::fs::read(&bin).unwrap();
     let file = object::File::parse(&*elf).unwrap();
-    use object::{Object, ObjectSection};
+    use object::Object;
     assert!(
         file.section_by_name(".interp").is_none(),
         "no dynamic loader"
