@@ -119,6 +119,13 @@ fn output_format_follows_the_extension_in_every_command() {
             &["json", "txt", "svg", "csv", "jsonl"],
         ),
         ("probes", &["probes", "-p", &pid], &["json", "txt"]),
+        // The script is parked at its checkpoint: nothing is outstanding,
+        // and every format still says so in its own shape.
+        (
+            "leaks",
+            &["leaks", "-p", &pid, "--time", "500ms"],
+            &["json", "svg", "pb.gz", "txt"],
+        ),
     ];
     for (name, args, exts) in table {
         all_extensions(&d, name, args, exts);
