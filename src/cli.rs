@@ -98,8 +98,8 @@ pub enum Command {
 /// Options shared by every command that attaches to a live process.
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
-    /// Process ID of the nginx worker or LuaJIT process (gc, objs and watch
-    /// also take an nginx master: every worker in turn, plus a total).
+    /// Process ID of the nginx worker or LuaJIT process (or an nginx
+    /// master: every worker in turn, one paused at a time, plus a total).
     #[arg(
         short = 'p',
         long = "pid",
