@@ -20,6 +20,8 @@ scripts/build-luajit-variants.sh
 export CI="${CI:-}"
 cargo fmt --check
 cargo clippy --release --all-targets -- -D warnings
+# The static, stripped binary tests/ship.rs runs from an empty chroot.
+scripts/build-release.sh
 cargo test --release -- --test-threads=2
 # The leak tracer's tests again on the perf fallback (the default run used
 # the BPF tracer).

@@ -3,6 +3,46 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::report::output::{formats, Format};
+
+/// Formats of `gc`.
+pub const GC_FORMATS: &[Format] = &[Format::Text, Format::Json];
+/// Formats of `objs`.
+pub const OBJS_FORMATS: &[Format] = &[
+    Format::Text,
+    Format::Json,
+    Format::Pprof,
+    Format::Folded,
+    Format::Svg,
+];
+/// Formats of `threads`.
+pub const THREADS_FORMATS: &[Format] = &[Format::Text, Format::Json, Format::Folded, Format::Svg];
+/// Formats of `refs`.
+pub const REFS_FORMATS: &[Format] = &[Format::Text, Format::Json, Format::Svg, Format::Folded];
+/// Formats of `leaks`.
+pub const LEAKS_FORMATS: &[Format] = &[
+    Format::Folded,
+    Format::Svg,
+    Format::Json,
+    Format::Pprof,
+    Format::Stap,
+    Format::Text,
+];
+/// Formats of `diff`.
+pub const DIFF_FORMATS: &[Format] = &[Format::Text, Format::Json, Format::Markdown, Format::Svg];
+/// Formats of `watch`.
+pub const WATCH_FORMATS: &[Format] = &[
+    Format::Text,
+    Format::Csv,
+    Format::Jsonl,
+    Format::Json,
+    Format::Svg,
+];
+/// Formats of `convert`.
+pub const CONVERT_FORMATS: &[Format] = &[Format::Pprof, Format::Folded, Format::Svg];
+/// Formats of `probes`.
+pub const PROBES_FORMATS: &[Format] = &[Format::Text, Format::Json];
+
 /// Find memory leaks in running OpenResty / LuaJIT processes.
 #[derive(Debug, Parser)]
 #[command(name = "ljleak", version, about, after_help = crate::error::EXIT_CODES_HELP)]
@@ -31,12 +71,12 @@ pub enum Command {
     /// Who holds the memory: leak suspects, retained sizes, retention paths and flame graph.
     #[command(after_help = REFS_HELP)]
     Refs(RefsArgs),
-    /// Compare two snapshots (objs -o JSON, or folded stacks); gate CI on growth.
+    /// Compare two snapshots (objs, leaks or refs JSON, or folded stacks); gate CI on growth.
     #[command(after_help = DIFF_HELP)]
     Diff(DiffArgs),
     /// Sample memory over time and say whether it grows (leak), saturates or is stable.
     Watch(WatchArgs),
-    /// Convert a snapshot or folded-stack file to another format (pprof).
+    /// Convert a snapshot (census, leaks or refs JSON) or folded-stack file to pprof, folded stacks or SVG.
     Convert(ConvertArgs),
     /// Trace allocations for a while and report what is still outstanding,
     /// by stack (C and Lua), as folded stacks, stap text, SVG or JSON.
@@ -55,6 +95,20 @@ pub enum Command {
     /// Internal: makes and looks after a fork snapshot for another ljleak.
     #[command(hide = true)]
     SnapshotHelper(SnapshotHelperArgs),
+    /// Write man pages (one per command) into DIR (packaging).
+    #[command(hide = true)]
+    Man {
+        /// Output folder.
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `ljleak dump`.
@@ -86,8 +140,8 @@ pub struct SnapshotHelperArgs {
 /// Options shared by every command that attaches to a live process.
 #[derive(Debug, Args, Clone)]
 pub struct TargetArgs {
-    /// Process ID of the nginx worker or LuaJIT process (gc, objs and watch
-    /// also take an nginx master: every worker in turn, plus a total).
+    /// Process ID of the nginx worker or LuaJIT process (or an nginx
+    /// master: every worker in turn, one paused at a time, plus a total).
     #[arg(
         short = 'p',
         long = "pid",
@@ -159,17 +213,6 @@ impl Default for CaptureArgs {
     }
 }
 
-/// Output format of gc and objs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CensusFormat {
-    /// Text like stap++.
-    Text,
-    /// One JSON object.
-    Json,
-    /// Gzipped pprof profile.proto (objs only; needs -o when stdout is a terminal).
-    Pprof,
-}
-
 /// Output format of reports that are text or JSON only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TextOrJson {
@@ -185,9 +228,14 @@ pub struct GcArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: CensusFormat,
+    /// Output format of stdout and of -o files without a known extension [default: text].
+    #[arg(long, value_parser = formats(GC_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json .svg .txt .folded .pb.gz .md .stap .csv .jsonl);
+    /// repeat -o for several files from one run.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Vec<std::path::PathBuf>,
 }
 
 /// `ljleak objs`.
@@ -196,12 +244,15 @@ pub struct ObjsArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format [default: text, or json (a snapshot for `ljleak diff`) with -o].
-    #[arg(long, value_enum)]
-    pub format: Option<CensusFormat>,
-    /// Write the report to FILE instead of stdout (atomically, mode 0600).
+    /// Output format of stdout [default: text] and of -o files without a
+    /// known extension [default: json, a snapshot for `ljleak diff`].
+    #[arg(long, value_parser = formats(OBJS_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json .svg .txt .folded .pb.gz .md .stap .csv .jsonl);
+    /// repeat -o for several files from one run.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
     /// How the heap is copied.
     #[command(flatten)]
     pub capture: CaptureArgs,
@@ -214,17 +265,6 @@ pub struct ObjsArgs {
     /// Test hook: hold the target paused this many milliseconds.
     #[arg(long, value_name = "MS", hide = true)]
     pub debug_hold_pause_ms: Option<u64>,
-}
-
-/// Output format of threads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ThreadsFormat {
-    /// Groups, Go goroutine-profile style.
-    Text,
-    /// One JSON object.
-    Json,
-    /// Folded stacks (flame graph input).
-    Folded,
 }
 
 /// What each thread weighs in folded output and flame graphs.
@@ -243,12 +283,14 @@ pub struct ThreadsArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: ThreadsFormat,
-    /// Write to FILE instead of stdout; a name ending in `.svg` gets a flame graph.
+    /// Output format of stdout and of -o files without a known extension [default: text].
+    #[arg(long, value_parser = formats(THREADS_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json .svg .txt .folded .pb.gz .md .stap .csv .jsonl);
+    /// repeat -o for several files from one run.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
     /// Weight of each thread in folded output and flame graphs: `count`, or
     /// `bytes` retained (the thread, its stack and everything only it holds).
     #[arg(long, value_enum, default_value = "count")]
@@ -271,14 +313,15 @@ pub struct RefsArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: TextOrJson,
+    /// Output format of stdout [default: text] and of -o files without a
+    /// known extension [default: svg, the retention flame graph].
+    #[arg(long, value_parser = formats(REFS_FORMATS))]
+    pub format: Option<Format>,
     /// How many leak suspects to report.
     #[arg(long, default_value_t = 10, value_name = "K")]
     pub top: usize,
-    /// Report the path to every object of at least N bytes (own size).
-    #[arg(long, value_name = "N")]
+    /// Report the path to every object of at least SIZE bytes (own size; 10KiB, 1MB...).
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub size: Option<u64>,
     /// With --size: only objects of this type (cdata, table, string, function, userdata...).
     #[arg(long = "type", value_name = "TYPE")]
@@ -289,16 +332,16 @@ pub struct RefsArgs {
     /// Most objects listed for --size / --addr.
     #[arg(long, default_value_t = 100, value_name = "K")]
     pub limit: usize,
-    /// Write the retention flame graph (SVG) to FILE; a name ending in
-    /// `.heapsnapshot` gets the object graph as a V8 heap snapshot instead
-    /// (for Chrome DevTools' Memory panel and memlab).
-    #[arg(short = 'o', long = "flamegraph", value_name = "FILE")]
-    pub flamegraph: Option<std::path::PathBuf>,
-    /// Write the retention flame graph's folded stacks to FILE.
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json .svg .txt .folded .pb.gz .md .stap .csv .jsonl);
+    /// repeat -o for several files from one run.
+    #[arg(short, long, visible_alias = "flamegraph", value_name = "FILE")]
+    pub output: Vec<std::path::PathBuf>,
+    /// Also write the retention flame graph's folded stacks to FILE (as `-o FILE.folded`).
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
     /// Smallest retained size drawn as its own flame graph frame (default: 1/2000 of the reachable heap).
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)]
     pub min_frame: Option<u64>,
     /// How the heap is copied.
     #[command(flatten)]
@@ -306,21 +349,6 @@ pub struct RefsArgs {
     /// Test hook: write the strong object graph (nodes, edges, roots) as JSON to FILE.
     #[arg(long, value_name = "FILE", hide = true)]
     pub dump_graph: Option<std::path::PathBuf>,
-}
-
-/// Output format of `leaks`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LeakFormat {
-    /// Flame graph (inferno).
-    Svg,
-    /// Folded stacks, root first: `a;b;c BYTES`.
-    Folded,
-    /// SystemTap-style backtraces (for stackcollapse-stap.pl).
-    Stap,
-    /// Summary and top sites (the leak snapshot file).
-    Json,
-    /// Gzipped pprof profile.proto (inuse_objects/count, inuse_space/bytes).
-    Pprof,
 }
 
 /// Which allocators `leaks` traces.
@@ -342,36 +370,43 @@ pub struct LeaksArgs {
     /// Target.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Seconds to trace (Ctrl-C stops early and still reports).
-    #[arg(short, long, default_value_t = 10.0, value_name = "SECS")]
-    pub time: f64,
-    /// Write the report to FILE (format from --format, else from the extension).
+    /// How long to trace (10s, 500ms, 2m; a plain number is seconds; Ctrl-C stops early and still reports).
+    #[arg(short, long, default_value = "10s", value_name = "DURATION", value_parser = crate::units::parse_positive_duration)]
+    pub time: std::time::Duration,
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json .svg .txt .folded .pb.gz .md .stap .csv .jsonl);
+    /// repeat -o for several files from one run.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
-    /// Also write folded stacks to FILE.
+    pub output: Vec<std::path::PathBuf>,
+    /// Also write folded stacks to FILE (as `-o FILE.folded`).
     #[arg(long, value_name = "FILE")]
     pub folded: Option<std::path::PathBuf>,
-    /// Output format (default: from -o's extension: .svg, .json, .stap, .pb.gz; else folded).
-    #[arg(long, value_enum)]
-    pub format: Option<LeakFormat>,
-    /// Only count allocations at least this old at the end of the window.
-    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
-    pub min_age: f64,
+    /// Output format of stdout and of -o files without a known extension [default: folded].
+    #[arg(long, value_parser = formats(LEAKS_FORMATS))]
+    pub format: Option<Format>,
+    /// Only count allocations at least this old at the end of the window (1s, 500ms).
+    #[arg(long, default_value = "0s", value_name = "DURATION", value_parser = crate::units::parse_duration)]
+    pub min_age: std::time::Duration,
     /// Which allocators to trace.
     #[arg(long, value_enum, default_value = "all")]
     pub source: LeakSource,
-    /// Bytes of user stack copied with each allocation (deeper stacks are truncated).
-    #[arg(long, default_value_t = 8192, value_name = "BYTES")]
+    /// User stack copied with each allocation (8K, 4096; deeper stacks are truncated).
+    #[arg(long, default_value = "8K", value_name = "SIZE", value_parser = parse_stack_bytes)]
     pub stack_bytes: u32,
-    /// Sample allocations: on average one per N allocated bytes, each
-    /// weighted by the bytes it stands for (outstanding figures become
-    /// unbiased estimates). Saves ljleak's work per allocation, not the
-    /// uprobe's.
-    #[arg(long, value_name = "N")]
+    /// Sample allocations: on average one per SIZE allocated bytes (1MB,
+    /// 512K), each weighted by the bytes it stands for (outstanding
+    /// figures become unbiased estimates, printed with a 95% interval).
+    /// Saves ljleak's work per allocation, not the uprobe's.
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_positive_size)]
     pub sample_bytes: Option<u64>,
     /// Ring buffer pages per thread (a power of two).
     #[arg(long, default_value_t = 2048, value_name = "PAGES")]
     pub ring_pages: usize,
+    /// Fold the nginx event-loop prefix (`_start` … `ngx_http_lua_run_thread`)
+    /// of flame graph stacks into one frame [default: true for nginx and
+    /// OpenResty, false otherwise]; `--trim=false` keeps whole stacks.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub trim: Option<bool>,
     /// Sites listed in JSON output.
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub top: usize,
@@ -423,9 +458,26 @@ pub struct ProbesArgs {
         value_name = "PID"
     )]
     pub pid: i32,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: TextOrJson,
+    /// Output format of stdout and of -o files without a known extension [default: text].
+    #[arg(long, value_parser = formats(PROBES_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json .svg .txt .folded .pb.gz .md .stap .csv .jsonl);
+    /// repeat -o for several files from one run.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Vec<std::path::PathBuf>,
+}
+
+/// `--stack-bytes`: a size the kernel accepts for a user stack sample
+/// (`sample_stack_user` is a u32, a multiple of 8, at most 65528 bytes).
+fn parse_stack_bytes(s: &str) -> Result<u32, String> {
+    let b = crate::units::parse_size(s)?;
+    if !(8..=65528).contains(&b) {
+        return Err(format!(
+            "`{s}` is out of range: the stack sample takes 8 bytes to 64K-8"
+        ));
+    }
+    Ok(b as u32 & !7)
 }
 
 /// `ljleak mem`.
@@ -448,17 +500,6 @@ pub struct MemArgs {
 fn parse_addr(s: &str) -> Result<u64, String> {
     let t = s.trim_start_matches("0x").trim_start_matches("0X");
     u64::from_str_radix(t, 16).map_err(|_| format!("`{s}` is not a hex address like 0x7f12345678"))
-}
-
-/// Output format of diff.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DiffFormat {
-    /// Aligned text.
-    Text,
-    /// One JSON object.
-    Json,
-    /// Markdown tables (for a CI comment).
-    Markdown,
 }
 
 const REFS_HELP: &str = "\
@@ -494,12 +535,18 @@ pub struct DiffArgs {
     /// Fail (exit 3) when EXPR holds, e.g. `total>+5%` (repeatable; see below).
     #[arg(long = "fail-if", value_name = "EXPR")]
     pub fail_if: Vec<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: DiffFormat,
-    /// Write the report to FILE; a name ending in .svg gets a differential flame graph instead (report to stdout).
+    /// Output format of stdout and of -o files without a known extension [default: text].
+    #[arg(long, value_parser = formats(DIFF_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE in the format its extension names (.txt .json .md,
+    /// .svg: a differential flame graph; the report then goes to stdout);
+    /// repeat -o for several files.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
+    /// Print whole stacks in tables (default: the prefix all stacks share
+    /// once, then each stack from where it differs).
+    #[arg(long)]
+    pub full: bool,
     /// Rows per list (cdata types, stacks).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub top: usize,
@@ -511,17 +558,6 @@ pub struct DiffArgs {
     pub max_input: u64,
 }
 
-/// Output format of watch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum WatchFormat {
-    /// A live table, then the summary.
-    Text,
-    /// CSV rows (summary on stderr).
-    Csv,
-    /// One JSON object per sample, then one `{"summary": ...}` per series.
-    Jsonl,
-}
-
 /// `ljleak watch`.
 #[derive(Debug, Args)]
 pub struct WatchArgs {
@@ -529,7 +565,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Time between samples (5s, 200ms, 1m).
-    #[arg(long, default_value = "5s", value_parser = crate::units::parse_interval)]
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = crate::units::parse_interval)]
     pub interval: std::time::Duration,
     /// Samples to take [default: until Ctrl-C].
     #[arg(long, value_name = "N")]
@@ -543,12 +579,15 @@ pub struct WatchArgs {
     /// nginx stub_status URL (http://127.0.0.1:PORT/status) to relate growth to requests.
     #[arg(long, value_name = "URL")]
     pub requests_url: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: WatchFormat,
-    /// Write an SVG plot of the series and the fit to FILE.
+    /// Format of the live output on stdout (text, csv, jsonl) and of -o files
+    /// without a known extension [default: text on stdout, svg for files].
+    #[arg(long, value_parser = formats(WATCH_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE at the end in the format its extension names (.svg: a
+    /// plot of every series and the fit the verdict used; .json, .jsonl,
+    /// .csv, .txt); repeat -o for several files.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
 }
 
 /// What the numbers of a folded-stack file are, for pprof.
@@ -563,28 +602,24 @@ pub enum FoldedUnit {
 /// `ljleak convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A census snapshot (objs -o), a leak snapshot (leaks -o X.json) or a folded-stack file.
+    /// A census snapshot (objs -o X.json), a leak snapshot (leaks -o X.json),
+    /// a refs report (refs -o X.json: its suspects by path, weighted by
+    /// retained bytes) or a folded-stack file.
     #[arg(value_name = "FILE")]
     pub input: std::path::PathBuf,
-    /// Output format (only pprof for now).
-    #[arg(long, value_enum, default_value = "pprof")]
-    pub format: ConvertFormat,
+    /// Output format of stdout and of -o files without a known extension [default: pprof].
+    #[arg(long, value_parser = formats(CONVERT_FORMATS))]
+    pub format: Option<Format>,
     /// What a folded file's numbers count.
     #[arg(long, value_enum, default_value = "bytes")]
     pub unit: FoldedUnit,
-    /// Write to FILE (required when stdout is a terminal).
+    /// Write to FILE in the format its extension names (.pb.gz, .folded,
+    /// .svg; required for pprof when stdout is a terminal); repeatable.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
     /// Refuse input files larger than this many bytes (exit 9).
     #[arg(long, value_name = "BYTES", default_value_t = crate::compare::snapshot::DEFAULT_MAX_INPUT)]
     pub max_input: u64,
-}
-
-/// Output format of convert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ConvertFormat {
-    /// Gzipped pprof profile.proto.
-    Pprof,
 }
 
 /// What `serve --discover` looks for.
@@ -627,7 +662,7 @@ pub struct ServeArgs {
     /// Re-read the memory breakdown (`ljleak mem`: smaps, allocators, fds,
     /// sockets, shm zones; no pause) at most this often; scrapes in between
     /// export the last one.
-    #[arg(long, default_value = "5s", value_name = "INTERVAL", value_parser = crate::cmd::watch::parse_interval)]
+    #[arg(long, default_value = "5s", value_name = "INTERVAL", value_parser = crate::units::parse_interval)]
     pub mem_interval: std::time::Duration,
     /// HTTP worker threads (requests beyond a small queue get 503).
     #[arg(long, default_value_t = 4, value_name = "N")]

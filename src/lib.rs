@@ -16,6 +16,7 @@ pub mod error;
 pub mod leaks;
 pub mod luajit;
 pub mod mem;
+pub mod model;
 pub mod offline;
 pub mod report;
 pub mod safety;

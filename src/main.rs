@@ -10,7 +10,19 @@ use ljleak::error::{exit_code_of, ExitCode};
 static RECORD_STDOUT: extern "C" fn() = ljleak::safety::stdout::record_at_startup;
 
 fn main() {
-    let cli = ljleak::cli::Cli::parse();
+    let cli = match ljleak::cli::Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            // One line, as every other error: clap's first line without
+            // its `error: ` prefix, then where to look.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("ljleak: {first} (see ljleak --help)");
+            std::process::exit(ExitCode::Usage as i32);
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

@@ -320,7 +320,13 @@ fn folded_diff_and_svg_keep_vanished_stacks() {
     let o = diff(
         &a,
         &b,
-        &["-o", svg.to_str().unwrap(), "--fail-if", "total>+10%"],
+        &[
+            "-o",
+            svg.to_str().unwrap(),
+            "--fail-if",
+            "total>+10%",
+            "--full",
+        ],
     );
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = stdout(&o);

@@ -244,14 +244,18 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
             Err(e) => panic!("SVG is not valid XML at {}: {e}", r.buffer_position()),
         }
     }
+    // nginx stacks are trimmed by default: the event loop up to
+    // ngx_http_lua_run_thread is one frame, the total in the subtitle.
     for want in [
         "Memory Leak Flame Graph",
-        "ngx_http_lua_content_by_chunk",
+        "[nginx event loop]",
         "malloc",
         "bytes",
+        "total ",
     ] {
         assert!(text.contains(want), "SVG lacks {want}");
     }
+    assert!(!text.contains("ngx_http_lua_content_by_chunk"), "trimmed");
     // The target was not disturbed.
     assert_eq!(ng.get("/hello"), (200, "hello\n".to_string()));
 }
@@ -393,8 +397,21 @@ fn realloc_chain_posix_memalign_and_prewindow_frees() {
         "{f:#?}"
     );
     // The stap text collapses to exactly the folded lines.
+    // A frame without a symbol is `object+0xOFF` in folded stacks; stap
+    // text gives its offset once (`object+0xOFF/0x0`), so the collapse
+    // keeps the object name, as stackcollapse-stap.pl does.
     let s = collapse_stap(&std::fs::read_to_string(&stap).unwrap());
-    assert_eq!(s, f);
+    let no_offsets: BTreeMap<String, u64> = f
+        .iter()
+        .map(|(k, v)| {
+            let k: Vec<&str> = k
+                .split(';')
+                .map(|fr| fr.split_once("+0x").map_or(fr, |x| x.0))
+                .collect();
+            (k.join(";"), *v)
+        })
+        .collect();
+    assert_eq!(s, no_offsets);
 }
 
 #[test]
@@ -451,7 +468,10 @@ fn bad_input_gives_one_line_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(err.contains("--time must be a positive"), "{err}");
+    assert!(
+        err.contains("--time") && err.contains("longer than zero"),
+        "{err}"
+    );
 
     let sleeper = Guard(Command::new("sleep").arg("60").spawn().expect("sleep"));
     let pid = sleeper.0.id().to_string();

@@ -26,11 +26,21 @@ fn addrs(p: &mut LuaProc, names: &[&str]) -> HashMap<String, String> {
     m
 }
 
-/// `ljleak refs -p PID --format json ARGS...`.
+/// `ljleak refs -p PID -o TMP.json ARGS...`: the JSON report (written to a
+/// file, so ARGS may add `-o x.svg` for the same capture).
 fn refs_json(pid: &str, args: &[&str]) -> Value {
-    let mut v = vec!["refs", "-p", pid, "--format", "json"];
+    let json = tmp(&format!("report-{pid}-{}.json", args.len()));
+    let mut v = vec!["refs", "-p", pid, "-o", json.to_str().unwrap()];
     v.extend_from_slice(args);
-    run_json(&v)
+    let out = run(&v);
+    assert!(
+        out.status.success(),
+        "ljleak {v:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("refs wrote its JSON report");
+    std::fs::remove_file(&json).ok();
+    serde_json::from_str(&text).expect("refs JSON")
 }
 
 /// Debian's luajit2, or a skip (a failure in CI).

@@ -4,22 +4,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::emit;
 use crate::capture;
-use crate::cli::{CaptureArgs, CensusFormat, GcArgs, ObjsArgs, TargetArgs};
+use crate::cli::{CaptureArgs, GcArgs, ObjsArgs, TargetArgs, GC_FORMATS, OBJS_FORMATS};
 use crate::luajit::layout::gc_state_name;
 use crate::luajit::{census, Vm};
-use crate::report::census::{census_report, census_text, gc_text, luajit_info, CensusReport};
+use crate::report::census::{
+    census_folded, census_report, census_text, gc_text, luajit_info, CensusReport,
+};
+use crate::report::output::{Format, Formats};
 use crate::target::ProcessMemory;
 
 /// `ljleak gc`: one read of `g->gc.total`, no pause needed. Given an nginx
 /// master, every worker in turn plus the total.
 pub fn gc(a: GcArgs) -> Result<()> {
-    if a.format == CensusFormat::Pprof {
-        anyhow::bail!(
-            "gc has no pprof form (one number): use `ljleak objs --format pprof -o FILE`"
-        );
-    }
-    let json = a.format == CensusFormat::Json;
+    let spec = Formats {
+        command: "gc",
+        supported: GC_FORMATS,
+        stdout: Format::Text,
+        file: Format::Json,
+    };
+    let outs = emit::outputs(&spec, &a.output, a.format)?;
     if let Some(w) = super::workers::workers_of(a.target.pid) {
         let one = |pid| {
             gc_report(&TargetArgs {
@@ -27,15 +32,17 @@ pub fn gc(a: GcArgs) -> Result<()> {
                 ..a.target.clone()
             })
         };
-        let text = super::workers::for_each_worker(a.target.pid, &w, json, one, gc_text)?;
-        return super::write_output(None, &text);
+        let reps = super::workers::collect_each(a.target.pid, &w, one)?;
+        return emit::emit(&outs, |f| {
+            super::workers::render_workers(a.target.pid, &reps, f == Format::Json, gc_text)
+                .map(String::into_bytes)
+        });
     }
     let r = gc_report(&a.target)?;
-    let text = match a.format {
-        CensusFormat::Text | CensusFormat::Pprof => gc_text(&r),
-        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
-    };
-    super::write_output(None, &text)
+    emit::emit(&outs, |f| match f {
+        Format::Json => emit::json(&r),
+        _ => emit::text(gc_text(&r)),
+    })
 }
 
 /// The `gc` report of one process.
@@ -77,16 +84,7 @@ pub fn gc_report(t: &TargetArgs) -> Result<CensusReport> {
     Ok(r)
 }
 
-/// How long the walk of the copy took: wall clock, and this thread's CPU
-/// time (what benchmarks compare: it does not grow when other processes
-/// compete for the CPU).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WalkTime {
-    /// Wall-clock microseconds.
-    pub wall_us: u64,
-    /// CPU microseconds of the walking thread.
-    pub cpu_us: u64,
-}
+pub use crate::report::census::WalkTime;
 
 fn thread_cpu() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
@@ -141,15 +139,19 @@ pub fn take_census(
     Ok((cap, c, walk))
 }
 
+/// The formats of `objs`.
+const OBJS: Formats = Formats {
+    command: "objs",
+    supported: OBJS_FORMATS,
+    stdout: Format::Text,
+    file: Format::Json,
+};
+
 /// `ljleak objs`. Given an nginx master, every worker in turn (each paused
 /// alone) plus the total.
 pub fn objs(a: ObjsArgs) -> Result<()> {
     let hold = a.debug_hold_pause_ms.map(Duration::from_millis);
-    let format = a.format.unwrap_or(if a.output.is_some() {
-        CensusFormat::Json
-    } else {
-        CensusFormat::Text
-    });
+    let outs = emit::outputs(&OBJS, &a.output, a.format)?;
     let workers = match a.target.core {
         Some(_) => None,
         None => super::workers::workers_of(a.target.pid),
@@ -163,21 +165,21 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
             let (cap, c, walk) = take_census(&t, &a.capture, hold)?;
             Ok(census_report(&cap, &c, walk))
         };
-        if format == CensusFormat::Pprof {
-            let reps = super::workers::collect(&w, one)?;
-            return super::convert::write_pprof(
-                a.output.as_deref(),
+        let reps = super::workers::collect_each(a.target.pid, &w, one)?;
+        return emit::emit(&outs, |f| match f {
+            Format::Pprof => Ok(crate::report::pprof::encode(
                 &crate::report::pprof::from_censuses(&reps, true),
-            );
-        }
-        let text = super::workers::for_each_worker(
-            a.target.pid,
-            &w,
-            format == CensusFormat::Json,
-            one,
-            |r| census_text(r, a.top_cdata),
-        )?;
-        return super::write_output(a.output.as_deref(), &text);
+            )?),
+            Format::Folded => emit::text(workers_folded(&reps)),
+            Format::Svg => emit::text(census_svg(
+                &format!("nginx master {}, {} workers", a.target.pid, reps.len()),
+                &workers_folded(&reps),
+            )?),
+            _ => super::workers::render_workers(a.target.pid, &reps, f == Format::Json, |r| {
+                census_text(r, a.top_cdata)
+            })
+            .map(String::into_bytes),
+        });
     }
     let (cap, c, walk) = take_census(&a.target, &a.capture, hold)?;
     if let Some(p) = &a.save_image {
@@ -195,15 +197,46 @@ pub fn objs(a: ObjsArgs) -> Result<()> {
     if let Some(core) = &a.target.core {
         r.exe_build_id = crate::offline::core_exe_build_id(core);
     }
-    let text = match format {
-        CensusFormat::Pprof => {
-            return super::convert::write_pprof(
-                a.output.as_deref(),
-                &crate::report::pprof::from_census(&r),
-            )
-        }
-        CensusFormat::Text => census_text(&r, a.top_cdata),
-        CensusFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
-    };
-    super::write_output(a.output.as_deref(), &text)
+    emit::emit(&outs, |f| match f {
+        Format::Pprof => Ok(crate::report::pprof::encode(
+            &crate::report::pprof::from_census(&r),
+        )?),
+        Format::Folded => emit::text(folded_lines(&census_folded(&r), None)),
+        Format::Svg => emit::text(census_svg(
+            &format!("pid {}", r.pid),
+            &folded_lines(&census_folded(&r), None),
+        )?),
+        Format::Json => emit::json(&r),
+        _ => emit::text(census_text(&r, a.top_cdata)),
+    })
+}
+
+/// Folded lines of a census, each stack under `prefix` when given.
+fn folded_lines(f: &std::collections::BTreeMap<String, u64>, prefix: Option<&str>) -> String {
+    f.iter()
+        .map(|(s, n)| match prefix {
+            Some(p) => format!("{p};{s} {n}\n"),
+            None => format!("{s} {n}\n"),
+        })
+        .collect()
+}
+
+/// Every worker's census, each under a `pid N` frame.
+fn workers_folded(reps: &[CensusReport]) -> String {
+    reps.iter()
+        .map(|r| folded_lines(&census_folded(r), Some(&format!("pid {}", r.pid))))
+        .collect()
+}
+
+/// The census flame graph: width = bytes by type, C type and table size.
+fn census_svg(who: &str, folded: &str) -> Result<String> {
+    crate::report::flame::svg(
+        &crate::report::flame::Flame {
+            title: "Lua heap by object type".into(),
+            what: who.into(),
+            unit: "bytes".into(),
+            trim: false,
+        },
+        folded.lines(),
+    )
 }

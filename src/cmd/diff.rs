@@ -4,12 +4,14 @@
 
 use anyhow::Result;
 
-use crate::cli::{DiffArgs, DiffFormat};
+use super::emit;
+use crate::cli::{DiffArgs, DIFF_FORMATS};
 use crate::compare::gate::{Gate, GateResult, Metrics};
 use crate::compare::snapshot::{self, Folded, Input};
 use crate::compare::{census_diff, folded, leak_diff};
 use crate::error::{Classified, ExitCode};
 use crate::report::diff::{self as render, DiffJson, Style};
+use crate::report::output::{with_stdout_report, Format, Formats};
 
 fn bad_input(e: impl std::fmt::Display) -> anyhow::Error {
     Classified::new(ExitCode::BadInput, e.to_string()).into()
@@ -27,23 +29,36 @@ pub fn diff(a: DiffArgs) -> Result<()> {
     if super::mem::diff(&a, &gates)? {
         return Ok(());
     }
-    let (fa, fb) = (a.a.display().to_string(), a.b.display().to_string());
-    let ia = snapshot::load_limited(&a.a, a.max_input).map_err(bad_input)?;
-    let ib = snapshot::load_limited(&a.b, a.max_input).map_err(bad_input)?;
-    snapshot::check_comparable(&fa, &ia, &fb, &ib, a.allow_build_mismatch).map_err(bad_input)?;
-    let style = if a.format == DiffFormat::Markdown {
-        Style::Markdown
+    let outs = emit::outputs(
+        &Formats {
+            command: "diff",
+            supported: DIFF_FORMATS,
+            stdout: Format::Text,
+            file: Format::Text,
+        },
+        &a.output,
+        a.format,
+    )?;
+    let outs = if a.format.is_none() {
+        with_stdout_report(outs, Format::Text)
     } else {
-        Style::Text
+        outs
     };
-    let svg = a
-        .output
-        .as_ref()
-        .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")));
+    let (fa, fb) = (a.a.display().to_string(), a.b.display().to_string());
+    let (ia, sa) = snapshot::load_scoped(&a.a, a.max_input).map_err(bad_input)?;
+    let (ib, sb) = snapshot::load_scoped(&a.b, a.max_input).map_err(bad_input)?;
+    snapshot::check_comparable(&fa, &ia, &fb, &ib, a.allow_build_mismatch).map_err(bad_input)?;
+    let scope_warning = snapshot::scope_mismatch(&fa, &sa, &fb, &sb);
+    if let Some(w) = &scope_warning {
+        log::warn!("{w}");
+    }
     let (d, shapes): (Compared, (Folded, Folded)) = match (&ia, &ib) {
         (Input::Census(ra), Input::Census(rb)) => (
             Compared::Census(census_diff::diff(&fa, ra, &fb, rb)),
-            (folded::census_folded(ra), folded::census_folded(rb)),
+            (
+                crate::report::census::census_folded(ra),
+                crate::report::census::census_folded(rb),
+            ),
         ),
         (Input::Folded(xa), Input::Folded(xb)) => (
             Compared::Folded(folded::diff(&fa, xa, &fb, xb)),
@@ -68,8 +83,21 @@ pub fn diff(a: DiffArgs) -> Result<()> {
         Compared::Leaks(x) => x,
     };
     let results = eval(&gates, metrics)?;
-    let text = match (a.format, &d) {
-        (DiffFormat::Json, _) => {
+    let full = a.full;
+    let report = |style: Style| {
+        let mut out = match &d {
+            Compared::Census(x) => render::census(x, style, a.top),
+            Compared::Folded(x) => render::folded(x, style, a.top, full),
+            Compared::Leaks(x) => render::leaks(x, style, a.top, full),
+        };
+        if let Some(w) = &scope_warning {
+            out.push_str(&format!("\nWARNING: {w}\n"));
+        }
+        out.push_str(&render::gates(&results, style));
+        out
+    };
+    emit::emit(&outs, |f| match f {
+        Format::Json => {
             let mut j = DiffJson {
                 kind: "census",
                 census: None,
@@ -77,33 +105,30 @@ pub fn diff(a: DiffArgs) -> Result<()> {
                 leaks: None,
                 gates: &results,
                 tripped: results.iter().filter(|r| r.tripped).count(),
+                scope_warning: scope_warning.as_deref(),
             };
             match &d {
                 Compared::Census(x) => j.census = Some(x),
                 Compared::Folded(x) => (j.kind, j.folded) = ("folded", Some(x)),
                 Compared::Leaks(x) => (j.kind, j.leaks) = ("leaks", Some(x)),
             }
-            json(j)?
+            emit::json(&j)
         }
-        (_, Compared::Census(x)) => render::census(x, style, a.top),
-        (_, Compared::Folded(x)) => render::folded(x, style, a.top),
-        (_, Compared::Leaks(x)) => render::leaks(x, style, a.top),
-    };
+        Format::Svg => {
+            let flame = crate::report::flame::Flame {
+                title: format!("ljleak diff: {fa} -> {fb}"),
+                what: String::new(),
+                unit: "bytes".into(),
+                trim: true,
+            };
+            emit::text(crate::report::flame::diff_svg(
+                &flame, &shapes.0, &shapes.1,
+            )?)
+        }
+        Format::Markdown => emit::text(report(Style::Markdown)),
+        _ => emit::text(report(Style::Text)),
+    })?;
     let tripped: Vec<&GateResult> = results.iter().filter(|r| r.tripped).collect();
-    let mut out = text;
-    if a.format != DiffFormat::Json {
-        out.push_str(&render::gates(&results, style));
-    }
-    if let Some(path) = svg {
-        let mut buf = Vec::new();
-        let title = format!("ljleak diff: {fa} -> {fb}");
-        folded::differential_svg(&shapes.0, &shapes.1, &title, &mut buf)
-            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
-        super::write_output(Some(path), &String::from_utf8_lossy(&buf))?;
-        super::write_output(None, &out)?;
-    } else {
-        super::write_output(a.output.as_deref(), &out)?;
-    }
     if !tripped.is_empty() {
         let list: Vec<String> = tripped
             .iter()
@@ -133,8 +158,4 @@ fn eval(gates: &[Gate], m: &dyn Metrics) -> Result<Vec<GateResult>> {
                 .map_err(|e| Classified::new(ExitCode::Usage, e.to_string()).into())
         })
         .collect()
-}
-
-fn json(d: DiffJson<'_>) -> Result<String> {
-    Ok(serde_json::to_string_pretty(&d)? + "\n")
 }

@@ -7,12 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::cli::{LeakFormat, LeakSource, LeaksArgs};
+use super::emit;
+use crate::cli::{LeakSource, LeaksArgs, LEAKS_FORMATS};
 use crate::error::{Classified, ExitCode};
 use crate::leaks::deferred::{self, DeferredStacks};
 use crate::leaks::sample::{Sampler, SamplingSummary};
 use crate::leaks::{Args, Origin, Tracker};
 use crate::report::leaks::{self as out, LeakReport, LeakSite, LeakSummary, SiteFrame};
+use crate::report::output::{Format, Formats, Output};
 use crate::target::{self, Maps, ProcessMemory, ReadExt};
 use crate::trace::pmu::UprobePmu;
 use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
@@ -291,27 +293,11 @@ impl Window {
 
 /// `ljleak leaks`.
 pub fn leaks(a: LeaksArgs) -> Result<()> {
-    if !(a.time > 0.0 && a.time.is_finite()) {
-        return Err(usage(format!(
-            "--time must be a positive number of seconds (got {})",
-            a.time
-        )));
-    }
-    if a.min_age < 0.0 || !a.min_age.is_finite() {
-        return Err(usage("--min-age must be zero or more seconds"));
-    }
-    if a.sample_bytes == Some(0) {
-        return Err(usage("--sample-bytes must be at least 1 byte"));
-    }
+    let outs = outputs(&a)?;
     let pid = a.target.pid;
     target::check_process(pid)?;
     if let Some(ws) = super::workers::workers_of(pid) {
-        return super::workers::leaks_on_workers(
-            pid,
-            &ws,
-            a.output.as_deref(),
-            a.folded.as_deref(),
-        );
+        return super::workers::leaks_on_workers(pid, &ws, a.time, &outs);
     }
     let pmu_dir = a
         .uprobe_pmu_dir
@@ -340,8 +326,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
     let mut session = Tracer::attach(&a, pmu, specs, None)?;
     let bpf = matches!(session, Tracer::Bpf(_));
     let started = Instant::now();
-    let window = Duration::from_secs_f64(a.time);
-    let bar = progress_bar(a.time);
+    let window = a.time;
+    let bar = progress_bar(a.time.as_secs_f64());
     let mut tracker = Tracker::new();
     let mut bpf_sampler = None;
     if let Some(n) = a.sample_bytes {
@@ -366,8 +352,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         bpf_sampled: None,
     };
     eprintln!(
-        "ljleak: tracing pid {pid} for {} s with {} probes{}",
-        a.time,
+        "ljleak: tracing pid {pid} for {} with {} probes{}",
+        crate::units::duration(a.time),
         session.specs().len(),
         if bar.is_hidden() {
             ""
@@ -395,7 +381,12 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
                 }
             }
         }
-        bar.set_position(started.elapsed().as_secs().min(a.time.ceil() as u64));
+        bar.set_position(
+            started
+                .elapsed()
+                .as_secs()
+                .min(a.time.as_secs_f64().ceil() as u64),
+        );
     }
     session.drain(&mut w, a.debug_discard);
     let end = monotonic_ns();
@@ -481,7 +472,7 @@ fn build_report(
     stats: crate::trace::session::SessionStats,
 ) -> Result<LeakReport> {
     // Group outstanding allocations by stack.
-    let min_age = (a.min_age * 1e9) as u64;
+    let min_age = a.min_age.as_nanos() as u64;
     // Sampled allocations stand for `weight / size` allocations each.
     let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, f64)> = Default::default();
     let (mut n, mut bytes, mut sampled, mut var) = (0f64, 0u64, 0u64, 0f64);
@@ -569,7 +560,7 @@ fn build_report(
         throttled: stats.throttled,
         truncated_stacks: w.stacks.truncated,
         samples: w.samples,
-        min_age: a.min_age,
+        min_age: a.min_age.as_secs_f64(),
         sampling: w
             .tracker
             .sampler()
@@ -598,35 +589,49 @@ fn build_report(
     Ok(r)
 }
 
-fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
-    let format = a.format.unwrap_or_else(|| {
-        match a
-            .output
-            .as_ref()
-            .and_then(|p| p.extension())
-            .and_then(|e| e.to_str())
-        {
-            Some("svg") => LeakFormat::Svg,
-            Some("json") => LeakFormat::Json,
-            Some("stap") | Some("bt") => LeakFormat::Stap,
-            Some("gz") | Some("pb") | Some("pprof") => LeakFormat::Pprof,
-            _ => LeakFormat::Folded,
-        }
-    });
-    if let Some(f) = &a.folded {
-        super::write_output(Some(f), &out::folded(r))?;
-    }
-    let text = match format {
-        LeakFormat::Folded => out::folded(r),
-        LeakFormat::Stap => out::stap(r),
-        LeakFormat::Json => out::json(r, a.top),
-        LeakFormat::Pprof => {
-            let p = crate::report::pprof::from_leaks(r);
-            return super::convert::write_pprof(a.output.as_deref(), &p);
-        }
-        LeakFormat::Svg => {
-            out::svg(r, None).map_err(|e| anyhow::anyhow!("drawing the flame graph: {e}"))?
-        }
+/// The outputs of `leaks`: `-o` files, `--folded FILE`, else stdout.
+fn outputs(a: &LeaksArgs) -> Result<Vec<Output>> {
+    let mut files = a.output.clone();
+    let spec = Formats {
+        command: "leaks",
+        supported: LEAKS_FORMATS,
+        stdout: Format::Folded,
+        file: Format::Folded,
     };
-    super::write_output(a.output.as_deref(), &text)
+    let mut outs = if files.is_empty() && a.folded.is_some() {
+        Vec::new()
+    } else {
+        emit::outputs(&spec, &files, a.format)?
+    };
+    if let Some(f) = &a.folded {
+        files = vec![f.clone()];
+        outs.extend(
+            emit::outputs(&spec, &files, Some(Format::Folded)).or_else(|_| {
+                // `--folded x.txt`: the flag names the format, not the extension.
+                Ok::<_, anyhow::Error>(vec![Output {
+                    path: Some(f.clone()),
+                    format: Format::Folded,
+                }])
+            })?,
+        );
+    }
+    Ok(outs)
+}
+
+fn write_outputs(a: &LeaksArgs, r: &LeakReport) -> Result<()> {
+    let outs = outputs(a)?;
+    emit::emit(&outs, |f| match f {
+        Format::Stap => emit::text(out::stap(r)),
+        Format::Json => emit::text(out::json(r, a.top)),
+        Format::Text => emit::text(out::summary_text(&r.summary)),
+        Format::Pprof => Ok(crate::report::pprof::encode(
+            &crate::report::pprof::from_leaks(r),
+        )?),
+        Format::Svg => emit::text(out::svg(
+            r,
+            None,
+            a.trim.unwrap_or_else(|| out::trim_by_default(&r.exe)),
+        )?),
+        _ => emit::text(out::folded(r)),
+    })
 }

@@ -91,22 +91,38 @@ pub(crate) fn diff(a: &crate::cli::DiffArgs, gates: &[crate::compare::gate::Gate
         .filter(|r| r.tripped)
         .map(|r| format!("{} (observed {})", r.expr, r.observed))
         .collect();
-    let out = if a.format == crate::cli::DiffFormat::Json {
-        serde_json::to_string_pretty(&serde_json::json!({
+    use crate::report::output::{with_stdout_report, Format, Formats};
+    let outs = super::emit::outputs(
+        &Formats {
+            command: "diff",
+            supported: &[Format::Text, Format::Json, Format::Markdown],
+            stdout: Format::Text,
+            file: Format::Text,
+        },
+        &a.output,
+        a.format,
+    )?;
+    let outs = if a.format.is_none() {
+        with_stdout_report(outs, Format::Text)
+    } else {
+        outs
+    };
+    super::emit::emit(&outs, |f| match f {
+        Format::Json => super::emit::json(&serde_json::json!({
             "kind": "mem",
             "mem": d,
             "gates": results,
             "tripped": tripped.len(),
-        }))? + "\n"
-    } else {
-        let style = if a.format == crate::cli::DiffFormat::Markdown {
-            crate::report::diff::Style::Markdown
-        } else {
-            crate::report::diff::Style::Text
-        };
-        mem_diff::text(&d, a.top) + &crate::report::diff::gates(&results, style)
-    };
-    super::write_output(a.output.as_deref(), &out)?;
+        })),
+        Format::Markdown => super::emit::text(
+            mem_diff::text(&d, a.top)
+                + &crate::report::diff::gates(&results, crate::report::diff::Style::Markdown),
+        ),
+        _ => super::emit::text(
+            mem_diff::text(&d, a.top)
+                + &crate::report::diff::gates(&results, crate::report::diff::Style::Text),
+        ),
+    })?;
     if !tripped.is_empty() {
         return Err(Classified::new(
             ExitCode::GateTripped,

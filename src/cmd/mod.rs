@@ -5,10 +5,12 @@ pub mod census;
 pub mod convert;
 pub mod diff;
 pub mod dump;
+pub mod emit;
 pub mod leaks;
 pub mod mem;
 pub mod probes;
 pub mod refs;
+pub mod ship;
 pub mod threads;
 pub mod watch;
 pub mod workers;
@@ -51,6 +53,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .ok_or_else(|| anyhow::anyhow!("snapshot-helper: bad arguments"))?;
             std::process::exit(crate::target::forker::helper_main(&h))
         }
+        Command::Man { dir } => ship::man(&dir),
+        Command::Completions { shell } => ship::completions(shell),
     }
 }
 

@@ -4,7 +4,9 @@ use std::fmt::Write as _;
 
 use anyhow::Result;
 
-use crate::cli::{ProbesArgs, TextOrJson};
+use super::emit;
+use crate::cli::{ProbesArgs, PROBES_FORMATS};
+use crate::report::output::{Format, Formats};
 use crate::target::elf::ElfFile;
 use crate::target::{self, Maps};
 use crate::trace::usdt::{probes_of, SdtProbe};
@@ -22,10 +24,20 @@ pub fn all_probes(pid: i32, maps: &Maps) -> Vec<SdtProbe> {
 pub fn run(a: ProbesArgs) -> Result<()> {
     target::check_process(a.pid)?;
     let maps = Maps::read(a.pid)?;
+    let outs = emit::outputs(
+        &Formats {
+            command: "probes",
+            supported: PROBES_FORMATS,
+            stdout: Format::Text,
+            file: Format::Text,
+        },
+        &a.output,
+        a.format,
+    )?;
     let probes = all_probes(a.pid, &maps);
-    let text = match a.format {
-        TextOrJson::Json => serde_json::to_string_pretty(&probes)? + "\n",
-        TextOrJson::Text => {
+    emit::emit(&outs, |f| match f {
+        Format::Json => emit::json(&probes),
+        _ => {
             let mut t = String::new();
             for p in &probes {
                 let _ = write!(
@@ -41,8 +53,7 @@ pub fn run(a: ProbesArgs) -> Result<()> {
             if probes.is_empty() {
                 t.push_str("no USDT probes in any mapped object\n");
             }
-            t
+            emit::text(t)
         }
-    };
-    super::write_output(None, &text)
+    })
 }

@@ -7,18 +7,29 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use super::emit;
 use crate::analysis::graph::{Graph, NodeId};
 use crate::analysis::retention::Retention;
-use crate::cli::{RefsArgs, TextOrJson};
+use crate::cli::{RefsArgs, REFS_FORMATS};
 use crate::error::{Classified, ExitCode};
 use crate::luajit::census::type_index;
 use crate::luajit::refs::Refs;
 use crate::luajit::vm::{type_name, TYPE_NAMES};
 use crate::report::census::luajit_info;
-use crate::report::refs::{refs_text, HeldObject, RefsReport};
+use crate::report::output::{with_stdout_report, Format, Formats};
+use crate::report::refs::{refs_text, refs_total_text, total_of, HeldObject, RefsReport};
 use crate::target::Memory;
 
-/// `ljleak refs`.
+/// The formats of `refs`.
+const REFS: Formats = Formats {
+    command: "refs",
+    supported: REFS_FORMATS,
+    stdout: Format::Text,
+    file: Format::Svg,
+};
+
+/// `ljleak refs`. Given an nginx master, every worker in turn (each paused
+/// alone): one section per worker, and suspects summed by path over them.
 pub fn refs(a: RefsArgs) -> Result<()> {
     let want_type = match &a.ty {
         None => None,
@@ -32,8 +43,101 @@ pub fn refs(a: RefsArgs) -> Result<()> {
                 + crate::luajit::vm::gct::STR,
         ),
     };
-    let opts = super::capture_opts(&a.target, &a.capture, None);
-    let cap = crate::offline::capture_target(&a.target, &opts)?;
+    // A V8 heap snapshot is written by one_process, beside the formats
+    // the output rule knows.
+    let mut files: Vec<std::path::PathBuf> = a
+        .output
+        .iter()
+        .filter(|p| !is_heapsnapshot(p))
+        .cloned()
+        .collect();
+    if let Some(f) = &a.folded {
+        files.push(f.clone());
+    }
+    let outs = emit::outputs(&REFS, &files, a.format)?;
+    let outs = if files.len() == 1 && a.folded.is_some() {
+        // `--folded FILE` alone keeps the text report on stdout.
+        with_stdout_report(outs, a.format.unwrap_or(Format::Text))
+    } else if a.format.is_none() {
+        with_stdout_report(outs, Format::Text)
+    } else {
+        outs
+    };
+    let graphic = outs
+        .iter()
+        .any(|o| matches!(o.format, Format::Svg | Format::Folded));
+    let workers = match a.target.core {
+        Some(_) => None,
+        None => super::workers::workers_of(a.target.pid),
+    };
+    if let Some(w) = workers {
+        let master = a.target.pid;
+        if a.output.iter().any(|p| is_heapsnapshot(p)) {
+            return Err(Classified::new(
+                ExitCode::Usage,
+                format!("a heap snapshot holds one process: give one worker of master {master} (-p WORKER)"),
+            )
+            .into());
+        }
+        let one = |pid| one_process(&a, pid, want_type, graphic);
+        let reps = super::workers::collect_each(master, &w, one)?;
+        let total = total_of(&reps.iter().map(|x| &x.0).collect::<Vec<_>>(), a.top);
+        let folded: String = reps
+            .iter()
+            .flat_map(|(r, lines)| lines.iter().map(move |l| format!("pid {};{l}\n", r.pid)))
+            .collect();
+        return emit::emit(&outs, |f| match f {
+            Format::Json => {
+                let list: Vec<&RefsReport> = reps.iter().map(|x| &x.0).collect();
+                emit::json(&super::workers::PerWorker {
+                    schema: crate::report::envelope::SCHEMA_VERSION,
+                    kind: "workers",
+                    of: "refs",
+                    master,
+                    workers: &list,
+                    total: Some(&total),
+                })
+            }
+            Format::Folded => emit::text(folded.clone()),
+            Format::Svg => emit::text(flamegraph(
+                folded.lines(),
+                &format!("nginx master {master}, {} workers", reps.len()),
+            )?),
+            _ => emit::text(super::workers::sections(
+                master,
+                &reps,
+                |x| x.0.pid,
+                |x| refs_text(&x.0),
+                &refs_total_text(&total),
+            )),
+        });
+    }
+    let (r, lines) = one_process(&a, a.target.pid, want_type, graphic)?;
+    emit::emit(&outs, |f| match f {
+        Format::Json => emit::json(&r),
+        Format::Folded => emit::text(lines.iter().map(|l| format!("{l}\n")).collect()),
+        Format::Svg => emit::text(flamegraph(
+            lines.iter().map(String::as_str),
+            &format!("pid {}", r.pid),
+        )?),
+        _ => emit::text(refs_text(&r)),
+    })
+}
+
+/// The refs report of one process and, when `graphic`, its retention
+/// flame graph's folded lines.
+fn one_process(
+    a: &RefsArgs,
+    pid: i32,
+    want_type: Option<u8>,
+    graphic: bool,
+) -> Result<(RefsReport, Vec<String>)> {
+    let t = crate::cli::TargetArgs {
+        pid,
+        ..a.target.clone()
+    };
+    let opts = super::capture_opts(&t, &a.capture, None);
+    let cap = crate::offline::capture_target(&t, &opts)?;
     log::info!(
         "layout {}; paused {} us; copied {} bytes",
         cap.vm.layout.name,
@@ -66,16 +170,12 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         .into_iter()
         .map(|v| held(&graph, &ret, &mut refs, v))
         .collect();
-    let (picked, omitted) = matches(&graph, &a, want_type);
+    let (picked, omitted) = matches(&graph, a, want_type);
     let matches = picked
         .into_iter()
         .map(|v| held(&graph, &ret, &mut refs, v))
         .collect();
-    let heapsnapshot = a
-        .flamegraph
-        .as_deref()
-        .filter(|p| p.extension().is_some_and(|e| e == "heapsnapshot"));
-    if let Some(p) = heapsnapshot {
+    for p in a.output.iter().filter(|p| is_heapsnapshot(p)) {
         let t = Instant::now();
         let mut names = Refs::new(&vm);
         let w = super::dump::write_new_file(p, |out| {
@@ -92,17 +192,14 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         })?;
         log::debug!("wrote {w} bytes to {}", p.display());
     }
-    if (a.flamegraph.is_some() && heapsnapshot.is_none()) || a.folded.is_some() {
+    let mut lines = Vec::new();
+    if graphic {
         let (reach_bytes, _) = ret.reachable();
         let min = a.min_frame.unwrap_or(reach_bytes / 2000).max(1);
-        let lines = ret.folded(&graph, &mut refs, min);
-        if let Some(p) = &a.folded {
-            super::write_output(Some(p), &(lines.join("\n") + "\n"))?;
-        }
-        if let Some(p) = a.flamegraph.as_ref().filter(|_| heapsnapshot.is_none()) {
-            let svg = flamegraph(&lines, a.target.pid)?;
-            super::write_output(Some(p), &svg)?;
-        }
+        lines = crate::report::flame::group_siblings(
+            &ret.folded(&graph, &mut refs, min),
+            crate::report::flame::GROUP_SIBLINGS,
+        );
     }
     if let Some(p) = &a.dump_graph {
         super::write_output(Some(p), &dump_graph(&graph))?;
@@ -133,11 +230,7 @@ pub fn refs(a: RefsArgs) -> Result<()> {
         matches_omitted: omitted as u64,
         warnings,
     };
-    let text = match a.format {
-        TextOrJson::Text => refs_text(&r),
-        TextOrJson::Json => serde_json::to_string_pretty(&r)? + "\n",
-    };
-    super::write_output(None, &text)
+    Ok((r, lines))
 }
 
 /// The retention facts of node `v`.
@@ -189,21 +282,19 @@ fn matches(g: &Graph, a: &RefsArgs, ty: Option<u8>) -> (Vec<NodeId>, usize) {
     (out, omitted)
 }
 
-fn flamegraph(lines: &[String], pid: i32) -> Result<String> {
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = "Retention flame graph".into();
-    opts.subtitle = Some(format!(
-        "pid {pid}: width = bytes retained; each frame a reference path from a GC root"
-    ));
-    opts.count_name = "bytes".into();
-    opts.deterministic = true;
-    let mut svg = Vec::new();
-    if lines.is_empty() {
-        return Ok(String::new());
-    }
-    inferno::flamegraph::from_lines(&mut opts, lines.iter().map(|s| s.as_str()), &mut svg)
-        .context("drawing the retention flame graph")?;
-    Ok(String::from_utf8_lossy(&svg).into_owned())
+fn flamegraph<'l>(lines: impl IntoIterator<Item = &'l str>, who: &str) -> Result<String> {
+    crate::report::flame::svg(
+        &crate::report::flame::Flame {
+            title: "Retention flame graph".into(),
+            what: format!(
+                "{who}: width = bytes retained; each frame a reference path from a GC root"
+            ),
+            unit: "bytes".into(),
+            trim: false,
+        },
+        lines,
+    )
+    .context("drawing the retention flame graph")
 }
 
 /// The strong graph as JSON: `nodes` as `[addr, type, size]`, `edges` as
@@ -243,4 +334,9 @@ fn dump_graph(g: &Graph) -> String {
     }
     s.push_str("]}\n");
     s
+}
+
+/// `-o X.heapsnapshot`: the object graph for Chrome DevTools and memlab.
+fn is_heapsnapshot(p: &std::path::Path) -> bool {
+    p.extension().is_some_and(|e| e == "heapsnapshot")
 }

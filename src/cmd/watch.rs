@@ -11,59 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
+use super::emit;
 use crate::capture;
-use crate::cli::{TargetArgs, WatchArgs, WatchFormat};
-use crate::compare::trend::{self, Trend};
+use crate::cli::{TargetArgs, WatchArgs, WATCH_FORMATS};
 use crate::luajit::census::CountSum;
 use crate::luajit::{LocateOpts, Vm};
+use crate::report::output::{Format, Formats};
 use crate::target::ProcessMemory;
 
-/// One sample of one process.
-#[derive(Debug, Clone, Serialize)]
-pub struct Sample {
-    /// Seconds since the first sample.
-    pub t: f64,
-    /// Process (the master's PID on `total` rows).
-    pub pid: i32,
-    /// `g->gc.total`, bytes.
-    pub gc_total: u64,
-    /// VmRSS, bytes.
-    pub rss: u64,
-    /// RssAnon, bytes.
-    pub anon: u64,
-    /// Objects in the census (with --census).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub objects: Option<u64>,
-    /// Per-type objects and bytes (with --census; JSON lines only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub types: Option<std::collections::BTreeMap<String, CountSum>>,
-    /// Requests served so far per the status URL (with --requests-url).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub requests: Option<u64>,
-}
-
-/// The end-of-run summary for one series.
-#[derive(Debug, Clone, Serialize)]
-pub struct Summary {
-    /// Process, or the master for the total.
-    pub pid: i32,
-    /// Samples.
-    pub samples: usize,
-    /// Seconds covered.
-    pub seconds: f64,
-    /// GC total trend (x in minutes).
-    pub gc: Trend,
-    /// RSS trend.
-    pub rss: Trend,
-    /// Requests served during the window (status requests excluded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub requests: Option<u64>,
-    /// GC growth per request, bytes (fitted change / requests).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gc_bytes_per_request: Option<f64>,
-}
+pub use crate::report::watch::{Sample, Summary};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -199,30 +156,50 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     let tty = std::io::stdout().is_terminal();
     let _sig = SigintGuard::install();
     STOP.store(false, Ordering::SeqCst);
-    let mut out = std::io::stdout().lock();
-    match a.format {
-        WatchFormat::Text => writeln!(
-            out,
-            "{:>8}  {:>8}  {:>14}  {:>14}  {:>14}{}{}",
-            "time(s)",
-            "pid",
-            "gc_total",
-            "rss",
-            "anon",
-            if a.census {
-                format!("  {:>10}", "objects")
-            } else {
-                String::new()
-            },
-            if a.requests_url.is_some() {
-                format!("  {:>10}", "requests")
-            } else {
-                String::new()
+    let spec = Formats {
+        command: "watch",
+        supported: WATCH_FORMATS,
+        stdout: Format::Text,
+        file: Format::Svg,
+    };
+    // A stream format (text, csv, jsonl) names the live output on stdout:
+    // files keep the format of their extension (`--format jsonl -o
+    // watch.svg` streams JSON lines and draws the plot).
+    let outs = match a.format {
+        Some(f @ (Format::Text | Format::Csv | Format::Jsonl)) if !a.output.is_empty() => {
+            let mut v = Vec::new();
+            for p in &a.output {
+                let known = Format::from_path(p).is_some();
+                v.extend(emit::outputs(
+                    &spec,
+                    std::slice::from_ref(p),
+                    (!known).then_some(f),
+                )?);
             }
-        )?,
-        WatchFormat::Csv => writeln!(out, "t,pid,gc_total,rss,anon,objects,requests")?,
-        WatchFormat::Jsonl => {}
-    }
+            v
+        }
+        f => emit::outputs(&spec, &a.output, f)?,
+    };
+    // The live stream on stdout: the --format asked for when it is a
+    // stream, else text rows (a document format goes to stdout at the end).
+    let live = match a.format {
+        Some(f @ (Format::Csv | Format::Jsonl)) => f,
+        _ => Format::Text,
+    };
+    let at_end: Vec<_> = outs
+        .iter()
+        .filter(|o| {
+            o.path.is_some() || !matches!(o.format, Format::Text | Format::Csv | Format::Jsonl)
+        })
+        .cloned()
+        .collect();
+    let mut out = std::io::stdout().lock();
+    let header = match live {
+        Format::Csv => crate::report::watch::CSV_HEADER.to_string(),
+        Format::Jsonl => String::new(),
+        _ => crate::report::watch::text_header(a.census, a.requests_url.is_some()),
+    };
+    write!(out, "{header}")?;
     let mut series: Vec<Vec<Sample>> = vec![Vec::new(); targets.len() + usize::from(multi)];
     let t0 = Instant::now();
     let mut exited = None;
@@ -309,32 +286,77 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             });
         }
         for (k, s) in row.into_iter().enumerate() {
-            print_sample(&mut out, a.format, &s, multi && k == targets.len())?;
+            let total = multi && k == targets.len();
+            write!(out, "{}", crate::report::watch::row(live, &s, total))?;
             series[k].push(s);
         }
         if tty {
             out.flush()?;
         }
     }
+    // stub_status counts the whole server's requests: they are this
+    // series' own only for the total, or a lone worker.
+    let lone = !multi && single_worker_server(master);
     let summaries: Vec<Summary> = series
         .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| summarize(s))
+        .enumerate()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(k, s)| {
+            let total = multi && k == targets.len();
+            crate::report::watch::summarize(s, total, total || lone)
+        })
         .collect();
-    match a.format {
-        WatchFormat::Jsonl => {
+    let summary = crate::report::watch::summary_text(&summaries, master);
+    match live {
+        Format::Jsonl => {
             for s in &summaries {
                 writeln!(out, "{}", serde_json::json!({ "summary": s }))?;
             }
         }
-        WatchFormat::Text => write!(out, "{}", summary_text(&summaries, multi, master))?,
-        WatchFormat::Csv => eprint!("{}", summary_text(&summaries, multi, master)),
+        Format::Text => write!(out, "{summary}")?,
+        _ => eprint!("{summary}"),
     }
     out.flush()?;
-    if let (Some(path), Some(s)) = (&a.output, series.last()) {
-        let svg = crate::report::plot::watch_svg(s, summaries.last().map(|x| &x.gc))?;
-        super::write_output(Some(path), &svg)?;
-    }
+    drop(out);
+    let rows = |f: Format| -> String {
+        let mut s = String::new();
+        let n = series.iter().map(Vec::len).max().unwrap_or(0);
+        for i in 0..n {
+            for (k, ser) in series.iter().enumerate() {
+                if let Some(x) = ser.get(i) {
+                    s.push_str(&crate::report::watch::row(
+                        f,
+                        x,
+                        multi && k == targets.len(),
+                    ));
+                }
+            }
+        }
+        s
+    };
+    emit::emit(&at_end, |f| match f {
+        Format::Svg => emit::text(crate::report::plot::watch_svg(&series, &summaries, master)?),
+        Format::Json => emit::json(&serde_json::json!({
+            "kind": "watch",
+            "schema": crate::report::envelope::SCHEMA_VERSION,
+            "master": if multi { Some(master) } else { None },
+            "samples": series,
+            "summaries": summaries,
+        })),
+        Format::Csv => emit::text(format!("{}{}", crate::report::watch::CSV_HEADER, rows(f))),
+        Format::Jsonl => {
+            let mut s = rows(f);
+            for x in &summaries {
+                s.push_str(&format!("{}\n", serde_json::json!({ "summary": x })));
+            }
+            emit::text(s)
+        }
+        _ => emit::text(format!(
+            "{}{}{summary}",
+            crate::report::watch::text_header(a.census, a.requests_url.is_some()),
+            rows(f)
+        )),
+    })?;
     match exited {
         Some(e) if series.iter().all(|s| s.len() < 2) => Err(e),
         Some(e) => {
@@ -345,128 +367,23 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     }
 }
 
-fn print_sample(out: &mut impl Write, f: WatchFormat, s: &Sample, total: bool) -> Result<()> {
-    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_default();
-    let pid = if total {
-        "total".to_string()
-    } else {
-        s.pid.to_string()
-    };
-    match f {
-        WatchFormat::Text => writeln!(
-            out,
-            "{:>8.2}  {:>8}  {:>14}  {:>14}  {:>14}{}{}",
-            s.t,
-            pid,
-            s.gc_total,
-            s.rss,
-            s.anon,
-            s.objects.map(|o| format!("  {o:>10}")).unwrap_or_default(),
-            s.requests.map(|o| format!("  {o:>10}")).unwrap_or_default()
-        )?,
-        WatchFormat::Csv => writeln!(
-            out,
-            "{:.3},{pid},{},{},{},{},{}",
-            s.t,
-            s.gc_total,
-            s.rss,
-            s.anon,
-            opt(s.objects),
-            opt(s.requests)
-        )?,
-        WatchFormat::Jsonl => {
-            let mut v = serde_json::to_value(s)?;
-            if total {
-                v["pid"] = "total".into();
-            }
-            writeln!(out, "{v}")?
-        }
+/// Whether `pid` is the only worker of its nginx master (or not a worker
+/// at all): then a server-wide request count is its own.
+fn single_worker_server(pid: i32) -> bool {
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse::<i32>()
+                .ok()
+        });
+    match parent.and_then(super::workers::workers_of) {
+        Some(w) => w.len() <= 1,
+        None => true,
     }
-    Ok(())
-}
-
-/// Trends of one series.
-pub fn summarize(s: &[Sample]) -> Summary {
-    let pts = |f: fn(&Sample) -> u64| {
-        s.iter()
-            .map(|x| (x.t / 60.0, f(x) as f64))
-            .collect::<Vec<_>>()
-    };
-    let gc = trend::analyze(&pts(|x| x.gc_total));
-    let rss = trend::analyze(&pts(|x| x.rss));
-    // Each status fetch is itself counted by nginx: leave those out.
-    let requests = match (
-        s.first().and_then(|x| x.requests),
-        s.last().and_then(|x| x.requests),
-    ) {
-        (Some(a), Some(b)) => Some(
-            b.saturating_sub(a)
-                .saturating_sub(s.len().saturating_sub(1) as u64),
-        ),
-        _ => None,
-    };
-    let gc_bytes_per_request = requests
-        .filter(|&r| r > 0)
-        .map(|r| gc.fitted_change / r as f64);
-    Summary {
-        pid: s.first().map(|x| x.pid).unwrap_or(0),
-        samples: s.len(),
-        seconds: s.last().map(|x| x.t).unwrap_or(0.0),
-        gc,
-        rss,
-        requests,
-        gc_bytes_per_request,
-    }
-}
-
-fn trend_line(name: &str, t: &Trend) -> String {
-    match &t.fit {
-        Some(f) => format!(
-            "  {name}: {:+.0} ± {:.0} bytes/min (95%); {}: {}\n",
-            f.slope,
-            f.slope_ci95,
-            verdict_name(t),
-            t.evidence
-        ),
-        None => format!("  {name}: {}\n", t.evidence),
-    }
-}
-
-fn verdict_name(t: &Trend) -> &'static str {
-    match t.verdict {
-        trend::Verdict::Growing => "GROWING",
-        trend::Verdict::Saturating => "saturating",
-        trend::Verdict::Stable => "stable",
-        trend::Verdict::Shrinking => "shrinking",
-        trend::Verdict::Unknown => "unknown",
-    }
-}
-
-/// The human summary.
-pub fn summary_text(sums: &[Summary], multi: bool, master: i32) -> String {
-    let mut s = String::new();
-    for (k, x) in sums.iter().enumerate() {
-        let who = if multi && k == sums.len() - 1 {
-            format!("all workers of {master}")
-        } else {
-            format!("pid {}", x.pid)
-        };
-        s.push_str(&format!(
-            "\n{who}: {} samples over {:.1} s\n",
-            x.samples, x.seconds
-        ));
-        s.push_str(&trend_line("GC total", &x.gc));
-        s.push_str(&trend_line("RSS", &x.rss));
-        if let Some(r) = x.requests {
-            let per = x
-                .gc_bytes_per_request
-                .map(|b| format!("{b:.1} bytes of GC growth per request"))
-                .unwrap_or_else(|| "no requests: growth does not track load".into());
-            s.push_str(&format!("  requests: {r} during the window; {per}\n"));
-        }
-        s.push_str(&format!("  verdict: {}\n", verdict_name(&x.gc)));
-    }
-    s
 }
 
 #[cfg(test)]

@@ -203,53 +203,118 @@ pub fn collect(
     workers.iter().map(|&w| one(w)).collect()
 }
 
-/// Run `one` on every worker of `master` in turn and combine: text reports
-/// under a `== worker PID ==` heading each plus the total, or one JSON
-/// [`WorkersReport`].
-pub fn for_each_worker(
+/// Run `one` on each worker of `master` in turn (one paused at a time),
+/// any report type; an error when the master has no workers. This is how
+/// every command expands a master.
+pub fn collect_each<R>(
     master: i32,
     workers: &[i32],
-    json: bool,
-    mut one: impl FnMut(i32) -> Result<CensusReport>,
-    text: impl Fn(&CensusReport) -> String,
-) -> Result<String> {
+    mut one: impl FnMut(i32) -> Result<R>,
+) -> Result<Vec<R>> {
     if workers.is_empty() {
         anyhow::bail!("nginx master {master} has no worker processes");
     }
-    let reports = collect(workers, &mut one)?;
-    let mut total = sum_reports(master, &reports);
-    if let Some(first) = reports.first() {
-        total.created = first.created.clone();
-        total.created_unix_ms = first.created_unix_ms;
-    }
-    if json {
-        let r = WorkersReport {
-            schema: crate::report::envelope::SCHEMA_VERSION,
-            kind: "workers".into(),
-            master,
-            workers: reports,
-            total,
-        };
-        return Ok(serde_json::to_string_pretty(&r)? + "\n");
-    }
+    workers
+        .iter()
+        .map(|&w| {
+            one(w).map_err(|e| {
+                if crate::target::process_exists(w) {
+                    e.context(format!("worker {w} of nginx master {master}"))
+                } else {
+                    e
+                }
+            })
+        })
+        .collect()
+}
+
+/// The JSON of a command run on every worker of a master: `kind`
+/// `workers`, `of` the command's report kind, one report per worker and,
+/// where a sum means something, the total.
+#[derive(Debug, Serialize)]
+pub struct PerWorker<'a, R: Serialize, T: Serialize> {
+    /// Snapshot schema version.
+    pub schema: u32,
+    /// Always `workers`.
+    pub kind: &'static str,
+    /// The report kind of each worker (`refs`, `threads`...).
+    pub of: &'static str,
+    /// The master.
+    pub master: i32,
+    /// One report per worker, in PID order.
+    pub workers: &'a [R],
+    /// The total over workers, when it means something.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<T>,
+}
+
+/// Text of a command run on every worker: a `== worker PID ==` section
+/// per worker, then `total` under a `== total ... ==` heading.
+pub fn sections<R>(
+    master: i32,
+    reps: &[R],
+    pid: impl Fn(&R) -> i32,
+    text: impl Fn(&R) -> String,
+    total: &str,
+) -> String {
     let mut s = String::new();
-    for r in &reports {
-        s.push_str(&format!("== worker {} ==\n", r.pid));
+    for r in reps {
+        s.push_str(&format!("== worker {} ==\n", pid(r)));
         s.push_str(&text(r));
         s.push('\n');
     }
     s.push_str(&format!(
         "== total over {} workers of master {} ==\n",
-        reports.len(),
+        reps.len(),
         master
     ));
+    s.push_str(total);
+    s
+}
+
+/// Combine per-worker census (or gc) reports: text under a `== worker
+/// PID ==` heading each plus the total, or one JSON [`WorkersReport`].
+pub fn render_workers(
+    master: i32,
+    reports: &[CensusReport],
+    json: bool,
+    text: impl Fn(&CensusReport) -> String,
+) -> Result<String> {
+    let mut total = sum_reports(master, reports);
+    if let Some(first) = reports.first() {
+        total.created = first.created.clone();
+        total.created_unix_ms = first.created_unix_ms;
+    }
+    total.workers = Some(reports.iter().map(|r| r.pid).collect());
+    if json {
+        let r = WorkersReport {
+            schema: crate::report::envelope::SCHEMA_VERSION,
+            kind: "workers".into(),
+            master,
+            workers: reports.to_vec(),
+            total,
+        };
+        return Ok(serde_json::to_string_pretty(&r)? + "\n");
+    }
     // The total is no single process: drop the per-process `Start tracing` line.
     let t = text(&total);
-    s.push_str(
-        t.strip_prefix("Start tracing")
-            .map_or(t.as_str(), |r| r.split_once('\n').map_or("", |x| x.1)),
-    );
-    Ok(s)
+    let t = t
+        .strip_prefix("Start tracing")
+        .map_or(t.as_str(), |r| r.split_once('\n').map_or("", |x| x.1));
+    Ok(sections(master, reports, |r| r.pid, text, t))
+}
+
+/// Run `one` on every worker of `master` in turn and combine with
+/// [`render_workers`].
+pub fn for_each_worker(
+    master: i32,
+    workers: &[i32],
+    json: bool,
+    one: impl FnMut(i32) -> Result<CensusReport>,
+    text: impl Fn(&CensusReport) -> String,
+) -> Result<String> {
+    let reports = collect_each(master, workers, one)?;
+    render_workers(master, &reports, json, text)
 }
 
 #[cfg(test)]
@@ -353,10 +418,11 @@ mod tests {
 pub fn leaks_on_workers(
     master: i32,
     workers: &[i32],
-    output: Option<&Path>,
-    folded: Option<&Path>,
+    time: std::time::Duration,
+    outs: &[crate::report::output::Output],
 ) -> Result<()> {
     use crate::error::{Classified, ExitCode};
+    use crate::report::output::Format;
     if workers.is_empty() {
         return Err(Classified::new(
             ExitCode::NoProcess,
@@ -368,6 +434,18 @@ pub fn leaks_on_workers(
         .map(|a| a.into_string())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| anyhow::anyhow!("arguments are not UTF-8: give the worker PIDs one by one"))?;
+    // Ctrl-C reaches every child (one process group): each stops early and
+    // reports; this process waits for them and sums.
+    let _ = ctrlc::set_handler(|| {});
+    eprintln!(
+        "ljleak: tracing {} workers of nginx master {master} for {} (Ctrl-C to stop early)",
+        workers.len(),
+        crate::units::duration(time)
+    );
+    let folded = outs
+        .iter()
+        .find(|o| o.format == Format::Folded)
+        .and_then(|o| o.path.as_deref());
     // The children's folded files go to a private directory (mkdtemp,
     // 0700), never to a guessable name in /tmp where another user could
     // plant a link; it is removed with everything in it when we return.
@@ -392,13 +470,14 @@ pub fn leaks_on_workers(
     let mut total: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     let mut failed = None;
     let mut stdout = String::new();
+    let to_stdout = outs.iter().any(|o| o.path.is_none());
     for (w, own_folded, child) in children {
         let out = child.wait_with_output()?;
         if !out.status.success() {
             failed.get_or_insert((w, out.status.code().unwrap_or(1)));
             continue;
         }
-        if output.is_none() {
+        if to_stdout {
             stdout.push_str(&format!("# worker {w} (nginx master {master})\n"));
             stdout.push_str(&String::from_utf8_lossy(&out.stdout));
         }
@@ -427,36 +506,43 @@ pub fn leaks_on_workers(
         )
         .into());
     }
+    let bytes: u64 = total.values().sum();
+    eprintln!(
+        "ljleak leaks: total over {} workers of nginx master {master}: {} outstanding ({bytes} bytes) in {} stacks",
+        workers.len(),
+        crate::units::bytes(bytes),
+        total.len()
+    );
     let total_folded: String = total.iter().map(|(s, n)| format!("{s} {n}\n")).collect();
-    if let Some(f) = folded {
-        super::write_output(Some(f), &total_folded)?;
+    for o in outs {
+        match (o.format, o.path.as_deref()) {
+            (_, None) => {}
+            (Format::Folded, Some(p)) => super::write_output(Some(p), &total_folded)?,
+            (Format::Svg, Some(p)) => {
+                let svg = crate::report::flame::svg(
+                    &crate::report::flame::Flame {
+                        title: "Memory Leak Flame Graph".into(),
+                        what: format!("nginx master {master}, {} workers", workers.len()),
+                        unit: "bytes".into(),
+                        trim: true,
+                    },
+                    total_folded.lines(),
+                )?;
+                super::write_output(Some(p), &svg)?;
+            }
+            (_, Some(p)) => eprintln!(
+                "ljleak: per-worker reports written next to {} (-PID); the total is written for .svg and .folded outputs",
+                p.display()
+            ),
+        }
     }
-    match output {
-        Some(o) if o.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) => {
-            let mut opts = inferno::flamegraph::Options::default();
-            opts.title = format!("Memory Leak Flame Graph (nginx master {master}, {} workers)", workers.len());
-            opts.count_name = "bytes".into();
-            opts.deterministic = true;
-            let mut svg = Vec::new();
-            let lines: Vec<&str> = if total_folded.is_empty() {
-                vec!["(no outstanding allocations) 1"]
-            } else {
-                total_folded.lines().collect()
-            };
-            inferno::flamegraph::from_lines(&mut opts, lines, &mut svg)
-                .map_err(|e| anyhow::anyhow!("drawing the total flame graph: {e}"))?;
-            super::write_bytes(Some(o), &svg)?;
-        }
-        Some(o) if o.extension().is_some_and(|e| e == "folded") => super::write_output(Some(o), &total_folded)?,
-        Some(o) => eprintln!(
-            "ljleak: per-worker reports written next to {} (-PID); the total is written for .svg and .folded outputs",
-            o.display()
-        ),
-        None => {
-            stdout.push_str(&format!("# total of {} workers (nginx master {master})\n", workers.len()));
-            stdout.push_str(&total_folded);
-            super::write_output(None, &stdout)?;
-        }
+    if to_stdout {
+        stdout.push_str(&format!(
+            "# total of {} workers (nginx master {master})\n",
+            workers.len()
+        ));
+        stdout.push_str(&total_folded);
+        super::write_output(None, &stdout)?;
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::gate::{Metric, Metrics};
 use crate::luajit::vm::TYPE_NAMES;
-use crate::report::census::CensusReport;
+use crate::model::census::CensusReport;
 
 /// A value in A and B.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

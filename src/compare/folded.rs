@@ -185,54 +185,6 @@ pub fn differential_svg<W: std::io::Write>(
     inferno::flamegraph::from_lines(&mut opts, lines.iter().map(String::as_str), w)
 }
 
-/// A census as stacks `TYPE` (or `cdata;C TYPE`, `table;<=N bytes`) with
-/// (objects, bytes): the shape `diff -o x.svg` draws for census snapshots
-/// and that `--format pprof` writes.
-pub fn census_stacks(r: &crate::report::census::CensusReport) -> Vec<(Vec<String>, u64, u64)> {
-    let mut out = Vec::new();
-    for (name, t) in &r.types {
-        let parts: Vec<(String, u64, u64)> = match name.as_str() {
-            "cdata" => r
-                .cdata_types
-                .iter()
-                .map(|c| (c.name.clone(), c.count, c.sum))
-                .collect(),
-            "table" => r
-                .table_classes
-                .iter()
-                .map(|c| (format!("<={} bytes", c.le), c.count, c.sum))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let (mut cn, mut cb) = (0, 0);
-        for (sub, n, b) in parts {
-            cn += n;
-            cb += b;
-            out.push((vec![name.clone(), sub], n, b));
-        }
-        // Whatever the breakdown does not cover stays on the type itself.
-        if t.count > cn || t.sum > cb {
-            out.push((
-                vec![name.clone()],
-                t.count.saturating_sub(cn),
-                t.sum.saturating_sub(cb),
-            ));
-        }
-    }
-    out
-}
-
-/// [`census_stacks`] folded by bytes.
-pub fn census_folded(r: &crate::report::census::CensusReport) -> Folded {
-    let mut f = Folded::new();
-    for (frames, _, bytes) in census_stacks(r) {
-        if bytes > 0 {
-            *f.entry(frames.join(";")).or_insert(0) += bytes;
-        }
-    }
-    f
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use super::census_diff::Delta;
 use super::folded::{self, Change};
 use super::gate::{Metric, Metrics};
 use super::snapshot::Folded;
-use crate::report::leaks::{folded_map, LeakReport};
+use crate::model::leaks::{folded_map, LeakReport};
 
 /// Where a leak snapshot came from, for the report header.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -188,7 +188,7 @@ impl Metrics for LeakDiff {
 mod tests {
     use super::*;
     use crate::leaks::Origin;
-    use crate::report::leaks::{LeakSite, SiteFrame};
+    use crate::model::leaks::{LeakSite, SiteFrame};
 
     fn site(frames: &[&str], bytes: u64, count: u64) -> LeakSite {
         LeakSite {

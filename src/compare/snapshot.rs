@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::report::census::CensusReport;
-use crate::report::envelope::SCHEMA_VERSION;
-use crate::report::leaks::LeakReport;
+use crate::model::census::CensusReport;
+use crate::model::envelope::SCHEMA_VERSION;
+use crate::model::leaks::LeakReport;
 
 /// Why an input cannot be used. Every variant maps to exit code 9
 /// ([`crate::error::ExitCode::BadInput`]).
@@ -126,6 +126,75 @@ impl Input {
     }
 }
 
+/// What a snapshot covers: one process, or the sum over the workers of an
+/// nginx master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One process (or unknown: folded stacks).
+    Process(Option<i32>),
+    /// The total over these workers of a master.
+    Master {
+        /// The master.
+        master: i32,
+        /// Its workers.
+        workers: Vec<i32>,
+    },
+}
+
+/// [`load`], and what the file covers.
+pub fn load_scoped(path: &Path, limit: u64) -> Result<(Input, Scope), InputError> {
+    let (input, text) = load_text(path, limit)?;
+    Ok((input, scope_of(&text)))
+}
+
+/// The scope of a snapshot's text (a `workers` file is a master's total).
+pub fn scope_of(text: &str) -> Scope {
+    let t = text.trim_start();
+    if !t.starts_with('{') {
+        return Scope::Process(None);
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(t) else {
+        return Scope::Process(None);
+    };
+    if v.get("kind").and_then(|k| k.as_str()) == Some("workers") {
+        let workers = v["workers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+                    .collect()
+            })
+            .unwrap_or_default();
+        return Scope::Master {
+            master: v["master"].as_i64().unwrap_or(0) as i32,
+            workers,
+        };
+    }
+    Scope::Process(v["pid"].as_i64().map(|p| p as i32))
+}
+
+/// A warning when one snapshot is a master's total and the other one
+/// process: the delta then mixes N workers with one.
+pub fn scope_mismatch(fa: &str, a: &Scope, fb: &str, b: &Scope) -> Option<String> {
+    let what = |f: &str, s: &Scope| match s {
+        Scope::Master { master, workers } => format!(
+            "{f} is the total of {} workers of nginx master {master}",
+            workers.len()
+        ),
+        Scope::Process(Some(p)) => format!("{f} is one process (pid {p})"),
+        Scope::Process(None) => format!("{f} is one profile"),
+    };
+    let master = |s: &Scope| matches!(s, Scope::Master { .. });
+    if master(a) == master(b) {
+        return None;
+    }
+    Some(format!(
+        "{} but {}: the change mixes a whole server with one worker; snapshot both the same way (`-p MASTER` twice, or `-p WORKER` twice)",
+        what(fa, a),
+        what(fb, b)
+    ))
+}
+
 /// Default limit on an input file's size (`--max-input`): a comparison
 /// holds a parsed file at several times its size.
 pub const DEFAULT_MAX_INPUT: u64 = 256 << 20;
@@ -138,6 +207,11 @@ pub fn load(path: &Path) -> Result<Input, InputError> {
 /// Read and validate `path`, refusing more than `limit` bytes (also when
 /// the file grows while read, or is a pipe).
 pub fn load_limited(path: &Path, limit: u64) -> Result<Input, InputError> {
+    load_text(path, limit).map(|(input, _)| input)
+}
+
+/// [`load_limited`], with the file's text.
+fn load_text(path: &Path, limit: u64) -> Result<(Input, String), InputError> {
     use std::io::Read;
     let file = crate::safety::escape_text(&path.display().to_string()).into_owned();
     let read_err = |err| InputError::Read {
@@ -168,7 +242,7 @@ pub fn load_limited(path: &Path, limit: u64) -> Result<Input, InputError> {
     })?;
     let input = parse(&file, &text)?;
     check_totals(&file, &input)?;
-    Ok(input)
+    Ok((input, text))
 }
 
 /// Every sum the comparisons compute must fit in an i64 (deltas are
@@ -256,7 +330,7 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
         // (not addresses) are stable across runs, so "which holder grew
         // between A and B" is one `ljleak diff`.
         "refs" => {
-            return serde_json::from_value::<crate::report::refs::RefsReport>(v)
+            return serde_json::from_value::<crate::model::refs::RefsReport>(v)
                 .map(|r| Input::Folded(refs_folded(&r)))
                 .map_err(|e| malformed(e.to_string()))
         }
@@ -264,6 +338,24 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
             return serde_json::from_value(v)
                 .map(|r| Input::Leaks(Box::new(r)))
                 .map_err(|e| malformed(e.to_string()))
+        }
+        // `refs -p MASTER`: every worker's suspects by path, summed.
+        "workers" if v.get("of").and_then(|o| o.as_str()) == Some("refs") => {
+            let mut f = Folded::new();
+            for w in v["workers"].as_array().into_iter().flatten() {
+                let r: crate::model::refs::RefsReport =
+                    serde_json::from_value(w.clone()).map_err(|e| malformed(e.to_string()))?;
+                for (k, n) in refs_folded(&r) {
+                    *f.entry(k).or_default() += n;
+                }
+            }
+            return Ok(Input::Folded(f));
+        }
+        "workers" if v.get("of").is_some_and(|o| o != "census" && o != "gc") => {
+            return Err(InputError::UnknownKind {
+                file: file.into(),
+                kind: format!("workers of {}", v["of"]),
+            })
         }
         "workers" => v
             .get("total")
@@ -284,7 +376,7 @@ fn parse_json(file: &str, text: &str) -> Result<Input, InputError> {
 /// Suspects of a refs report as folded stacks: path frames root first,
 /// then the holder's type; weight = retained bytes. Unreachable suspects
 /// (no path) are left out.
-pub fn refs_folded(r: &crate::report::refs::RefsReport) -> Folded {
+pub fn refs_folded(r: &crate::model::refs::RefsReport) -> Folded {
     let mut f = Folded::new();
     for h in r.suspects.iter().filter(|h| !h.path.is_empty()) {
         let mut frames: Vec<String> = h.path.iter().map(|p| p.replace(';', ",")).collect();
@@ -387,6 +479,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn master_total_against_one_worker_is_flagged() {
+        let m =
+            scope_of(r#"{"kind": "workers", "master": 7, "workers": [{"pid": 8}, {"pid": 9}]}"#);
+        assert_eq!(
+            m,
+            Scope::Master {
+                master: 7,
+                workers: vec![8, 9]
+            }
+        );
+        let w = scope_of(r#"{"kind": "census", "pid": 8}"#);
+        assert_eq!(w, Scope::Process(Some(8)));
+        let msg = scope_mismatch("a.json", &m, "b.json", &w).unwrap();
+        assert!(
+            msg.contains("total of 2 workers of nginx master 7") && msg.contains("pid 8"),
+            "{msg}"
+        );
+        assert_eq!(scope_mismatch("a", &w, "b", &w), None);
+        assert_eq!(scope_mismatch("a", &m, "b", &m), None);
+    }
+
+    #[test]
     fn folded_sums_repeats_and_rejects_garbage() {
         let f = parse_folded("a;b 3\n# c\n\na;b 4\nx 1\n").unwrap();
         assert_eq!(f["a;b"], 7);
@@ -404,6 +518,8 @@ mod tests {
         // A leak snapshot written before the envelope: summary and sites only.
         let i = parse("f", r#"{"kind": "leaks", "summary": {}, "sites": []}"#).unwrap();
         assert!(matches!(i, Input::Leaks(_)));
+        let e = parse("f", r#"{"schema": 1, "kind": "workers", "of": "threads"}"#).unwrap_err();
+        assert!(matches!(e, InputError::UnknownKind { .. }), "{e}");
         let e = parse("f", r#"{"schema": 1, "kind": "census""#).unwrap_err();
         assert!(matches!(e, InputError::Malformed { .. }), "{e}");
     }

@@ -107,6 +107,13 @@ pub struct Trend {
 
 /// Classify series `pts` of (minutes, bytes).
 pub fn analyze(pts: &[(f64, f64)]) -> Trend {
+    analyze_per(pts, "min")
+}
+
+/// Classify series `pts` of (x, bytes) where x counts `per` (`min`,
+/// `request`): the slope is bytes per `per`.
+pub fn analyze_per(pts: &[(f64, f64)], per: &str) -> Trend {
+    let rate = |v: f64| crate::units::rate(v, per);
     let mean = if pts.is_empty() {
         0.0
     } else {
@@ -135,36 +142,51 @@ pub fn analyze(pts: &[(f64, f64)]) -> Trend {
     let h2 = fit(&pts[half..]).map(|f| f.slope);
     let band_has_zero = f.slope.abs() <= f.slope_ci95;
     let small = change.abs() < 0.01 * mean.max(1.0);
+    let span_text = if per == "min" {
+        format!("{span:.1} min")
+    } else {
+        format!("{span:.0} {per}s")
+    };
     let (verdict, evidence) = if band_has_zero || small {
         (
             Verdict::Stable,
             format!(
-                "fitted change {:+.0} bytes over {:.1} min ({:+.2}% of the mean {:.0}); 95% band of the slope {}",
-                change,
-                span,
+                "fitted change {} over {span_text} ({:+.2}% of the mean {}); 95% band of the slope {}",
+                crate::units::signed_bytes(change as i64),
                 change * 100.0 / mean.max(1.0),
-                mean,
+                crate::units::bytes(mean as u64),
                 if band_has_zero { "includes 0" } else { "excludes 0 but the change is under 1%" }
             ),
         )
     } else if f.slope < 0.0 {
         (
             Verdict::Shrinking,
-            format!("slope {:.0} ± {:.0} bytes/min", f.slope, f.slope_ci95),
+            format!(
+                "slope {} ± {}",
+                rate(f.slope),
+                crate::units::bytes_f(f.slope_ci95)
+            ),
         )
     } else {
         let (a, b) = (h1.unwrap_or(f.slope), h2.unwrap_or(f.slope));
         if a > 0.0 && b < a / 3.0 {
             (
                 Verdict::Saturating,
-                format!("growth slows: {a:.0} bytes/min in the first half, {b:.0} in the second (< 1/3)"),
+                format!(
+                    "growth slows: {} in the first half, {} in the second (< 1/3)",
+                    rate(a),
+                    rate(b)
+                ),
             )
         } else {
             (
                 Verdict::Growing,
                 format!(
-                    "steady growth: {:.0} ± {:.0} bytes/min overall; halves {a:.0} and {b:.0} bytes/min",
-                    f.slope, f.slope_ci95
+                    "steady growth: {} ± {} overall; halves {} and {}",
+                    rate(f.slope),
+                    crate::units::bytes_f(f.slope_ci95),
+                    rate(a),
+                    rate(b)
                 ),
             )
         }

@@ -1,174 +1,14 @@
 //! `ljleak gc` and `ljleak objs` reports: lj-gc / lj-gc-objs compatible text
 //! and a stable JSON object.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
-
 use crate::capture::Capture;
-use crate::luajit::census::{CdataType, Census, CountSum, SizeClass, Stats};
+use crate::luajit::census::Census;
 use crate::luajit::layout::gc_state_name;
-use crate::luajit::walk::Overheads;
-use crate::report::envelope::{schema_v1, Stamp, SCHEMA_VERSION};
+use crate::model::envelope::Stamp;
 
-/// Which LuaJIT build.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LuajitInfo {
-    /// `luajit2` or `upstream`.
-    pub variant: String,
-    /// GC64 build.
-    pub gc64: bool,
-    /// Layout name (`luajit2-gc64`...).
-    pub layout: String,
-    /// `dwarf`, `table` or `forced`.
-    pub layout_source: String,
-    /// How the VM was found.
-    pub method: String,
-    /// `lua_State *` found.
-    pub lua_state: String,
-    /// `global_State *`.
-    pub global_state: String,
-    /// Object file holding LuaJIT.
-    #[serde(default)]
-    pub object: Option<String>,
-}
-
-/// Per-type statistics with the average spelled out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TypeStats {
-    /// Objects.
-    pub count: u64,
-    /// Bytes.
-    pub sum: u64,
-    /// Smallest.
-    pub min: u64,
-    /// Largest.
-    pub max: u64,
-    /// Mean (rounded down).
-    pub avg: u64,
-}
-
-impl From<Stats> for TypeStats {
-    fn from(s: Stats) -> Self {
-        TypeStats {
-            count: s.count,
-            sum: s.sum,
-            min: s.min,
-            max: s.max,
-            avg: s.avg(),
-        }
-    }
-}
-
-/// The `objs` (and `gc`) JSON object, which is also the snapshot file
-/// format (`objs -o FILE`, read back by `ljleak diff`). The envelope fields
-/// (`schema` ... `command_line`, see [`crate::report::envelope`]) have serde
-/// defaults so files written before they existed still parse.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CensusReport {
-    /// Snapshot schema version.
-    #[serde(default = "schema_v1")]
-    pub schema: u32,
-    /// Report kind: `census` (or `gc` for the total alone).
-    pub kind: String,
-    /// Target.
-    pub pid: i32,
-    /// Its executable.
-    pub exe: String,
-    /// LuaJIT build.
-    pub luajit: LuajitInfo,
-    /// `g->gc.total`.
-    pub gc_total: u64,
-    /// Sum of every object and fixed allocation the walker found.
-    pub walker_total: Option<u64>,
-    /// GC state name.
-    pub gc_state: String,
-    /// `g->gc.threshold`.
-    #[serde(default)]
-    pub gc_threshold: u64,
-    /// Microseconds the target was paused.
-    pub pause_us: u64,
-    /// `quiescent`, `best-effort`, `nonblocking` or `none` (gc reads one word).
-    pub consistency: String,
-    /// Where the VM thread was when paused.
-    #[serde(default)]
-    pub stopped_in: Option<String>,
-    /// Per type, by name.
-    #[serde(default)]
-    pub types: BTreeMap<String, TypeStats>,
-    /// Dead objects not yet swept.
-    #[serde(default)]
-    pub dead: CountSum,
-    /// cdata by C type, biggest first.
-    #[serde(default)]
-    pub cdata_types: Vec<CdataType>,
-    /// Fixed allocations in gc.total.
-    #[serde(default)]
-    pub overheads: Option<Overheads>,
-    /// JIT machine code area (not in gc.total).
-    #[serde(default)]
-    pub mcode_jit: u64,
-    /// FFI callback machine code (not in gc.total).
-    #[serde(default)]
-    pub mcode_callbacks: u64,
-    /// Objects walked.
-    #[serde(default)]
-    pub objects: u64,
-    /// Bytes copied from the target.
-    #[serde(default)]
-    pub image_bytes: u64,
-    /// How the heap was captured: `copy` or `fork` (empty in older files).
-    #[serde(default)]
-    pub snapshot: String,
-    /// Bytes the target copied on write while a fork snapshot lived.
-    #[serde(default)]
-    pub cow_bytes: u64,
-    /// Walk time after the pause, microseconds.
-    #[serde(default)]
-    pub walk_us: u64,
-    /// CPU time of the walk, microseconds.
-    #[serde(default)]
-    pub walk_cpu_us: u64,
-    /// Problems met during the walk.
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    /// Tables by power-of-two size class, smallest first.
-    #[serde(default)]
-    pub table_classes: Vec<SizeClass>,
-    /// When the snapshot was taken (UTC, RFC 3339).
-    #[serde(default)]
-    pub created: String,
-    /// The same instant in milliseconds since the Unix epoch.
-    #[serde(default)]
-    pub created_unix_ms: u64,
-    /// Host name of the machine.
-    #[serde(default)]
-    pub host: String,
-    /// GNU build-id of the executable (hex).
-    #[serde(default)]
-    pub exe_build_id: Option<String>,
-    /// ljleak version that wrote the file.
-    #[serde(default)]
-    pub ljleak_version: String,
-    /// Command line that produced it.
-    #[serde(default)]
-    pub command_line: Vec<String>,
-}
-
-impl CensusReport {
-    /// Fill the envelope fields (schema, time, host, build-id, version,
-    /// command line).
-    pub fn stamp(&mut self, s: Stamp) {
-        self.schema = SCHEMA_VERSION;
-        self.created = s.created;
-        self.created_unix_ms = s.created_unix_ms;
-        self.host = s.host;
-        self.exe_build_id = s.exe_build_id;
-        self.ljleak_version = s.ljleak_version;
-        self.command_line = s.command_line;
-    }
-}
+pub use crate::model::census::{CensusReport, LuajitInfo, TypeStats, WalkTime};
 
 /// LuaJIT info from a found VM.
 pub fn luajit_info(vm: &crate::luajit::FoundVm) -> LuajitInfo {
@@ -185,11 +25,7 @@ pub fn luajit_info(vm: &crate::luajit::FoundVm) -> LuajitInfo {
 }
 
 /// Build the census report.
-pub fn census_report(
-    cap: &Capture,
-    c: &Census,
-    walk: crate::cmd::census::WalkTime,
-) -> CensusReport {
+pub fn census_report(cap: &Capture, c: &Census, walk: WalkTime) -> CensusReport {
     let types = c
         .by_count()
         .into_iter()
@@ -332,6 +168,54 @@ pub fn census_text(r: &CensusReport, top_cdata: usize) -> String {
         let _ = writeln!(s, "WARNING: {w}");
     }
     s
+}
+
+/// A census as stacks `TYPE` (or `cdata;C TYPE`, `table;<=N bytes`) with
+/// (objects, bytes): the shape `diff -o x.svg` draws for census snapshots
+/// and that `--format pprof` writes.
+pub fn census_stacks(r: &CensusReport) -> Vec<(Vec<String>, u64, u64)> {
+    let mut out = Vec::new();
+    for (name, t) in &r.types {
+        let parts: Vec<(String, u64, u64)> = match name.as_str() {
+            "cdata" => r
+                .cdata_types
+                .iter()
+                .map(|c| (c.name.clone(), c.count, c.sum))
+                .collect(),
+            "table" => r
+                .table_classes
+                .iter()
+                .map(|c| (format!("<={} bytes", c.le), c.count, c.sum))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let (mut cn, mut cb) = (0, 0);
+        for (sub, n, b) in parts {
+            cn += n;
+            cb += b;
+            out.push((vec![name.clone(), sub], n, b));
+        }
+        // Whatever the breakdown does not cover stays on the type itself.
+        if t.count > cn || t.sum > cb {
+            out.push((
+                vec![name.clone()],
+                t.count.saturating_sub(cn),
+                t.sum.saturating_sub(cb),
+            ));
+        }
+    }
+    out
+}
+
+/// [`census_stacks`] folded by bytes.
+pub fn census_folded(r: &CensusReport) -> std::collections::BTreeMap<String, u64> {
+    let mut f = std::collections::BTreeMap::new();
+    for (frames, _, bytes) in census_stacks(r) {
+        if bytes > 0 {
+            *f.entry(frames.join(";")).or_insert(0) += bytes;
+        }
+    }
+    f
 }
 
 /// lj-gc style text.

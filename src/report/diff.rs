@@ -38,6 +38,9 @@ pub struct DiffJson<'a> {
     pub gates: &'a [GateResult],
     /// How many tripped.
     pub tripped: usize,
+    /// Set when one input is a master's total and the other one process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope_warning: Option<&'a str>,
 }
 
 /// A table as aligned text or markdown; the first column is left-aligned,
@@ -108,11 +111,62 @@ fn row_cells(r: &Row) -> Vec<String> {
         r.count.a.to_string(),
         r.count.b.to_string(),
         format!("{:+}", r.count.delta),
-        r.bytes.a.to_string(),
-        r.bytes.b.to_string(),
-        format!("{:+}", r.bytes.delta),
+        bytes(r.bytes.a),
+        bytes(r.bytes.b),
+        signed(r.bytes.delta),
         pct(&r.bytes),
     ]
+}
+
+/// Bytes in text tables (exact figures are in the JSON).
+fn bytes(b: u64) -> String {
+    crate::units::bytes(b)
+}
+
+fn signed(d: i64) -> String {
+    crate::units::signed_bytes(d)
+}
+
+/// `A -> B bytes (+D, P%)` with human units and exact bytes.
+fn change_line(what: &str, d: &Delta) -> String {
+    format!(
+        "{what}: {} -> {} ({}, {}; exact {} -> {} bytes)\n",
+        bytes(d.a),
+        bytes(d.b),
+        signed(d.delta),
+        pct(d),
+        d.a,
+        d.b
+    )
+}
+
+/// Frames (`;`-separated) all `stacks` share, leaving each at least its
+/// last frame.
+pub fn common_prefix(stacks: &[&str]) -> usize {
+    let mut it = stacks.iter().map(|s| s.split(';').collect::<Vec<_>>());
+    let Some(first) = it.next() else { return 0 };
+    let mut n = first.len().saturating_sub(1);
+    for f in it {
+        n = n.min(f.len().saturating_sub(1));
+        n = first
+            .iter()
+            .zip(&f)
+            .take(n)
+            .take_while(|(a, b)| a == b)
+            .count();
+    }
+    n
+}
+
+/// `stack` without its first `n` frames, marked `…;` when cut.
+pub fn strip_prefix(stack: &str, n: usize) -> String {
+    if n == 0 {
+        return stack.to_string();
+    }
+    match stack.match_indices(';').nth(n - 1) {
+        Some((i, _)) => format!("…;{}", &stack[i + 1..]),
+        None => stack.to_string(),
+    }
 }
 
 const ROW_HEAD: [&str; 8] = [
@@ -168,23 +222,10 @@ pub fn census(d: &CensusDiff, style: Style, top: usize) -> String {
             &src.layout,
         ));
     }
-    let _ = writeln!(
-        s,
-        "\nGC total: {} -> {} bytes ({:+}, {})",
-        d.total.a,
-        d.total.b,
-        d.total.delta,
-        pct(&d.total)
-    );
+    s.push('\n');
+    s.push_str(&change_line("GC total", &d.total));
     if let Some(w) = &d.walker_total {
-        let _ = writeln!(
-            s,
-            "Walker total: {} -> {} bytes ({:+}, {})",
-            w.a,
-            w.b,
-            w.delta,
-            pct(w)
-        );
+        s.push_str(&change_line("Walker total", w));
     }
     let _ = writeln!(
         s,
@@ -224,8 +265,9 @@ pub fn census(d: &CensusDiff, style: Style, top: usize) -> String {
     s
 }
 
-/// A folded-stack comparison.
-pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
+/// A folded-stack comparison; unless `full`, the prefix all changed
+/// stacks share is printed once.
+pub fn folded(d: &FoldedDiff, style: Style, top: usize, full: bool) -> String {
     let mut s = String::new();
     if style == Style::Markdown {
         let _ = writeln!(s, "### ljleak diff\n");
@@ -249,6 +291,15 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
         total.delta,
         pct(&total)
     );
+    let cut = prefix_line(
+        &mut s,
+        style,
+        full,
+        &d.stacks
+            .iter()
+            .map(|x| x.stack.as_str())
+            .collect::<Vec<_>>(),
+    );
     let sections = Sections {
         style,
         top,
@@ -260,7 +311,7 @@ pub fn folded(d: &FoldedDiff, style: Style, top: usize) -> String {
         |x| (x.change, x.delta),
         |x| {
             vec![
-                x.stack.clone(),
+                strip_prefix(&x.stack, cut),
                 x.a.to_string(),
                 x.b.to_string(),
                 format!("{:+}", x.delta),
@@ -331,8 +382,33 @@ fn source_line(
     )
 }
 
-/// A leak snapshot comparison.
-pub fn leaks(d: &LeakDiff, style: Style, top: usize) -> String {
+/// Print the shared prefix of `stacks` once (unless `full`); returns how
+/// many frames each row leaves out.
+fn prefix_line(s: &mut String, style: Style, full: bool, stacks: &[&str]) -> usize {
+    let n = if full || stacks.len() < 2 {
+        0
+    } else {
+        common_prefix(stacks)
+    };
+    if n > 0 {
+        let prefix: Vec<&str> = stacks[0].split(';').take(n).collect();
+        let _ = writeln!(
+            s,
+            "\nEvery stack below starts with (--full prints whole stacks):\n{}{}",
+            if style == Style::Markdown {
+                "    "
+            } else {
+                "  "
+            },
+            prefix.join(";")
+        );
+    }
+    n
+}
+
+/// A leak snapshot comparison; unless `full`, the prefix all changed
+/// stacks share is printed once.
+pub fn leaks(d: &LeakDiff, style: Style, top: usize, full: bool) -> String {
     let mut s = String::new();
     if style == Style::Markdown {
         let _ = writeln!(s, "### ljleak diff (leaks)\n");
@@ -353,13 +429,19 @@ pub fn leaks(d: &LeakDiff, style: Style, top: usize) -> String {
         ));
     }
     s.push('\n');
-    for (what, x) in [
-        ("Outstanding bytes", &d.total),
-        ("Outstanding allocations", &d.count),
-        ("Stacks", &d.stacks),
-    ] {
+    s.push_str(&change_line("Outstanding bytes", &d.total));
+    for (what, x) in [("Outstanding allocations", &d.count), ("Stacks", &d.stacks)] {
         let _ = writeln!(s, "{what}: {} -> {} ({:+}, {})", x.a, x.b, x.delta, pct(x));
     }
+    let cut = prefix_line(
+        &mut s,
+        style,
+        full,
+        &d.changed
+            .iter()
+            .map(|x| x.stack.as_str())
+            .collect::<Vec<_>>(),
+    );
     let sections = Sections {
         style,
         top,
@@ -371,10 +453,10 @@ pub fn leaks(d: &LeakDiff, style: Style, top: usize) -> String {
         |x| (x.change, x.bytes.delta),
         |x| {
             vec![
-                x.stack.clone(),
-                x.bytes.a.to_string(),
-                x.bytes.b.to_string(),
-                format!("{:+}", x.bytes.delta),
+                strip_prefix(&x.stack, cut),
+                bytes(x.bytes.a),
+                bytes(x.bytes.b),
+                signed(x.bytes.delta),
                 format!("{:+}", x.count.delta),
             ]
         },
@@ -418,4 +500,43 @@ pub fn gates(g: &[GateResult], style: Style) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::folded::diff;
+
+    #[test]
+    fn shared_prefix_printed_once() {
+        let p = "_start;main;ngx_worker_process_cycle;ngx_http_lua_run_thread;lj_vm_resume";
+        let a: crate::compare::snapshot::Folded = [(format!("{p};@a.lua:3;malloc"), 100u64)]
+            .into_iter()
+            .collect();
+        let b: crate::compare::snapshot::Folded = [
+            (format!("{p};@a.lua:3;malloc"), 900u64),
+            (format!("{p};@b.lua:7;lj_alloc_f"), 2048),
+        ]
+        .into_iter()
+        .collect();
+        let d = diff("a", &a, "b", &b);
+        let t = folded(&d, Style::Text, 10, false);
+        assert_eq!(t.matches("ngx_http_lua_run_thread").count(), 1, "{t}");
+        assert!(
+            t.contains(&format!(
+                "Every stack below starts with (--full prints whole stacks):\n  {p}\n"
+            )),
+            "{t}"
+        );
+        assert!(t.contains("…;@a.lua:3;malloc"), "{t}");
+        assert!(t.contains("…;@b.lua:7;lj_alloc_f"), "{t}");
+        let full = folded(&d, Style::Text, 10, true);
+        assert_eq!(full.matches("ngx_http_lua_run_thread").count(), 2, "{full}");
+        assert_eq!(
+            common_prefix(&["a;b", "a;b"]),
+            1,
+            "a row keeps its last frame"
+        );
+        assert_eq!(strip_prefix("a;b;c", 2), "…;c");
+    }
 }

@@ -10,157 +10,12 @@
 //! target's exe and LuaJIT build, the window and pause, then `summary` and
 //! `sites` (frames innermost first; [`folded_map`] gives them root first).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
-
-use crate::leaks::{Counts, Origin};
-use crate::report::census::LuajitInfo;
-use crate::report::envelope::{schema_v1, Stamp, SCHEMA_VERSION};
-
-/// A frame as reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SiteFrame {
-    /// Name (function, Lua `chunk:line`, or `module+0xOFF`).
-    pub name: String,
-    /// Address (0 for synthetic frames).
-    pub addr: u64,
-    /// Offset in the function.
-    pub offset: u64,
-    /// Function size (0 when unknown).
-    pub size: u64,
-    /// Object path.
-    pub module: String,
-}
-
-/// Outstanding memory allocated from one stack.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeakSite {
-    /// Outstanding bytes.
-    pub bytes: u64,
-    /// Outstanding allocations.
-    pub count: u64,
-    /// Allocator.
-    pub origin: Origin,
-    /// Frames, innermost first.
-    pub frames: Vec<SiteFrame>,
-}
-
-/// The summary always printed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LeakSummary {
-    /// Target.
-    pub pid: i32,
-    /// Seconds traced.
-    pub seconds: f64,
-    /// Stopped early by Ctrl-C.
-    pub interrupted: bool,
-    /// Threads traced.
-    pub threads: u64,
-    /// `malloc`, `luajit` or `all`.
-    pub source: String,
-    /// Call counters.
-    pub counts: Counts,
-    /// Outstanding allocations (after --min-age).
-    pub outstanding_count: u64,
-    /// Outstanding bytes (after --min-age).
-    pub outstanding_bytes: u64,
-    /// Records the kernel lost.
-    pub lost_events: u64,
-    /// Throttle records.
-    pub throttled: u64,
-    /// Allocation stacks that could not be unwound to their root.
-    pub truncated_stacks: u64,
-    /// Allocation events seen in total (including nested).
-    pub samples: u64,
-    /// `--min-age` in seconds.
-    pub min_age: f64,
-    /// With `--sample-bytes`: outstanding figures are estimates from these samples.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling: Option<crate::leaks::sample::SamplingSummary>,
-}
-
-/// The whole report, which is also the leak snapshot file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LeakReport {
-    /// Snapshot schema version.
-    #[serde(default = "schema_v1")]
-    pub schema: u32,
-    /// Always `leaks`.
-    #[serde(default)]
-    pub kind: String,
-    /// Target.
-    #[serde(default)]
-    pub pid: i32,
-    /// Its executable.
-    #[serde(default)]
-    pub exe: String,
-    /// LuaJIT build, when the target runs one that was found.
-    #[serde(default)]
-    pub luajit: Option<LuajitInfo>,
-    /// Seconds traced.
-    #[serde(default)]
-    pub window_seconds: f64,
-    /// Microseconds the target was paused (to index Lua prototypes), if it was.
-    #[serde(default)]
-    pub pause_us: Option<u64>,
-    /// Distinct outstanding stacks, before `--top` cut `sites`.
-    #[serde(default)]
-    pub sites_total: u64,
-    /// When, where, which binary, which ljleak and command line.
-    #[serde(flatten)]
-    pub stamp: Stamp,
-    /// Summary.
-    pub summary: LeakSummary,
-    /// Sites, most bytes first.
-    pub sites: Vec<LeakSite>,
-}
-
-impl LeakReport {
-    /// Fill the envelope: kind `leaks`, schema, and `s`.
-    pub fn stamp(&mut self, s: Stamp) {
-        self.schema = SCHEMA_VERSION;
-        self.kind = "leaks".into();
-        self.stamp = s;
-    }
-
-    /// The LuaJIT build as `variant GC64`, or `unknown`.
-    pub fn build_name(&self) -> String {
-        match &self.luajit {
-            Some(l) => format!("{} {}", l.variant, if l.gc64 { "GC64" } else { "non-GC64" }),
-            None => "unknown".into(),
-        }
-    }
-}
-
-/// Make a frame name safe for the folded format (`;` separates frames).
-fn folded_name(n: &str) -> String {
-    n.replace(';', ":").replace('\n', " ")
-}
-
-/// A site's stack as one folded key: frame names root first, joined by `;`.
-pub fn stack_key(s: &LeakSite) -> String {
-    let stack: Vec<String> = s
-        .frames
-        .iter()
-        .rev()
-        .map(|f| folded_name(&f.name))
-        .collect();
-    stack.join(";")
-}
-
-/// Stack key ([`stack_key`]) to (bytes, allocations), identical stacks merged.
-pub fn folded_map(r: &LeakReport) -> BTreeMap<String, (u64, u64)> {
-    let mut merged: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for s in &r.sites {
-        let e = merged.entry(stack_key(s)).or_default();
-        e.0 += s.bytes;
-        e.1 += s.count;
-    }
-    merged
-}
+use crate::model::leaks::folded_name;
+pub use crate::model::leaks::{
+    folded_map, stack_key, LeakReport, LeakSite, LeakSummary, SiteFrame,
+};
 
 /// Folded lines, root first, identical stacks merged, sorted.
 pub fn folded(r: &LeakReport) -> String {
@@ -181,15 +36,18 @@ pub fn stap(r: &LeakReport) -> String {
             } else {
                 &f.module
             };
-            let _ = writeln!(
-                out,
-                " {:#x} : {}+{:#x}/{:#x} [{}]",
-                f.addr,
-                folded_name(&f.name),
-                f.offset,
-                f.size,
-                module
-            );
+            // A name that is already `module+0xOFF` (no symbol) carries its
+            // offset: do not add `+0x0` to it.
+            let name = folded_name(&f.name);
+            if f.size == 0 && name.contains("+0x") {
+                let _ = writeln!(out, " {:#x} : {name}/{:#x} [{}]", f.addr, f.size, module);
+            } else {
+                let _ = writeln!(
+                    out,
+                    " {:#x} : {name}+{:#x}/{:#x} [{}]",
+                    f.addr, f.offset, f.size, module
+                );
+            }
         }
         let _ = writeln!(out, "\t{}\n", s.bytes);
     }
@@ -203,28 +61,34 @@ pub fn json(r: &LeakReport, top: usize) -> String {
     serde_json::to_string_pretty(&r2).unwrap_or_default() + "\n"
 }
 
-/// An SVG flame graph of the folded stacks.
-pub fn svg(r: &LeakReport, title: Option<&str>) -> Result<String, String> {
+/// An SVG flame graph of the folded stacks, coloured by frame kind, the
+/// outstanding total in the subtitle; `trim` folds the nginx event loop.
+pub fn svg(r: &LeakReport, title: Option<&str>, trim: bool) -> anyhow::Result<String> {
     let lines = folded(r);
-    let mut opts = inferno::flamegraph::Options::default();
-    opts.title = title.unwrap_or("Memory Leak Flame Graph").to_string();
-    opts.count_name = "bytes".to_string();
-    opts.deterministic = true;
-    let mut out = Vec::new();
-    if lines.is_empty() {
-        // inferno refuses empty input; draw an explicit empty graph.
-        opts.subtitle = Some("no outstanding allocations".into());
-        inferno::flamegraph::from_lines(
-            &mut opts,
-            std::iter::once("(no outstanding allocations) 1"),
-            &mut out,
+    let what = if r.pid != 0 {
+        format!(
+            "pid {}, {:.1} s window: bytes still allocated at the end, by stack",
+            r.pid, r.window_seconds
         )
-        .map_err(|e| e.to_string())?;
     } else {
-        inferno::flamegraph::from_lines(&mut opts, lines.lines(), &mut out)
-            .map_err(|e| e.to_string())?;
-    }
-    String::from_utf8(out).map_err(|e| e.to_string())
+        "bytes still allocated at the end of the window, by stack".into()
+    };
+    super::flame::svg(
+        &super::flame::Flame {
+            title: title.unwrap_or("Memory Leak Flame Graph").to_string(),
+            what,
+            unit: "bytes".into(),
+            trim,
+        },
+        lines.lines(),
+    )
+}
+
+/// Whether stacks of `exe` should have the event loop trimmed by default
+/// (nginx and OpenResty).
+pub fn trim_by_default(exe: &str) -> bool {
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    name.starts_with("nginx") || name.starts_with("openresty")
 }
 
 /// The summary as text (stderr).
@@ -288,6 +152,7 @@ pub fn summary_text(s: &LeakSummary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leaks::Origin;
 
     fn frame(name: &str, addr: u64) -> SiteFrame {
         SiteFrame {
@@ -345,13 +210,32 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("\t300\n"));
+        let mut r = report();
+        r.sites[0].frames[1] = SiteFrame {
+            name: "libluajit-5.1.so.2.1.0+0x1dd2f".into(),
+            addr: 0x7f00_0001_dd2f,
+            offset: 0,
+            size: 0,
+            module: "/usr/lib/libluajit-5.1.so.2.1.0".into(),
+        };
+        let s = stap(&r);
+        assert!(
+            s.contains(" : libluajit-5.1.so.2.1.0+0x1dd2f/0x0 ["),
+            "offset once: {s}"
+        );
     }
 
     #[test]
     fn svg_has_title_and_frames() {
-        let s = svg(&report(), None).unwrap();
+        let s = svg(&report(), None, false).unwrap();
         assert!(s.contains("Memory Leak Flame Graph"));
         assert!(s.contains("leaf:x"));
-        assert!(svg(&LeakReport::default(), None).unwrap().contains("<svg"));
+        assert!(
+            s.contains("total 312 B (312 bytes)"),
+            "the total in the subtitle"
+        );
+        assert!(svg(&LeakReport::default(), None, true)
+            .unwrap()
+            .contains("<svg"));
     }
 }

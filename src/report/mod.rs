@@ -5,10 +5,13 @@
 pub mod census;
 pub mod diff;
 pub mod envelope;
+pub mod flame;
 pub mod heapsnapshot;
 pub mod leaks;
 pub mod mem;
+pub mod output;
 pub mod plot;
 pub mod pprof;
 pub mod refs;
 pub mod threads;
+pub mod watch;

@@ -1,64 +1,147 @@
-//! `watch -o FILE.svg`: the GC total and RSS series with the fitted line,
-//! drawn with plotters' SVG backend (no font feature: the SVG carries text
-//! elements and the viewer picks the font).
+//! `watch -o FILE.svg`: the GC total of every series (each worker and
+//! their total) and the fitted line the verdict used, drawn with plotters'
+//! SVG backend (no font feature: the SVG carries text elements and the
+//! viewer picks the font). With a request counter the x axis is requests
+//! since the start (the verdict's fit is bytes per request), else seconds.
 
 use plotters::prelude::*;
 
-use crate::cmd::watch::Sample;
-use crate::compare::trend::Trend;
+use crate::report::watch::{request_axis, verdict_name, Sample, Summary};
 
-/// SVG of `s` (one process or the total) with the GC-total fit of `gc`.
-pub fn watch_svg(s: &[Sample], gc: Option<&Trend>) -> anyhow::Result<String> {
+/// Colours of the worker series (the total is black).
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(214, 39, 40),
+    RGBColor(31, 119, 180),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+/// SVG of `series` (per worker, the total last when there are several)
+/// with the fit of the last summary (the total, or the one process).
+pub fn watch_svg(series: &[Vec<Sample>], sums: &[Summary], master: i32) -> anyhow::Result<String> {
+    let main = sums.last();
+    let per_request = main.and_then(|m| m.per_request.as_ref());
+    // x of each sample of each series.
+    let xs: Vec<Vec<f64>> = series
+        .iter()
+        .map(|s| match (per_request, request_axis(s)) {
+            (Some(_), Some(a)) => a,
+            _ => s.iter().map(|x| x.t).collect(),
+        })
+        .collect();
+    let x_max = xs.iter().flatten().fold(0.0f64, |a, &b| a.max(b)).max(1e-3);
+    let mib = |b: f64| b / 1048576.0;
+    let y_max = series
+        .iter()
+        .flatten()
+        .map(|x| mib(x.gc_total as f64))
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.1;
+    let fit_text = match (main, per_request) {
+        (Some(m), Some(t)) => t.fit.map(|f| {
+            format!(
+                "fit {} ({})",
+                crate::units::rate(f.slope, "request"),
+                verdict_name(m.verdict)
+            )
+        }),
+        (Some(m), None) => m.gc.fit.map(|f| {
+            format!(
+                "fit {} ({})",
+                crate::units::rate(f.slope, "min"),
+                verdict_name(m.verdict)
+            )
+        }),
+        _ => None,
+    }
+    .unwrap_or_else(|| "no fit".into());
+    let who = if series.len() > 1 {
+        format!("nginx master {master}: each worker, total in black")
+    } else {
+        format!(
+            "pid {}",
+            series.first().and_then(|s| s.first()).map_or(0, |x| x.pid)
+        )
+    };
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
-        let mib = |b: u64| b as f64 / 1048576.0;
-        let t_max = s.last().map(|x| x.t).unwrap_or(1.0).max(1e-3);
-        let y_max = s
-            .iter()
-            .map(|x| mib(x.rss.max(x.gc_total)))
-            .fold(0.0, f64::max)
-            .max(1e-3)
-            * 1.1;
         let mut chart = ChartBuilder::on(&root)
             .caption(
-                format!(
-                    "ljleak watch pid {}: GC total (red), RSS (blue), fit (black)",
-                    s.first().map(|x| x.pid).unwrap_or(0)
-                ),
-                ("sans-serif", 18),
+                format!("ljleak watch, GC total: {who}; dashed: {fit_text}"),
+                ("sans-serif", 16),
             )
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(60)
-            .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
-            .x_desc("seconds")
+            .x_desc(if per_request.is_some() {
+                "requests since the start (server-wide)"
+            } else {
+                "seconds"
+            })
             .y_desc("MiB")
             .draw()
             .map_err(plot_err)?;
-        chart
-            .draw_series(LineSeries::new(
-                s.iter().map(|x| (x.t, mib(x.gc_total))),
-                &RED,
-            ))
-            .map_err(plot_err)?;
-        chart
-            .draw_series(LineSeries::new(s.iter().map(|x| (x.t, mib(x.rss))), &BLUE))
-            .map_err(plot_err)?;
-        if let Some(f) = gc.and_then(|t| t.fit) {
-            // The fit is in minutes.
-            let at = |t: f64| (f.intercept + f.slope * t / 60.0) / 1048576.0;
+        let n = series.len();
+        for (k, (s, x)) in series.iter().zip(&xs).enumerate() {
+            let total = n > 1 && k == n - 1;
+            let color = if total || n == 1 {
+                BLACK
+            } else {
+                PALETTE[k % PALETTE.len()]
+            };
+            let label = if total {
+                "total".to_string()
+            } else {
+                format!("pid {}", s.first().map_or(0, |x| x.pid))
+            };
             chart
                 .draw_series(LineSeries::new(
-                    [(0.0, at(0.0)), (t_max, at(t_max))],
-                    &BLACK,
+                    x.iter().zip(s).map(|(&x, v)| (x, mib(v.gc_total as f64))),
+                    color.stroke_width(if total { 2 } else { 1 }),
                 ))
-                .map_err(plot_err)?;
+                .map_err(plot_err)?
+                .label(label)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
+        let fit = match per_request {
+            Some(t) => t.fit,
+            None => main.and_then(|m| m.gc.fit).map(|mut f| {
+                // The time fit is per minute; the axis is seconds.
+                f.slope /= 60.0;
+                f
+            }),
+        };
+        if let Some(f) = fit {
+            let at = |x: f64| mib(f.intercept + f.slope * x);
+            let steps = 40;
+            let dashes: Vec<(f64, f64)> = (0..=steps)
+                .map(|i| x_max * i as f64 / steps as f64)
+                .map(|x| (x, at(x)))
+                .collect();
+            // Dashed: every other segment.
+            for w in dashes.chunks(2) {
+                if let [a, b] = w {
+                    chart
+                        .draw_series(LineSeries::new([*a, *b], BLACK.stroke_width(2)))
+                        .map_err(plot_err)?;
+                }
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(plot_err)?;
         root.present().map_err(plot_err)?;
     }
     Ok(buf)

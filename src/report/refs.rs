@@ -4,81 +4,68 @@
 
 use std::fmt::Write as _;
 
-use serde::{Deserialize, Serialize};
+pub use crate::model::refs::{HeldObject, PathTotal, RefsReport, RefsTotal};
 
-use super::census::LuajitInfo;
-
-/// One object with its retention facts and its shortest path from a root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeldObject {
-    /// Address (`0x…`).
-    pub addr: String,
-    /// Type name (`table`, `cdata`...).
-    #[serde(rename = "type")]
-    pub ty: String,
-    /// What it is (`table: 0x…`, `function @file.lua:3`, `cdata<char [100]>: 0x…`).
-    pub desc: String,
-    /// Own size in bytes.
-    pub size: u64,
-    /// Retained size: own size plus everything it dominates. 0 when unreachable.
-    pub retained: u64,
-    /// Objects it retains (itself included).
-    pub retained_objects: u64,
-    /// Retained bytes held in small pieces (not passed to one big child).
-    pub accumulated: u64,
-    /// Names of the references on the shortest path from a root, root
-    /// first; empty when the object is unreachable.
-    pub path: Vec<String>,
-    /// False when no strong path from a root leads to it (garbage waiting
-    /// for the sweep, or held only through weak references).
-    pub reachable: bool,
+/// Sum reports of several processes; the `top` biggest paths.
+pub fn total_of(reps: &[&RefsReport], top: usize) -> RefsTotal {
+    let mut by: std::collections::BTreeMap<(Vec<String>, String), PathTotal> = Default::default();
+    for r in reps {
+        for h in r.suspects.iter().filter(|h| h.reachable) {
+            let e = by
+                .entry((h.path.clone(), h.ty.clone()))
+                .or_insert_with(|| PathTotal {
+                    path: h.path.clone(),
+                    ty: h.ty.clone(),
+                    retained: 0,
+                    retained_objects: 0,
+                    processes: 0,
+                });
+            e.retained += h.retained;
+            e.retained_objects += h.retained_objects;
+            e.processes += 1;
+        }
+    }
+    let mut suspects: Vec<PathTotal> = by.into_values().collect();
+    suspects.sort_by(|a, b| b.retained.cmp(&a.retained).then(a.path.cmp(&b.path)));
+    suspects.truncate(top);
+    RefsTotal {
+        pids: reps.iter().map(|r| r.pid).collect(),
+        gc_total: reps.iter().map(|r| r.gc_total).sum(),
+        reachable_bytes: reps.iter().map(|r| r.reachable_bytes).sum(),
+        reachable_objects: reps.iter().map(|r| r.reachable_objects).sum(),
+        suspects,
+    }
 }
 
-/// The `refs` JSON object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RefsReport {
-    /// Always `refs`.
-    pub kind: String,
-    /// Target.
-    pub pid: i32,
-    /// Its executable.
-    pub exe: String,
-    /// LuaJIT build.
-    pub luajit: LuajitInfo,
-    /// `g->gc.total`.
-    pub gc_total: u64,
-    /// Objects in the heap.
-    pub objects: u64,
-    /// Their bytes.
-    pub object_bytes: u64,
-    /// Strong references between objects.
-    pub edges: u64,
-    /// Objects reachable from the roots.
-    pub reachable_objects: u64,
-    /// Their bytes.
-    pub reachable_bytes: u64,
-    /// Bytes of heap mappings copied.
-    pub image_bytes: u64,
-    /// How the heap was captured: `copy` or `fork`.
-    #[serde(default)]
-    pub snapshot: String,
-    /// Bytes the target copied on write while a fork snapshot lived.
-    #[serde(default)]
-    pub cow_bytes: u64,
-    /// How long the target was held, microseconds.
-    pub pause_us: u64,
-    /// `quiescent`, `best-effort` or `nonblocking`.
-    pub consistency: String,
-    /// Time to build the graph and compute dominators, microseconds.
-    pub analysis_us: u64,
-    /// Leak suspects, biggest accumulation first.
-    pub suspects: Vec<HeldObject>,
-    /// Objects asked for with `--size` / `--type` / `--addr`, biggest first.
-    pub matches: Vec<HeldObject>,
-    /// Matches left out by `--limit`.
-    pub matches_omitted: u64,
-    /// Problems met while walking or reading references.
-    pub warnings: Vec<String>,
+/// Text of a [`RefsTotal`].
+pub fn refs_total_text(t: &RefsTotal) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "GC total {} ({} bytes); reachable {} in {} objects",
+        human(t.gc_total),
+        t.gc_total,
+        human(t.reachable_bytes),
+        t.reachable_objects
+    );
+    if !t.suspects.is_empty() {
+        let _ = writeln!(s, "\nLeak suspects by path, summed over the workers:");
+        for (i, p) in t.suspects.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "#{} {} retains {} ({} bytes, {} objects) in {} of {} workers\n    held by: {}",
+                i + 1,
+                p.ty,
+                human(p.retained),
+                p.retained,
+                p.retained_objects,
+                p.processes,
+                t.pids.len(),
+                crate::analysis::retention::join_path(&p.path)
+            );
+        }
+    }
+    s
 }
 
 /// Bytes with a binary unit, for text.
@@ -116,8 +103,12 @@ pub fn refs_text(r: &RefsReport) -> String {
     let _ = writeln!(s, "ljleak refs: pid {} ({})", r.pid, r.exe);
     let _ = writeln!(
         s,
-        "GC total {} bytes; {} objects ({} bytes), {} references",
-        r.gc_total, r.objects, r.object_bytes, r.edges
+        "GC total {} ({} bytes); {} objects ({}), {} references",
+        human(r.gc_total),
+        r.gc_total,
+        r.objects,
+        human(r.object_bytes),
+        r.edges
     );
     let _ = writeln!(
         s,
@@ -129,10 +120,10 @@ pub fn refs_text(r: &RefsReport) -> String {
     );
     let _ = writeln!(
         s,
-        "paused {} us ({}), analysed in {} ms",
-        r.pause_us,
+        "paused {} ({}), analysed in {}",
+        crate::units::micros(r.pause_us),
         r.consistency,
-        r.analysis_us / 1000
+        crate::units::micros(r.analysis_us)
     );
     if !r.suspects.is_empty() {
         let _ = writeln!(s, "\nLeak suspects (objects holding many small objects):");

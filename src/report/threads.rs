@@ -77,6 +77,58 @@ pub struct ThreadsReport {
     pub warnings: Vec<String>,
 }
 
+/// The threads of several processes (the workers of a master), summed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadsTotal {
+    /// The processes.
+    pub pids: Vec<i32>,
+    /// Threads found.
+    pub total: u64,
+    /// Threads by status.
+    pub by_status: BTreeMap<String, u64>,
+    /// Bytes of all thread objects and stacks.
+    pub stack_bytes: u64,
+    /// Bytes all threads alone hold, when computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retained: Option<u64>,
+}
+
+/// Sum reports of several processes.
+pub fn total_of(reps: &[ThreadsReport]) -> ThreadsTotal {
+    let mut by_status = BTreeMap::new();
+    for r in reps {
+        for (k, v) in &r.by_status {
+            *by_status.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    ThreadsTotal {
+        pids: reps.iter().map(|r| r.pid).collect(),
+        total: reps.iter().map(|r| r.total).sum(),
+        by_status,
+        stack_bytes: reps.iter().map(|r| r.stack_bytes).sum(),
+        retained: reps.iter().map(|r| r.retained).sum(),
+    }
+}
+
+/// Text of a [`ThreadsTotal`].
+pub fn total_text(t: &ThreadsTotal) -> String {
+    let st: Vec<String> = t
+        .by_status
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    format!(
+        "{} Lua threads in {} processes: {}; {} of thread stacks{}\n",
+        t.total,
+        t.pids.len(),
+        st.join(", "),
+        human(t.stack_bytes),
+        t.retained
+            .map(|b| format!(", retaining {} in all", human(b)))
+            .unwrap_or_default()
+    )
+}
+
 /// Most addresses listed per group.
 const MAX_ADDRS: usize = 16;
 
@@ -198,14 +250,19 @@ pub fn text(r: &ThreadsReport) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         s,
-        "{} Lua threads in process {} ({}): {}; {} bytes of thread stacks{retained}",
+        "{} Lua threads in process {} ({}): {}; {} of thread stacks{retained}",
         r.total,
         r.pid,
         r.exe,
         st.join(", "),
-        r.stack_bytes
+        human(r.stack_bytes)
     );
-    let _ = writeln!(s, "paused {} us ({})", r.pause_us, r.consistency);
+    let _ = writeln!(
+        s,
+        "paused {} ({})",
+        crate::units::micros(r.pause_us),
+        r.consistency
+    );
     let w = r
         .groups
         .first()
@@ -219,12 +276,12 @@ pub fn text(r: &ThreadsReport) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "\n{:>w$} @ {}{retained}\n{:>w$}   [{}{main}, {} bytes of stacks]",
+            "\n{:>w$} @ {}{retained}\n{:>w$}   [{}{main}, {} of stacks]",
             g.count,
             g.label(),
             "",
             g.status.name(),
-            g.stack_bytes
+            human(g.stack_bytes)
         );
     }
     for warn in &r.warnings {
@@ -368,7 +425,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "1 @ (no Lua frames) (retained 500 B)\n    [idle, main thread, 100 bytes of stacks]"
+                "1 @ (no Lua frames) (retained 500 B)\n    [idle, main thread, 100 B of stacks]"
             ),
             "{text}"
         );

@@ -184,8 +184,8 @@ pub const STALE_MARK: char = '~';
 /// `savePC`), but not when it calls a C function directly (`BC_FUNCC`:
 /// `lj_cf_*` library functions, the FFI, nginx's `ngx.*` functions), so
 /// the line is then that of the last instruction that left the VM. A
-/// callee with no symbol (stripped build) cannot be told apart and counts
-/// as a direct call. Trace frames are exact (snapshot of the call).
+/// callee without a symbol inside a stripped LuaJIT cannot be told apart
+/// and is not marked. Trace frames are exact (snapshot of the call).
 pub fn saved_pc_may_be_stale(entry: u64, callee: Option<&str>) -> bool {
     if super::jit::decode(entry).is_some() {
         return false;
@@ -195,6 +195,13 @@ pub fn saved_pc_may_be_stale(entry: u64, callee: Option<&str>) -> bool {
     // `vmeta_call`/`vmeta_tgets`, which save the PC first.
     if c.starts_with("lj_cf_ffi_meta___") {
         return false;
+    }
+    // No symbol (`object+0xOFF`): inside LuaJIT (a stripped build) it
+    // could be either kind, and the common cases (FFI calls through a
+    // cdata's `__call`, helpers) save the PC, so it is not marked; outside
+    // LuaJIT it is a C function the interpreter called directly.
+    if let Some((object, _)) = c.split_once("+0x") {
+        return !object.contains("luajit");
     }
     let helper = c.starts_with("lj_")
         && ![
@@ -207,7 +214,7 @@ pub fn saved_pc_may_be_stale(entry: u64, callee: Option<&str>) -> bool {
         ]
         .iter()
         .any(|p| c.starts_with(p));
-    !helper || c.contains("+0x")
+    !helper
 }
 
 /// Whether a frame entry is a tagged Lua PC.
@@ -228,7 +235,8 @@ mod tests {
             ("lj_cf_ffi_meta___call", false),
             ("lj_cf_ffi_new", true),
             ("ngx_http_lua_ngx_say", true),
-            ("libluajit-5.1.so.2.1.0+0x4036d", true),
+            ("libluajit-5.1.so.2.1.0+0x4036d", false),
+            ("nginx+0x70d7e", true),
         ] {
             assert_eq!(
                 saved_pc_may_be_stale(interp, Some(callee)),

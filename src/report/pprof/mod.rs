@@ -177,7 +177,7 @@ pub fn from_census(r: &crate::report::census::CensusReport) -> Profile {
 pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bool) -> Profile {
     let mut b = Builder::new(&[("inuse_objects", "count"), ("inuse_space", "bytes")]);
     for r in rs {
-        for (mut stack, count, bytes) in crate::compare::folded::census_stacks(r) {
+        for (mut stack, count, bytes) in crate::report::census::census_stacks(r) {
             if per_process {
                 stack.insert(0, format!("pid {}", r.pid));
             }
