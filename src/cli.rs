@@ -344,6 +344,9 @@ pub struct MemArgs {
     /// Skip the file descriptor and socket tables.
     #[arg(long)]
     pub no_fds: bool,
+    /// Pausing.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

@@ -12,6 +12,8 @@ pub fn run(a: MemArgs) -> Result<()> {
     let opts = MemOpts {
         locate: super::locate_opts(&a.target),
         no_fds: a.no_fds,
+        nonblocking: a.capture.nonblocking,
+        attempts: a.capture.attempts,
     };
     let svg = a
         .output
