@@ -269,21 +269,30 @@ fn walk<M: Memory + ?Sized>(
             if budget == 0 || !in_segs(t) {
                 return Err(format!("tree bin: node {t:#x} outside the segments"));
             }
-            let mut x = t;
-            loop {
-                budget = budget.checked_sub(1).ok_or("too many free chunks")?;
-                free_tree += rd(x + 8)? & !7;
-                chunks += 1;
-                x = rd(x + o.t_fd)?;
-                if x == t || !in_segs(x) {
-                    break;
-                }
-            }
+            // One read per node: head, fd, bk and both children (a tree
+            // chunk's fields from +8 up to child[1], malloc_tree_chunk).
+            let le = |b: &[u8], at: u64| {
+                let at = (at - 8) as usize;
+                u64::from_le_bytes(b[at..at + 8].try_into().expect("8"))
+            };
+            let node = m.bytes::<40>(t + 8).map_err(|e| e.to_string())?;
+            budget = budget.checked_sub(1).ok_or("too many free chunks")?;
+            free_tree += le(&node, 8) & !7;
+            chunks += 1;
             for c in 0..2 {
-                let ch = rd(t + o.t_child + 8 * c)?;
+                let ch = le(&node, o.t_child + 8 * c);
                 if ch != 0 {
                     stack.push(ch);
                 }
+            }
+            // Chunks of the same size hang off the node in a ring by fd.
+            let mut x = le(&node, o.t_fd);
+            while x != t && in_segs(x) {
+                budget = budget.checked_sub(1).ok_or("too many free chunks")?;
+                let hf = m.bytes::<16>(x + 8).map_err(|e| e.to_string())?;
+                free_tree += u64::from_le_bytes(hf[..8].try_into().expect("8")) & !7;
+                chunks += 1;
+                x = u64::from_le_bytes(hf[8..].try_into().expect("8"));
             }
         }
         Ok((free_small, free_tree, chunks))
