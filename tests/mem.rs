@@ -425,3 +425,29 @@ fn demo_worker_idle_and_under_load_is_attributed() {
     let _ = load.wait();
     assert_eq!(proc_state(w).map(|c| c == 't' || c == 'T'), Some(false));
 }
+
+/// `--count`: the component that grows is named in the verdict.
+#[test]
+fn series_names_the_growing_component() {
+    let Some(mut p) = luajit_script("mem_grow.lua", &[]) else {
+        return;
+    };
+    p.ready();
+    let out = run(&[
+        "mem",
+        "-p",
+        &p.pid.to_string(),
+        "--count",
+        "6",
+        "--interval",
+        "0.5",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let verdict = v["verdict"].as_str().expect("verdict");
+    assert!(verdict.starts_with("growing: GC heap +"), "{verdict}");
+    assert!(!verdict.contains("glibc"), "{verdict}");
+    assert_eq!(v["samples"].as_array().map(|s| s.len()), Some(6));
+}
