@@ -495,6 +495,15 @@ pub struct MemArgs {
     /// Skip the file descriptor and socket tables.
     #[arg(long)]
     pub no_fds: bool,
+    /// Pausing.
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    /// Take this many samples and say which component grows (1: one breakdown).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub count: u32,
+    /// Seconds between samples with --count.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub interval: f64,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

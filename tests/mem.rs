@@ -373,3 +373,81 @@ fn nginx_zones_sockets_timers_and_gates() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     drop(kept);
 }
+
+/// The demo app idle and under load (wrk): the rows add up to the Rss and
+/// what no owner claims stays under 5% of it; the SVG is drawn.
+#[test]
+fn demo_worker_idle_and_under_load_is_attributed() {
+    let Some(ng) = Nginx::start("app.conf", 1) else {
+        return;
+    };
+    if !require("wrk", Command::new("wrk").arg("--version").output().is_ok()) {
+        return;
+    }
+    let w = ng.worker();
+    let check = |v: &serde_json::Value, what: &str| {
+        check_reconciles(v);
+        let (u, rss) = (n(v, "unattributed"), n(v, "rss"));
+        assert!(
+            u * 20 <= rss,
+            "{what}: unattributed {u} of rss {rss}: {:#}",
+            v["rows"]
+        );
+        assert_eq!(v["luajit"]["found"], true);
+        assert_eq!(v["glibc"]["found"], true);
+        assert!(n(v, "rows.luajit_arena") > 0 && n(v, "rows.glibc_arenas") > 0);
+    };
+    check(&mem_json(w), "idle");
+    let url = format!("http://127.0.0.1:{}/leak?n=20", ng.port);
+    let mut load = Command::new("wrk")
+        .args(["-t1", "-c8", "-d4s", &url])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("wrk");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let v = mem_json(w);
+    check(&v, "under load");
+    let svg = tmp("mem.svg");
+    let out = run(&[
+        "mem",
+        "-p",
+        &w.to_string(),
+        "-o",
+        svg.to_str().expect("utf-8"),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&svg).expect("svg");
+    assert!(
+        text.starts_with("<svg") && text.contains("LuaJIT arena free"),
+        "{text:.200}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Rss "));
+    let _ = load.wait();
+    assert_eq!(proc_state(w).map(|c| c == 't' || c == 'T'), Some(false));
+}
+
+/// `--count`: the component that grows is named in the verdict.
+#[test]
+fn series_names_the_growing_component() {
+    let Some(mut p) = luajit_script("mem_grow.lua", &[]) else {
+        return;
+    };
+    p.ready();
+    let out = run(&[
+        "mem",
+        "-p",
+        &p.pid.to_string(),
+        "--count",
+        "6",
+        "--interval",
+        "0.5",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let verdict = v["verdict"].as_str().expect("verdict");
+    assert!(verdict.starts_with("growing: GC heap +"), "{verdict}");
+    assert!(!verdict.contains("glibc"), "{verdict}");
+    assert_eq!(v["samples"].as_array().map(|s| s.len()), Some(6));
+}

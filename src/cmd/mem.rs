@@ -12,6 +12,8 @@ pub fn run(a: MemArgs) -> Result<()> {
     let opts = MemOpts {
         locate: super::locate_opts(&a.target),
         no_fds: a.no_fds,
+        nonblocking: a.capture.nonblocking,
+        attempts: a.capture.attempts,
     };
     let svg = a
         .output
@@ -25,6 +27,9 @@ pub fn run(a: MemArgs) -> Result<()> {
     let pid = a.target.pid;
     crate::target::check_process(pid)?;
     let one = |p: i32| -> Result<MemReport> { Ok(mem::breakdown(p, &opts)?) };
+    if a.count > 1 {
+        return series(&a, format, &one);
+    }
     let doc = match super::workers::workers_of(pid) {
         Some(w) => {
             let master = one(pid)?;
@@ -131,4 +136,63 @@ pub(crate) fn diff(a: &crate::cli::DiffArgs, gates: &[crate::compare::gate::Gate
         .into());
     }
     Ok(true)
+}
+
+/// `--count N`: sample the process (a master's total) N times and name the
+/// component that grows.
+fn series(a: &MemArgs, format: TextOrJson, one: &dyn Fn(i32) -> Result<MemReport>) -> Result<()> {
+    use crate::compare::mem_trend;
+    if !(a.interval.is_finite() && a.interval > 0.0) {
+        anyhow::bail!("--interval must be a positive number of seconds");
+    }
+    let pid = a.target.pid;
+    let start = std::time::Instant::now();
+    let mut reps: Vec<(f64, MemReport)> = Vec::new();
+    for i in 0..a.count {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_secs_f64(a.interval));
+        }
+        let t = start.elapsed().as_secs_f64() / 60.0;
+        let r = match super::workers::workers_of(pid) {
+            Some(w) => {
+                let master = one(pid)?;
+                let workers = w.into_iter().filter_map(|p| one(p).ok()).collect();
+                render::master_doc(master, workers).total
+            }
+            None => one(pid)?,
+        };
+        if format == TextOrJson::Text {
+            eprintln!("{:>8.1}s {}", t * 60.0, render::headline(&r));
+        }
+        reps.push((t, r));
+    }
+    let s: Vec<(f64, &MemReport)> = reps.iter().map(|(t, r)| (*t, r)).collect();
+    let comps = mem_trend::components(&s);
+    let verdict = mem_trend::verdict(&comps);
+    let text = match format {
+        TextOrJson::Json => {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "kind": "mem-series",
+                "pid": pid,
+                "verdict": verdict,
+                "components": comps,
+                "samples": reps.iter().map(|(t, r)| serde_json::json!({"minutes": t, "report": r})).collect::<Vec<_>>(),
+            }))? + "\n"
+        }
+        TextOrJson::Text => {
+            let mut s = String::new();
+            for c in &comps {
+                let slope = c.trend.fit.map(|f| f.slope).unwrap_or(0.0);
+                let sign = if slope < 0.0 { "-" } else { "+" };
+                s.push_str(&format!(
+                    "{:<20} {sign}{:>12}/min  {}\n",
+                    c.name,
+                    render::human(slope.abs() as u64),
+                    c.trend.evidence
+                ));
+            }
+            s + &format!("verdict: {verdict}\n")
+        }
+    };
+    super::write_output(a.output.as_deref(), &text)
 }

@@ -7,5 +7,6 @@ pub mod folded;
 pub mod gate;
 pub mod leak_diff;
 pub mod mem_diff;
+pub mod mem_trend;
 pub mod snapshot;
 pub mod trend;

@@ -160,13 +160,18 @@ pub fn libc_path(maps: &Maps) -> Option<String> {
 }
 
 /// Read glibc's malloc state of `pid`.
-pub fn read<M: Memory + ?Sized>(m: &M, pid: i32, maps: &Maps, warnings: &mut Vec<String>) -> Glibc {
+pub fn read<M: Memory + ?Sized>(
+    m: &M,
+    maps: &Maps,
+    syms: &Symbols,
+    warnings: &mut Vec<String>,
+) -> Glibc {
     let o = off();
-    let Some(libc) = libc_path(maps) else {
+    let Some(libc) = syms.libc.clone() else {
         warnings.push("glibc: no libc mapped (static binary or another C library)".into());
         return Glibc::default();
     };
-    let (sym_arena, sym_mp) = debug_symbols(pid, &libc, maps);
+    let (sym_arena, sym_mp) = (syms.main_arena, syms.mp);
     let data = libc_data(maps, &libc);
     // The invariant search always runs: it is the method on a box without
     // debug files, and where symbols exist they check it.
@@ -235,6 +240,31 @@ pub fn read<M: Memory + ?Sized>(m: &M, pid: i32, maps: &Maps, warnings: &mut Vec
         g.fastbins += ar.fastbin_free;
     }
     g
+}
+
+/// What the ELF files say, looked up before any pause (opening libc's
+/// debug file takes tens of milliseconds).
+#[derive(Debug, Clone, Default)]
+pub struct Symbols {
+    /// libc's path in the target.
+    pub libc: Option<String>,
+    /// `main_arena` from the debug file.
+    pub main_arena: Option<u64>,
+    /// `mp_` from the debug file.
+    pub mp: Option<u64>,
+}
+
+/// Look up libc and its debug symbols.
+pub fn symbols(pid: i32, maps: &Maps) -> Symbols {
+    let Some(libc) = libc_path(maps) else {
+        return Symbols::default();
+    };
+    let (main_arena, mp) = debug_symbols(pid, &libc, maps);
+    Symbols {
+        libc: Some(libc),
+        main_arena,
+        mp,
+    }
 }
 
 fn debug_symbols(pid: i32, libc: &str, maps: &Maps) -> (Option<u64>, Option<u64>) {
@@ -479,7 +509,9 @@ fn walk_arena<M: Memory + ?Sized>(
     // first thread that used it is allocated there, tcache_init).
     let first_chunk;
     if main {
-        if let Some(h) = maps.list.iter().find(|x| x.path == "[heap]") {
+        // The brk heap; the kernel may show it as several VMAs (an
+        // mprotect or madvise in the middle splits it).
+        for h in maps.list.iter().filter(|x| x.path == "[heap]") {
             ar.ranges.push((h.start, h.end));
         }
         first_chunk = if sbrk_base != 0 {

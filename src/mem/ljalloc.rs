@@ -56,6 +56,9 @@ pub struct LuajitMem {
     pub treebins_free: u64,
     /// Free chunks counted.
     pub free_chunks: u64,
+    /// The bins did not walk (the heap changed under us): free counts only
+    /// top and dv.
+    pub bins_incomplete: bool,
     /// JIT machine code areas (`J->szallmcarea`).
     pub mcode: u64,
     /// Number of machine code areas.
@@ -217,65 +220,91 @@ fn walk<M: Memory + ?Sized>(
     }
     r.top = rd(ms + o.topsize)?;
     r.dv = rd(ms + o.dvsize)?;
-    let in_segs = |p: u64| r.segment_ranges.iter().any(|&(b, e)| p >= b && p < e);
-    let mut budget = MAX_CHUNKS;
-    let mut free_small = 0;
-    let mut chunks = 0;
-    // Only bins whose map bit is set hold chunks: emptying a small bin
-    // clears its bit and leaves its links stale (unlink_first_small_chunk).
-    let maps_word = rd(ms)?;
-    let (smallmap, treemap) = (maps_word & 0xffff_ffff, maps_word >> 32);
-    // Small bins: circular lists headed at smallbin_at(i) (bins overlap: a
-    // bin's fd/bk sit at +16/+24 from its pseudo-chunk).
-    for i in 0..32u64 {
-        if smallmap & (1 << i) == 0 {
-            continue;
-        }
-        let b = ms + o.smallbins + 16 * i;
-        let mut p = rd(b + 16)?;
-        while p != b {
-            if budget == 0 || !in_segs(p) {
-                return Err(format!("small bin {i}: link {p:#x} outside the segments"));
+    // The state is lj_alloc's from here on: a bin that does not walk is a
+    // heap changing under us, a warning with partial figures, not a reason
+    // to call the allocator something else.
+    let segs = r.segment_ranges.clone();
+    let in_segs = |p: u64| segs.iter().any(|&(b, e)| p >= b && p < e);
+    let bins = || -> Result<(u64, u64, u64), String> {
+        let mut budget = MAX_CHUNKS;
+        let mut free_small = 0;
+        let mut chunks = 0;
+        // Only bins whose map bit is set hold chunks: emptying a small bin
+        // clears its bit and leaves its links stale (unlink_first_small_chunk).
+        let maps_word = rd(ms)?;
+        let (smallmap, treemap) = (maps_word & 0xffff_ffff, maps_word >> 32);
+        // Small bins: circular lists headed at smallbin_at(i) (bins overlap: a
+        // bin's fd/bk sit at +16/+24 from its pseudo-chunk).
+        for i in 0..32u64 {
+            if smallmap & (1 << i) == 0 {
+                continue;
             }
-            budget -= 1;
-            free_small += rd(p + 8)? & !7;
-            chunks += 1;
-            p = rd(p + 16)?;
+            let b = ms + o.smallbins + 16 * i;
+            let mut p = rd(b + 16)?;
+            while p != b {
+                if budget == 0 || !in_segs(p) {
+                    return Err(format!("small bin {i}: link {p:#x} outside the segments"));
+                }
+                budget -= 1;
+                // head and fd in one read (a syscall per chunk, not two).
+                let hf = m.bytes::<16>(p + 8).map_err(|e| e.to_string())?;
+                free_small += u64::from_le_bytes(hf[..8].try_into().expect("8")) & !7;
+                chunks += 1;
+                p = u64::from_le_bytes(hf[8..].try_into().expect("8"));
+            }
         }
-    }
-    // Tree bins: binary tries; chunks of one size hang in a ring by fd.
-    let mut free_tree = 0;
-    let mut stack: Vec<u64> = Vec::new();
-    for i in 0..32u64 {
-        if treemap & (1 << i) == 0 {
-            continue;
+        // Tree bins: binary tries; chunks of one size hang in a ring by fd.
+        let mut free_tree = 0;
+        let mut stack: Vec<u64> = Vec::new();
+        for i in 0..32u64 {
+            if treemap & (1 << i) == 0 {
+                continue;
+            }
+            let t = rd(ms + o.treebins + 8 * i)?;
+            if t != 0 {
+                stack.push(t);
+            }
         }
-        let t = rd(ms + o.treebins + 8 * i)?;
-        if t != 0 {
-            stack.push(t);
-        }
-    }
-    while let Some(t) = stack.pop() {
-        if budget == 0 || !in_segs(t) {
-            return Err(format!("tree bin: node {t:#x} outside the segments"));
-        }
-        let mut x = t;
-        loop {
+        while let Some(t) = stack.pop() {
+            if budget == 0 || !in_segs(t) {
+                return Err(format!("tree bin: node {t:#x} outside the segments"));
+            }
+            // One read per node: head, fd, bk and both children (a tree
+            // chunk's fields from +8 up to child[1], malloc_tree_chunk).
+            let le = |b: &[u8], at: u64| {
+                let at = (at - 8) as usize;
+                u64::from_le_bytes(b[at..at + 8].try_into().expect("8"))
+            };
+            let node = m.bytes::<40>(t + 8).map_err(|e| e.to_string())?;
             budget = budget.checked_sub(1).ok_or("too many free chunks")?;
-            free_tree += rd(x + 8)? & !7;
+            free_tree += le(&node, 8) & !7;
             chunks += 1;
-            x = rd(x + o.t_fd)?;
-            if x == t || !in_segs(x) {
-                break;
+            for c in 0..2 {
+                let ch = le(&node, o.t_child + 8 * c);
+                if ch != 0 {
+                    stack.push(ch);
+                }
+            }
+            // Chunks of the same size hang off the node in a ring by fd.
+            let mut x = le(&node, o.t_fd);
+            while x != t && in_segs(x) {
+                budget = budget.checked_sub(1).ok_or("too many free chunks")?;
+                let hf = m.bytes::<16>(x + 8).map_err(|e| e.to_string())?;
+                free_tree += u64::from_le_bytes(hf[..8].try_into().expect("8")) & !7;
+                chunks += 1;
+                x = u64::from_le_bytes(hf[8..].try_into().expect("8"));
             }
         }
-        for c in 0..2 {
-            let ch = rd(t + o.t_child + 8 * c)?;
-            if ch != 0 {
-                stack.push(ch);
-            }
+        Ok((free_small, free_tree, chunks))
+    };
+    let (free_small, free_tree, chunks) = match bins() {
+        Ok(x) => x,
+        Err(why) => {
+            r.bins_incomplete = true;
+            log::warn!("LuaJIT allocator bins: {why}");
+            (0, 0, 0)
         }
-    }
+    };
     r.smallbins_free = free_small;
     r.treebins_free = free_tree;
     r.free_chunks = chunks;

@@ -4,9 +4,12 @@
 //! nginx shared memory zones, thread stacks, file-backed mappings — plus
 //! what the process holds open (fds, TCP sockets) and nginx's timers.
 //!
-//! Reading needs no pause: every pointer is validated and every loop is
-//! bounded, so a heap changing under us costs accuracy (with a warning),
-//! never a hang. `breakdown` is the library entry point (`ljleak mem`, and
+//! The allocators' state is read during one brief pause (PTRACE_SEIZE +
+//! INTERRUPT, taken while the main thread sits in a syscall that is not
+//! memory management); `nonblocking` skips it. Either way every pointer is
+//! validated and every loop is bounded, so a heap changing under us costs
+//! accuracy (with a warning), never a hang. /proc files and page residency
+//! are read outside the pause. `breakdown` is the library entry point (`ljleak mem`, and
 //! exporters, call it).
 
 pub mod fds;
@@ -36,6 +39,11 @@ pub struct MemOpts {
     pub locate: crate::luajit::LocateOpts,
     /// Skip the fd and socket tables.
     pub no_fds: bool,
+    /// Read the allocators without pausing the target (tolerating a heap
+    /// that changes under us).
+    pub nonblocking: bool,
+    /// Pause attempts to find the main thread blocked in a syscall.
+    pub attempts: u32,
 }
 
 /// Resident bytes of one file's mappings.
@@ -144,7 +152,7 @@ pub struct MemReport {
     pub threads: u64,
     /// Microseconds each part took.
     pub timings_us: BTreeMap<String, u64>,
-    /// The target was never paused.
+    /// How long the target was paused (0: never).
     pub pause_us: u64,
     /// What could not be read or did not validate.
     pub warnings: Vec<String>,
@@ -163,7 +171,9 @@ enum Owner {
 /// Take the breakdown of process `pid`.
 pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
     crate::target::check_process(pid)?;
-    let mut t = Timer::default();
+    let mut t = Timer {
+        at: Some(Instant::now()),
+    };
     let exe = crate::target::exe_path(pid)?;
     let mut r = MemReport {
         schema: SCHEMA_VERSION,
@@ -172,54 +182,80 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
         exe: exe.clone(),
         ..Default::default()
     };
-    let rollup = smaps::read_rollup(pid)?;
-    let entries = smaps::read_smaps(pid)?;
-    t.lap(&mut r, "smaps");
-    let maps = Maps {
-        list: entries.iter().map(|e| e.map.clone()).collect(),
-    };
+    let maps = Maps::read(pid)?;
     let mem = ProcessMemory::new(pid);
     let mut warnings = Vec::new();
 
-    // LuaJIT (any process: absent VM is normal here).
-    let mut claims: Vec<(u64, u64, Owner)> = Vec::new();
+    // Everything that reads ELF files first (symbols, DWARF layouts), so
+    // that the pause below only copies allocator state.
     let found = crate::luajit::find_vm(pid, &maps, &opts.locate);
-    match &found {
-        Ok(vm) => {
-            let lj = ljalloc::read(
-                &mem,
-                &vm.layout,
-                vm.roots.g,
-                vm.roots.main + vm.layout.f.gg_j.off,
-                &maps,
-                &mut warnings,
-            );
-            claims.extend(
-                lj.segment_ranges
-                    .iter()
-                    .map(|&(s, e)| (s, e, Owner::LjArena)),
-            );
-            claims.extend(lj.mcode_ranges.iter().map(|&(s, e)| (s, e, Owner::LjMcode)));
-            r.luajit = lj;
-        }
-        Err(e) => log::info!("no LuaJIT VM: {e}"),
+    if let Err(e) = &found {
+        log::info!("no LuaJIT VM: {e}");
+    }
+    let gsyms = glibc::symbols(pid, &maps);
+    let nsyms = nginx::symbols(pid, &maps);
+    let stacks = thread_stacks(pid, &maps);
+    t.lap(&mut r, "symbols");
+
+    // The allocators' state is read in one brief pause, taken while the
+    // main thread is blocked in a syscall that is not memory management
+    // (so no allocator call is half done), as `objs` does.
+    let pause = if opts.nonblocking {
+        None
+    } else {
+        Some(quiescent_pause(pid, opts.attempts.max(1), &mut warnings)?)
+    };
+    t.lap(&mut r, "pause_wait");
+    // The mappings as they are now: a busy worker maps a new segment every
+    // few milliseconds, and pointers are validated against these.
+    let maps = if pause.is_some() {
+        Maps::read(pid)?
+    } else {
+        maps
+    };
+    let mut claims: Vec<(u64, u64, Owner)> = Vec::new();
+    if let Ok(vm) = &found {
+        let lj = ljalloc::read(
+            &mem,
+            &vm.layout,
+            vm.roots.g,
+            vm.roots.main + vm.layout.f.gg_j.off,
+            &maps,
+            &mut warnings,
+        );
+        claims.extend(
+            lj.segment_ranges
+                .iter()
+                .map(|&(s, e)| (s, e, Owner::LjArena)),
+        );
+        claims.extend(lj.mcode_ranges.iter().map(|&(s, e)| (s, e, Owner::LjMcode)));
+        r.luajit = lj;
     }
     t.lap(&mut r, "luajit");
-    r.glibc = glibc::read(&mem, pid, &maps, &mut warnings);
+    r.glibc = glibc::read(&mem, &maps, &gsyms, &mut warnings);
     for a in &r.glibc.arenas {
         claims.extend(a.ranges.iter().map(|&(s, e)| (s, e, Owner::GlibcArena)));
     }
     t.lap(&mut r, "glibc");
-    claims.extend(
-        thread_stacks(pid, &maps)
-            .into_iter()
-            .map(|(s, e)| (s, e, Owner::Stack)),
-    );
-    claims.sort_by_key(|c| c.0);
-
-    // nginx zones name the shared mappings.
-    let ngx = nginx::read(&mem, pid, &maps, found.as_ref().ok(), &mut warnings);
+    // nginx zones name the shared mappings; timers come from its rbtree.
+    let ngx = match &nsyms {
+        Some(ns) => nginx::read(&mem, &maps, ns, found.as_ref().ok(), &mut warnings),
+        None => nginx::Nginx::default(),
+    };
     t.lap(&mut r, "nginx");
+    if let Some(p) = pause {
+        r.pause_us = p.resume().as_micros() as u64;
+    }
+    claims.extend(stacks.into_iter().map(|(s, e)| (s, e, Owner::Stack)));
+    claims.sort_by_key(|c| c.0);
+    // The kernel's count, after the pause (smaps walks page tables: on a
+    // large heap it takes longer than the allocator reads). A segment
+    // mapped meanwhile is counted by the kernel but claimed by nobody, so
+    // it shows as unattributed: the race is visible, never hidden.
+    t.lap(&mut r, "resume");
+    let rollup = smaps::read_rollup(pid)?;
+    let entries = smaps::read_smaps(pid)?;
+    t.lap(&mut r, "smaps");
 
     // Walk every mapping once.
     let mut pm = smaps::Pagemap::open(pid);
@@ -230,6 +266,8 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
     let mut files: BTreeMap<String, FileRss> = BTreeMap::new();
     let mut shm_maps: Vec<&smaps::SmapsEntry> = Vec::new();
     let mut prev_file_end = None;
+    // Header probes of unclaimed pages (one small read each).
+    let mut scan_budget: u64 = 1 << 17;
     for e in &entries {
         let m = &e.map;
         r.rss += e.rss;
@@ -255,7 +293,16 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
             f.pss += e.pss;
             f.size += m.len();
         } else {
-            anon_vma(&mem, &mut pm, page, e, &claims, after_file, &mut r);
+            anon_vma(
+                &mem,
+                &mut pm,
+                page,
+                e,
+                &claims,
+                after_file,
+                &mut scan_budget,
+                &mut r,
+            );
         }
     }
     t.lap(&mut r, "attribution");
@@ -290,7 +337,7 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
     Ok(r)
 }
 
-#[derive(Default)]
+/// Wall time of each part, into `timings_us`.
 struct Timer {
     at: Option<Instant>,
 }
@@ -315,6 +362,7 @@ impl Timer {
 /// `unattributed`. Rows never exceed the mapping's Rss; pages the pagemap
 /// shows but smaps does not count (the shared zero page) come off
 /// unattributed first.
+#[allow(clippy::too_many_arguments)]
 fn anon_vma(
     mem: &ProcessMemory,
     pm: &mut smaps::Pagemap,
@@ -322,6 +370,7 @@ fn anon_vma(
     e: &smaps::SmapsEntry,
     claims: &[(u64, u64, Owner)],
     after_file: bool,
+    scan_budget: &mut u64,
     r: &mut MemReport,
 ) {
     let m = &e.map;
@@ -359,8 +408,15 @@ fn anon_vma(
             i += 1;
             continue;
         }
-        // An unclaimed resident page: a chunk mapped on its own?
-        if let Ok(h) = mem.bytes::<16>(a) {
+        // An unclaimed resident page: a chunk mapped on its own? (Bounded:
+        // a huge unattributed region is not probed page by page forever.)
+        let probe = if *scan_budget > 0 {
+            *scan_budget -= 1;
+            mem.bytes::<16>(a).ok()
+        } else {
+            None
+        };
+        if let Some(h) = probe {
             let prev = u64::from_le_bytes(h[..8].try_into().expect("8"));
             let size = u64::from_le_bytes(h[8..].try_into().expect("8"));
             let len = glibc::mmapped_chunk_at(prev, size, page)
@@ -420,6 +476,33 @@ fn add(r: &mut MemReport, o: Option<Owner>, bytes: u64, after_file: bool) {
         None if after_file => row.other_anon += bytes,
         None => row.unattributed += bytes,
     }
+}
+
+/// Pause every thread of `pid` at a moment when the main thread is blocked
+/// in a syscall that is not memory management; after `attempts` tries, hold
+/// the last pause anyway and say so.
+fn quiescent_pause(
+    pid: i32,
+    attempts: u32,
+    warnings: &mut Vec<String>,
+) -> Result<crate::target::Pause, TargetError> {
+    let timeout = std::time::Duration::from_secs(2);
+    for i in 0..attempts {
+        let p = crate::target::Pause::new(pid, timeout)?;
+        let q = p.quiescence(pid)?;
+        if q.is_quiescent() || i + 1 == attempts {
+            if !q.is_quiescent() {
+                warnings.push(format!(
+                    "the main thread was {} at each of {attempts} pauses: allocator figures are best-effort",
+                    q.describe()
+                ));
+            }
+            return Ok(p);
+        }
+        drop(p);
+        std::thread::sleep(std::time::Duration::from_micros(500 + 200 * i as u64));
+    }
+    unreachable!("the loop returns on its last attempt")
 }
 
 /// Stacks of the threads other than the main one: the mapping that holds

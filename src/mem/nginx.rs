@@ -136,28 +136,57 @@ pub fn dynsym(pid: i32, maps: &Maps, files: &[&str], name: &str) -> Option<u64> 
     None
 }
 
-/// Read the zones and timers of an nginx process (nothing for other
-/// processes). `vm` (the lua module's VM) validates timer coroutines.
+/// The nginx symbols `mem` reads through, looked up before any pause.
+#[derive(Debug, Clone, Default)]
+pub struct Symbols {
+    /// The executable (target path).
+    pub exe: String,
+    /// `&ngx_cycle`.
+    pub cycle: u64,
+    /// `&ngx_http_module`.
+    pub http_module: Option<u64>,
+    /// `&ngx_http_lua_module`.
+    pub lua_module: Option<u64>,
+    /// `&ngx_event_timer_rbtree`.
+    pub timer_rbtree: Option<u64>,
+}
+
+/// Look the symbols up; None when the process is not nginx.
+pub fn symbols(pid: i32, maps: &Maps) -> Option<Symbols> {
+    let exe = crate::target::exe_path(pid).ok()?;
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
+    let cycle = dynsym(pid, maps, &[&exe], "ngx_cycle")?;
+    // The lua module is a dynamic module (Debian) or built in.
+    let mut files: Vec<&str> = maps
+        .files()
+        .into_iter()
+        .filter(|p| p.contains("lua"))
+        .collect();
+    files.insert(0, &exe);
+    Some(Symbols {
+        http_module: dynsym(pid, maps, &[&exe], "ngx_http_module"),
+        lua_module: dynsym(pid, maps, &files, "ngx_http_lua_module")
+            .or_else(|| dynsym(pid, maps, &maps.files(), "ngx_http_lua_module")),
+        timer_rbtree: dynsym(pid, maps, &[&exe], "ngx_event_timer_rbtree"),
+        cycle,
+        exe,
+    })
+}
+
+/// Read the zones and timers of an nginx process. `vm` (the lua module's
+/// VM) validates timer coroutines.
 pub fn read<M: Memory + ?Sized>(
     m: &M,
-    pid: i32,
     maps: &Maps,
+    syms: &Symbols,
     vm: Option<&crate::luajit::FoundVm>,
     warnings: &mut Vec<String>,
 ) -> Nginx {
     let mut out = Nginx::default();
-    let Ok(exe) = crate::target::exe_path(pid) else {
+    let Ok(cycle) = m.u64(syms.cycle) else {
         return out;
     };
-    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
-    let Some(cycle_sym) = dynsym(pid, maps, &[&exe], "ngx_cycle") else {
-        return out;
-    };
-    let Ok(cycle) = m.u64(cycle_sym) else {
-        return out;
-    };
-    let files = maps.files();
-    let lua_mod = dynsym(pid, maps, &files, "ngx_http_lua_module");
+    let lua_mod = syms.lua_module;
     let o = off();
     let mut at = Some(cycle + o.cycle_shm);
     if !list_ok(m, &o, cycle + o.cycle_shm, maps) {
@@ -174,7 +203,7 @@ pub fn read<M: Memory + ?Sized>(
         }
     }
     if let (Some(lm), Some(vm)) = (lua_mod, vm) {
-        out.timers = super::timers::read(m, pid, maps, &exe, cycle, lm, vm, warnings);
+        out.timers = super::timers::read(m, maps, syms, cycle, lm, vm, warnings);
     }
     let Some(list) = at else {
         warnings.push(

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use super::nginx::{dynsym, Site, Timers};
+use super::nginx::{Site, Timers};
 use crate::luajit::fields::FieldMap;
 use crate::luajit::vm::gct;
 use crate::luajit::{FoundVm, Vm};
@@ -19,12 +19,10 @@ const LAYOUT: &str = include_str!("layouts/nginx-1.22-x86_64.txt");
 const MAX_NODES: usize = 1 << 21;
 
 /// Read the timers; `lua_mod` is `&ngx_http_lua_module`.
-#[allow(clippy::too_many_arguments)]
 pub fn read<M: Memory + ?Sized>(
     m: &M,
-    pid: i32,
     maps: &Maps,
-    exe: &str,
+    syms: &super::nginx::Symbols,
     cycle: u64,
     lua_mod: u64,
     found: &FoundVm,
@@ -35,7 +33,7 @@ pub fn read<M: Memory + ?Sized>(
     let mut t = Timers::default();
     // lmcf, as locate.rs reaches it: conf_ctx[http.index] -> main_conf[ctx_index].
     let lmcf = (|| -> Option<u64> {
-        let http_mod = dynsym(pid, maps, &[exe], "ngx_http_module")?;
+        let http_mod = syms.http_module?;
         let conf_ctx = m.u64(cycle).ok()?;
         let hidx = m.u64(http_mod + 8).ok().filter(|i| *i < 4096)?;
         let http_ctx = m.u64(conf_ctx + 8 * hidx).ok().filter(|x| *x != 0)?;
@@ -63,7 +61,7 @@ pub fn read<M: Memory + ?Sized>(
         }
     }
     // The rbtree.
-    let Some(tree) = dynsym(pid, maps, &[exe], "ngx_event_timer_rbtree") else {
+    let Some(tree) = syms.timer_rbtree else {
         return t;
     };
     let module_code: Vec<(u64, u64)> = maps

@@ -417,7 +417,12 @@ fn details(s: &mut String, r: &MemReport) {
         .iter()
         .map(|(k, v)| format!("{k} {v} us"))
         .collect();
-    let _ = writeln!(s, "took: {} (no pause)", tm.join(", "));
+    let pause = if r.pause_us > 0 {
+        format!("target paused {} us for the allocator reads", r.pause_us)
+    } else {
+        "never paused".to_string()
+    };
+    let _ = writeln!(s, "took: {} ({pause})", tm.join(", "));
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
