@@ -28,6 +28,8 @@ pub const LEAKS_FORMATS: &[Format] = &[
     Format::Stap,
     Format::Text,
 ];
+/// Formats of `mem`.
+pub const MEM_FORMATS: &[Format] = &[Format::Text, Format::Json, Format::Svg];
 /// Formats of `diff`.
 pub const DIFF_FORMATS: &[Format] = &[Format::Text, Format::Json, Format::Markdown, Format::Svg];
 /// Formats of `watch`.
@@ -486,12 +488,14 @@ pub struct MemArgs {
     /// Target (an nginx master: the master, every worker, and a total).
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Output format [default: text, or json with -o FILE.json].
-    #[arg(long, value_enum)]
-    pub format: Option<TextOrJson>,
-    /// Write to FILE (atomically, mode 0600); `.svg` draws the breakdown.
+    /// Output format of stdout and of -o files without a known extension [default: text].
+    #[arg(long, value_parser = formats(MEM_FORMATS))]
+    pub format: Option<Format>,
+    /// Write to FILE (atomically, mode 0600) in the format its extension
+    /// names (.json snapshot for diff, .svg breakdown chart, .txt);
+    /// repeat -o for several files from one run.
     #[arg(short, long, value_name = "FILE")]
-    pub output: Option<std::path::PathBuf>,
+    pub output: Vec<std::path::PathBuf>,
     /// Skip the file descriptor and socket tables.
     #[arg(long)]
     pub no_fds: bool,
@@ -501,9 +505,9 @@ pub struct MemArgs {
     /// Take this many samples and say which component grows (1: one breakdown).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub count: u32,
-    /// Seconds between samples with --count.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    pub interval: f64,
+    /// Time between samples with --count (`10s`, `500ms`).
+    #[arg(long, default_value = "10s", value_name = "INTERVAL", value_parser = crate::units::parse_interval)]
+    pub interval: std::time::Duration,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {

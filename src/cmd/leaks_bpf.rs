@@ -21,6 +21,8 @@ const FALLBACK_LOSES: &str = "falling back to perf uprobes: one event per thread
      innermost frame";
 
 /// The tracer in use.
+// One Tracer lives per run: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Tracer {
     /// perf uprobe events per thread.
     Perf(Session),

@@ -3,7 +3,16 @@
 
 use anyhow::Result;
 
-use crate::cli::{MemArgs, TextOrJson};
+use crate::cli::{MemArgs, MEM_FORMATS};
+use crate::report::output::{with_stdout_report, Format, Formats};
+
+/// The formats of `mem`.
+const MEM: Formats = Formats {
+    command: "mem",
+    supported: MEM_FORMATS,
+    stdout: Format::Text,
+    file: Format::Json,
+};
 use crate::mem::{self, MemOpts, MemReport};
 use crate::report::mem as render;
 
@@ -15,20 +24,17 @@ pub fn run(a: MemArgs) -> Result<()> {
         nonblocking: a.capture.nonblocking,
         attempts: a.capture.attempts,
     };
-    let svg = a
-        .output
-        .as_ref()
-        .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")));
-    let format = a.format.unwrap_or(if a.output.is_some() && !svg {
-        TextOrJson::Json
+    let outs = super::emit::outputs(&MEM, &a.output, a.format)?;
+    let outs = if a.format.is_none() {
+        with_stdout_report(outs, Format::Text)
     } else {
-        TextOrJson::Text
-    });
+        outs
+    };
     let pid = a.target.pid;
     crate::target::check_process(pid)?;
     let one = |p: i32| -> Result<MemReport> { Ok(mem::breakdown(p, &opts)?) };
     if a.count > 1 {
-        return series(&a, format, &one);
+        return series(&a, &outs, &one);
     }
     let doc = match super::workers::workers_of(pid) {
         Some(w) => {
@@ -48,18 +54,11 @@ pub fn run(a: MemArgs) -> Result<()> {
         }
         None => render::Doc::One(Box::new(one(pid)?)),
     };
-    if svg {
-        let path = a.output.as_deref().expect("svg has a path");
-        super::write_output(Some(path), &render::svg(&doc)?)?;
-        if a.format.is_none() {
-            return super::write_output(None, &render::text(&doc));
-        }
-    }
-    let text = match format {
-        TextOrJson::Text => render::text(&doc),
-        TextOrJson::Json => serde_json::to_string_pretty(&doc)? + "\n",
-    };
-    super::write_output(if svg { None } else { a.output.as_deref() }, &text)
+    super::emit::emit(&outs, |f| match f {
+        Format::Json => super::emit::json(&doc),
+        Format::Svg => super::emit::text(render::svg(&doc)?),
+        _ => super::emit::text(render::text(&doc)),
+    })
 }
 
 /// `ljleak diff A B` when both are mem snapshots: deltas of every figure and
@@ -140,17 +139,21 @@ pub(crate) fn diff(a: &crate::cli::DiffArgs, gates: &[crate::compare::gate::Gate
 
 /// `--count N`: sample the process (a master's total) N times and name the
 /// component that grows.
-fn series(a: &MemArgs, format: TextOrJson, one: &dyn Fn(i32) -> Result<MemReport>) -> Result<()> {
+fn series(
+    a: &MemArgs,
+    outs: &[crate::report::output::Output],
+    one: &dyn Fn(i32) -> Result<MemReport>,
+) -> Result<()> {
     use crate::compare::mem_trend;
-    if !(a.interval.is_finite() && a.interval > 0.0) {
-        anyhow::bail!("--interval must be a positive number of seconds");
-    }
+    let live = outs
+        .iter()
+        .any(|o| o.path.is_none() && o.format == Format::Text);
     let pid = a.target.pid;
     let start = std::time::Instant::now();
     let mut reps: Vec<(f64, MemReport)> = Vec::new();
     for i in 0..a.count {
         if i > 0 {
-            std::thread::sleep(std::time::Duration::from_secs_f64(a.interval));
+            std::thread::sleep(a.interval);
         }
         let t = start.elapsed().as_secs_f64() / 60.0;
         let r = match super::workers::workers_of(pid) {
@@ -161,7 +164,7 @@ fn series(a: &MemArgs, format: TextOrJson, one: &dyn Fn(i32) -> Result<MemReport
             }
             None => one(pid)?,
         };
-        if format == TextOrJson::Text {
+        if live {
             eprintln!("{:>8.1}s {}", t * 60.0, render::headline(&r));
         }
         reps.push((t, r));
@@ -169,30 +172,36 @@ fn series(a: &MemArgs, format: TextOrJson, one: &dyn Fn(i32) -> Result<MemReport
     let s: Vec<(f64, &MemReport)> = reps.iter().map(|(t, r)| (*t, r)).collect();
     let comps = mem_trend::components(&s);
     let verdict = mem_trend::verdict(&comps);
-    let text = match format {
-        TextOrJson::Json => {
-            serde_json::to_string_pretty(&serde_json::json!({
-                "kind": "mem-series",
-                "pid": pid,
-                "verdict": verdict,
-                "components": comps,
-                "samples": reps.iter().map(|(t, r)| serde_json::json!({"minutes": t, "report": r})).collect::<Vec<_>>(),
-            }))? + "\n"
-        }
-        TextOrJson::Text => {
-            let mut s = String::new();
-            for c in &comps {
-                let slope = c.trend.fit.map(|f| f.slope).unwrap_or(0.0);
-                let sign = if slope < 0.0 { "-" } else { "+" };
-                s.push_str(&format!(
-                    "{:<20} {sign}{:>12}/min  {}\n",
-                    c.name,
-                    render::human(slope.abs() as u64),
-                    c.trend.evidence
-                ));
-            }
-            s + &format!("verdict: {verdict}\n")
-        }
+    let json = || {
+        serde_json::json!({
+            "kind": "mem-series",
+            "pid": pid,
+            "verdict": verdict,
+            "components": comps,
+            "samples": reps.iter().map(|(t, r)| serde_json::json!({"minutes": t, "report": r})).collect::<Vec<_>>(),
+        })
     };
-    super::write_output(a.output.as_deref(), &text)
+    let text = || {
+        let mut s = String::new();
+        for c in &comps {
+            let slope = c.trend.fit.map(|f| f.slope).unwrap_or(0.0);
+            let sign = if slope < 0.0 { "-" } else { "+" };
+            s.push_str(&format!(
+                "{:<20} {sign}{:>12}/min  {}\n",
+                c.name,
+                render::human(slope.abs() as u64),
+                c.trend.evidence
+            ));
+        }
+        s + &format!("verdict: {verdict}\n")
+    };
+    super::emit::emit(outs, |f| match f {
+        Format::Json => super::emit::json(&json()),
+        Format::Svg => Err(crate::error::Classified::new(
+            crate::error::ExitCode::Usage,
+            "mem --count draws no SVG; write .json or .txt".to_string(),
+        )
+        .into()),
+        _ => super::emit::text(text()),
+    })
 }
