@@ -18,6 +18,7 @@ use crate::trace::pmu::UprobePmu;
 use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
 use crate::trace::record::Sample;
 use crate::unwind::lua::{self, LuaFrames};
+use crate::unwind::lua_chain;
 use crate::unwind::symbols::Symbolizer;
 use crate::unwind::Unwinder;
 
@@ -184,6 +185,12 @@ fn lua_frames(a: &LeaksArgs, seen: &mut Seen) -> Option<LuaFrames> {
     let mut lf = LuaFrames::new(cap.pid, &cap.maps, object, &cap.vm.layout, index);
     if let Some(l) = lf.as_mut() {
         l.traces = Some(crate::unwind::jit::TraceMap::from_capture(&cap));
+        l.chain_vm = Some(crate::unwind::lua_chain::ChainVm {
+            pid: cap.pid,
+            layout: cap.vm.layout.clone(),
+            g: cap.vm.roots.g,
+            main: cap.vm.roots.main,
+        });
     }
     if lf.is_none() {
         log::info!("no Lua frames: {object} exports no lua_pcall/lua_resume");
@@ -337,7 +344,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
 
-    let mut session = Tracer::attach(&a, pmu, specs, None)?;
+    let lua_cfg = tracer::lua_cfg(lua.as_ref());
+    let mut session = Tracer::attach(&a, pmu, specs, lua_cfg)?;
     let bpf = matches!(session, Tracer::Bpf(_));
     let started = Instant::now();
     let window = Duration::from_secs_f64(a.time);
@@ -432,7 +440,7 @@ fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
         .tracker
         .outstanding(u64::MAX, 0)
         .flat_map(|(_, live)| w.stacks.table.get(live.stack).iter().copied())
-        .any(|f| lua::is_lua_pc(f) && l.locate(f).is_none());
+        .any(|f| lua::is_lua_pc(f) && !lua_chain::is_chain(f) && l.locate(f).is_none());
     if unknown && target::process_exists(w.pid) {
         if let Some(fresh) = lua_frames(a, &mut w.seen) {
             w.stacks.lua = Some(fresh);
@@ -492,7 +500,9 @@ fn build_report(
             for (i, &addr) in w.stacks.table.get(stack).iter().enumerate() {
                 if lua::is_lua_pc(addr) {
                     let (pc, name) = lua::frame_name(w.stacks.lua.as_ref(), addr);
-                    for name in [name, lua::LUA_MARKER.to_string()] {
+                    // A whole chain needs no marker: nothing was left out.
+                    let marker = (!lua_chain::is_chain(addr)).then(|| lua::LUA_MARKER.to_string());
+                    for name in std::iter::once(name).chain(marker) {
                         frames.push(SiteFrame {
                             name,
                             addr: pc,

@@ -216,7 +216,7 @@ impl Window {
                     args,
                     e.time,
                     weight,
-                    || stacks.keep(&regs, stack),
+                    || stacks.keep_with_lua(&regs, stack, Some(&e.lua)),
                 );
             }
             Event::Return(r) => {
@@ -237,4 +237,24 @@ impl Window {
             self.stacks.release(h);
         }
     }
+}
+
+/// The Lua walk's configuration from the layout ljleak already has (None
+/// without a located VM: records then carry no Lua state).
+pub(super) fn lua_cfg(lf: Option<&crate::unwind::lua::LuaFrames>) -> Option<abi::LjLuaCfg> {
+    let vm = lf?.chain_vm.as_ref()?;
+    let f = &vm.layout.f;
+    let off = |x: &crate::luajit::layout::F| u32::try_from(x.off).ok();
+    let cf = crate::luajit::frames::CFrameOffsets::for_layout(&vm.layout);
+    Some(abi::LjLuaCfg {
+        g: vm.g,
+        gc64: vm.layout.gc64 as u32,
+        g_cur_l: off(&f.g_cur_l)?,
+        g_jit_base: off(&f.g_jit_base)?,
+        l_base: off(&f.l_base)?,
+        l_stack: off(&f.l_stack)?,
+        l_cframe: off(&f.l_cframe)?,
+        cf_save_l: cf.l as u32,
+        cf_prev: cf.prev as u32,
+    })
 }

@@ -204,7 +204,12 @@ pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bo
 /// frame is its symbol in its module.
 fn leak_frame(f: &crate::report::leaks::SiteFrame) -> (&str, &str, i64) {
     if f.module == "lua" {
-        if let Some((chunk, line)) = f.name.rsplit_once(':') {
+        // A whole-chain frame carries its function's name: `x.lua:42 (f)`.
+        let loc = match f.name.rsplit_once(" (") {
+            Some((loc, name)) if name.ends_with(')') && !name.starts_with("trace ") => loc,
+            _ => f.name.as_str(),
+        };
+        if let Some((chunk, line)) = loc.rsplit_once(':') {
             if let Ok(line) = line.parse::<i64>() {
                 let file = chunk
                     .strip_prefix('@')
@@ -297,6 +302,10 @@ mod tests {
             ("@/a/x.lua:42", "/a/x.lua", 42)
         );
         assert_eq!(leak_frame(&fr("=stdin:3", "lua")), ("=stdin:3", "stdin", 3));
+        assert_eq!(
+            leak_frame(&fr("@/a/x.lua:42 (new)", "lua")),
+            ("@/a/x.lua:42 (new)", "/a/x.lua", 42)
+        );
         assert_eq!(leak_frame(&fr("[lua]", "lua")), ("[lua]", "lua", 0));
         assert_eq!(
             leak_frame(&fr("malloc", "/lib/libc.so.6")),
