@@ -442,7 +442,11 @@ fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
         .flat_map(|(_, live)| w.stacks.table.get(live.stack).iter().copied())
         .any(|f| lua::is_lua_pc(f) && !lua_chain::is_chain(f) && l.locate(f).is_none());
     if unknown && target::process_exists(w.pid) {
-        if let Some(fresh) = lua_frames(a, &mut w.seen) {
+        if let Some(mut fresh) = lua_frames(a, &mut w.seen) {
+            // Chain frames already resolved keep their names.
+            if let Some(old) = w.stacks.lua.as_mut() {
+                fresh.chain_names = std::mem::take(&mut old.chain_names);
+            }
             w.stacks.lua = Some(fresh);
         }
     }
@@ -497,11 +501,15 @@ fn build_report(
         .into_iter()
         .map(|((stack, origin), (b, c))| {
             let mut frames = Vec::new();
-            for (i, &addr) in w.stacks.table.get(stack).iter().enumerate() {
+            let entries = w.stacks.table.get(stack);
+            for (i, &addr) in entries.iter().enumerate() {
                 if lua::is_lua_pc(addr) {
                     let (pc, name) = lua::frame_name(w.stacks.lua.as_ref(), addr);
-                    // A whole chain needs no marker: nothing was left out.
-                    let marker = (!lua_chain::is_chain(addr)).then(|| lua::LUA_MARKER.to_string());
+                    // A whole chain needs no marker: nothing was left out
+                    // (a trace frame followed by its chain neither).
+                    let chained = lua_chain::is_chain(addr)
+                        || entries.get(i + 1).is_some_and(|&n| lua_chain::is_chain(n));
+                    let marker = (!chained).then(|| lua::LUA_MARKER.to_string());
                     for name in std::iter::once(name).chain(marker) {
                         frames.push(SiteFrame {
                             name,

@@ -151,12 +151,11 @@ pub fn segments(
     }
     let live = ProcessMemory::new(vm.pid);
     let f = &vm.layout.f;
-    let rs = if vm.layout.gc64 { 8 } else { 4 };
     let m = SnapMem {
         snap,
         fields: [
-            (snap.l + f.l_base.off, rs, snap.base),
-            (snap.l + f.l_stack.off, rs, snap.stack),
+            (snap.l + f.l_base.off, f.l_base.size, snap.base),
+            (snap.l + f.l_stack.off, f.l_stack.size, snap.stack),
             (snap.l + f.l_cframe.off, 8, snap.cframe),
         ],
         stack,
@@ -165,6 +164,15 @@ pub fn segments(
     };
     let v = Vm::new(&m, &vm.layout, vm.g, vm.main);
     let frames = lua_backtrace(&v, index, snap.l, 200);
+    log::debug!(
+        "Lua chain: L {:#x} base {:#x} stack {:#x} flags {} cframes {}: {} frames",
+        snap.l,
+        snap.base,
+        snap.stack,
+        snap.flags,
+        snap.ncf,
+        frames.len()
+    );
     let cfs: Vec<u64> = snap
         .cf
         .iter()
@@ -220,19 +228,26 @@ pub fn segments(
 }
 
 /// Replace each segment's interpreter frame (the unwound frame whose stack
-/// pointer is the segment's C frame) by the segment's Lua frames. Returns
-/// how many segments were spliced.
+/// pointer is the segment's C frame) by the segment's Lua frames. A trace
+/// runs on the interpreter's C frame without a frame of its own there: the
+/// innermost segment then goes right outside the trace frame. Returns how
+/// many segments were spliced.
 pub fn splice(frames: &mut Vec<u64>, sps: &mut Vec<u64>, segs: &[(u64, Vec<u64>)]) -> usize {
     let mut n = 0;
-    for (cf, seg) in segs {
-        let Some(k) = sps.iter().position(|s| s == cf) else {
-            continue;
+    for (i, (cf, seg)) in segs.iter().enumerate() {
+        let (at, replace) = match sps.iter().position(|s| s == cf) {
+            Some(k) => (k, 1),
+            None if i == 0 => match frames.iter().position(|&f| super::jit::is_trace(f)) {
+                Some(k) => (k + 1, 0),
+                None => continue,
+            },
+            None => continue,
         };
-        if k >= frames.len() {
+        if at + replace > frames.len() {
             continue;
         }
-        frames.splice(k..k + 1, seg.iter().copied());
-        sps.splice(k..k + 1, seg.iter().map(|_| *cf));
+        frames.splice(at..at + replace, seg.iter().copied());
+        sps.splice(at..at + replace, seg.iter().map(|_| *cf));
         n += 1;
     }
     n

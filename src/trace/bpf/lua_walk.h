@@ -52,7 +52,8 @@ static __always_inline void lua_snap(struct pt_regs *ctx, struct lj_lua_snap *s)
 	if (jit_base) {
 		base = jit_base;
 		s->flags |= LJ_LUA_TRACE;
-	} else if (read_ref(&base, (void *)(l + cfg.lua.l_base), gc64)) {
+	} else if (bpf_probe_read_user(&base, 8, (void *)(l + cfg.lua.l_base))) {
+		/* TValue *base: a pointer in every build, not an MRef. */
 		goto bad;
 	}
 	if (read_ref(&stack, (void *)(l + cfg.lua.l_stack), gc64) || base <= stack)
