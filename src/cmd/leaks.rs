@@ -216,6 +216,8 @@ struct Window {
     bpf_sampler: Option<Sampler>,
     /// With the BPF tracer sampling: allocations it sampled.
     bpf_sampled: Option<u64>,
+    /// With the BPF tracer: program runs (probe hits).
+    bpf_hits: u64,
 }
 
 impl Window {
@@ -372,6 +374,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         maps: maps_at_start,
         bpf_sampler,
         bpf_sampled: None,
+        bpf_hits: 0,
     };
     eprintln!(
         "ljleak: tracing pid {pid} for {} s with {} probes{}",
@@ -479,6 +482,7 @@ fn build_report(
     // Sampled allocations stand for `weight / size` allocations each.
     let mut by_stack: std::collections::HashMap<(u32, Origin), (u64, f64)> = Default::default();
     let (mut n, mut bytes, mut sampled) = (0f64, 0u64, 0u64);
+    let mut variance = 0f64;
     for (_, l) in w.tracker.outstanding(end, min_age) {
         let count = if l.size > 0 {
             l.weight as f64 / l.size as f64
@@ -491,6 +495,8 @@ fn build_report(
         n += count;
         bytes += l.weight;
         sampled += 1;
+        // Horvitz-Thompson: Var = sum of w (w - s) (0 when exact).
+        variance += l.weight as f64 * l.weight.saturating_sub(l.size) as f64;
     }
     let maps = match Maps::read(w.pid) {
         Ok(m) if !m.list.is_empty() => m,
@@ -564,7 +570,9 @@ fn build_report(
         lost_events: stats.lost,
         throttled: stats.throttled,
         truncated_stacks: w.stacks.truncated,
-        samples: w.samples,
+        // The BPF tracer writes records only for tracked calls: count its
+        // probe hits instead (what the target paid for).
+        samples: w.samples.max(w.bpf_hits),
         min_age: a.min_age,
         sampling: w
             .tracker
@@ -575,6 +583,7 @@ fn build_report(
                 sample_bytes: a.sample_bytes.unwrap_or(0),
                 sampled: n,
                 outstanding_sampled: sampled,
+                ci95_bytes: (1.96 * variance.sqrt()).round() as u64,
             }),
     };
     let exe = w.seen.exe.clone();

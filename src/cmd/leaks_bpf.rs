@@ -55,6 +55,7 @@ impl Tracer {
                 // busy target does not fill it between two 20 ms polls.
                 ring_bytes: (a.ring_pages * 4096).max(64 << 20),
                 lua,
+                count_only: a.debug_count_only,
             };
             match BpfSession::attach(pid, specs.clone(), opts) {
                 Ok(mut s) => {
@@ -76,9 +77,14 @@ impl Tracer {
                 }
             }
         }
-        Ok(Tracer::Perf(
-            Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?,
-        ))
+        let t0 = std::time::Instant::now();
+        let s = Session::attach(pid, pmu, specs, a.ring_pages).context("attaching uprobes")?;
+        log::info!(
+            "perf tracer: {} threads attached in {} ms",
+            s.thread_count(),
+            t0.elapsed().as_millis()
+        );
+        Ok(Tracer::Perf(s))
     }
 
     /// The probe set.
@@ -154,6 +160,7 @@ impl Tracer {
                 if s.sampling() {
                     w.bpf_sampled = Some(c[counter::SAMPLED]);
                 }
+                w.bpf_hits = c[counter::HITS];
                 log::info!(
                     "BPF: {} program runs, {} Lua walks ({} stopped at a marker), live map full {} times",
                     c[counter::HITS],

@@ -20,6 +20,12 @@ pub struct SamplingSummary {
     pub sampled: u64,
     /// Sampled allocations still outstanding at the end.
     pub outstanding_sampled: u64,
+    /// Half-width of the 95% confidence interval of the outstanding bytes:
+    /// 1.96 standard deviations of the Horvitz-Thompson estimate, whose
+    /// variance is the sum over sampled allocations of `w (w - s)` (size
+    /// `s`, weight `w = s / p`).
+    #[serde(default)]
+    pub ci95_bytes: u64,
 }
 
 /// The sampler: a byte countdown to the next sample point.

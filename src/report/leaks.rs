@@ -264,8 +264,8 @@ pub fn summary_text(s: &LeakSummary) -> String {
     if let Some(sm) = &s.sampling {
         let _ = writeln!(
             out,
-            "  sampled 1 per {} bytes: {} allocations sampled, outstanding figures are estimates from {} sampled allocations; frees of untracked pointers {}",
-            sm.sample_bytes, sm.sampled, sm.outstanding_sampled, c.untracked_frees
+            "  sampled 1 per {} bytes: {} allocations sampled, outstanding figures are estimates from {} sampled allocations (outstanding bytes {} +/- {}, 95% confidence); frees of untracked pointers {}",
+            sm.sample_bytes, sm.sampled, sm.outstanding_sampled, s.outstanding_bytes, sm.ci95_bytes, c.untracked_frees
         );
     }
     out

@@ -398,3 +398,15 @@ int ljleak_alloc(struct pt_regs *ctx)
 		return on_return(ctx, tid);
 	return on_entry(ctx, cookie, tid);
 }
+
+/* Benchmark floor (ljleak leaks --debug-count-only): the same sites and
+ * traps as ljleak_alloc (a return trap for every allocation call, none for
+ * free), counting only. */
+SEC("uprobe.session")
+int ljleak_count(struct pt_regs *ctx)
+{
+	count(LJ_C_HITS, 1);
+	if (bpf_session_is_return())
+		return 0;
+	return (bpf_get_attach_cookie(ctx) & 0xff) == LJ_F_FREE;
+}
