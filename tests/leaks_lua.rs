@@ -224,3 +224,84 @@ fn kong_pattern_bytes_sit_under_the_apps_lrucache_new_line_and_its_caller() {
         "{under_app} of {pureffi} bytes under kong_lru.lua:{new_line} and :{caller_line}: {f:#?}"
     );
 }
+
+/// uprobe_multi links now in the system (bpftool; Debian's bpftool 7.1
+/// prints the type by number: BPF_LINK_TYPE_UPROBE_MULTI is 12), or None
+/// without bpftool.
+fn uprobe_multi_links() -> Option<usize> {
+    let out = Command::new("bpftool")
+        .args(["link", "show"])
+        .output()
+        .ok()?;
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("uprobe_multi") || l.contains(": type 12 "))
+            .count()
+    })
+}
+
+/// SIGKILL of ljleak while it attaches, mid-window, and while it tears down
+/// leaves no BPF link (they are fds: they go with the process) and no
+/// stopped target.
+#[test]
+fn sigkill_at_any_point_leaves_no_link_and_no_stopped_target() {
+    if !have_bpf() {
+        return;
+    }
+    let Some(lj) = common::luajit() else {
+        common::require("luajit2 (/usr/bin/luajit)", false);
+        return;
+    };
+    let Some(before) = uprobe_multi_links() else {
+        common::require("bpftool", false);
+        return;
+    };
+    let mut p = LuaProc::spawn(&lj, &common::testdata("lua/oracle.lua"), &[]);
+    p.expect("ready");
+    // Attach (killed after 0.2 s, inside locate/attach), mid-window (after
+    // 2 s of a 30 s window), teardown (a 1 s window killed at ~1.1 s).
+    for (window, kill_after) in [("30", 200u64), ("30", 2000), ("1", 1100)] {
+        let mut child = Command::new(common::ljleak())
+            .args(["leaks", "-p", &p.pid.to_string(), "--time", window])
+            .args(["-o", "/dev/null"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ljleak");
+        std::thread::sleep(Duration::from_millis(kill_after));
+        if kill_after == 2000 {
+            // Mid-window: the links exist (one per probed object file).
+            let n = uprobe_multi_links().unwrap_or(0);
+            assert!(n > before, "no uprobe_multi link while tracing ({n})");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            uprobe_multi_links(),
+            Some(before),
+            "links left after a kill at {kill_after} ms"
+        );
+        assert!(
+            matches!(common::proc_state(p.pid), Some('S') | Some('R')),
+            "target state {:?} after a kill at {kill_after} ms",
+            common::proc_state(p.pid)
+        );
+    }
+    // The target still runs its cases.
+    p.send("\n");
+    p.expect("done");
+    p.close_stdin();
+}
+
+/// `--sample-bytes 0` is a one-line usage error (exit 2) before anything
+/// touches the target.
+#[test]
+fn sample_bytes_zero_is_a_one_line_usage_error() {
+    let out = common::run(&["leaks", "-p", "1", "--sample-bytes", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--sample-bytes must be at least 1"), "{err}");
+}
