@@ -1,5 +1,5 @@
 /* Shared between the BPF programs (ljleak.bpf.c) and ljleak's Rust side
- * (src/trace/bpf_abi.rs mirrors every struct with #[repr(C)]; a unit test
+ * (src/trace/ebpf/abi.rs mirrors every struct with #[repr(C)]; a unit test
  * checks sizes and offsets against this object's BTF). Fixed-width types
  * only, every field naturally aligned, explicit padding. */
 #ifndef LJLEAK_BPF_H
