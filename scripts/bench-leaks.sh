@@ -1,8 +1,12 @@
 #!/bin/sh
-# Overhead of `ljleak leaks` on nginx + lua: requests/s of /hello measured by
-# wrk from 127.0.0.1, untraced, under `ljleak leaks` (default settings and
-# --sample-bytes), and under `perf record --call-graph dwarf` on the same
-# libc probes when perf is installed. Prints one line per mode.
+# Overhead of `ljleak leaks` on nginx + lua: requests/s of /hello (13 probe
+# hits a request) measured by wrk from 127.0.0.1, untraced; under the
+# counting-only floor (ljleak's own BPF counter at the sites --verbose
+# lists, and perf stat on perf probes); under `ljleak leaks` exact and
+# --sample-bytes 1MB with the BPF tracer, and exact with the perf fallback;
+# under `perf record --call-graph dwarf` on the same libc probes. Then
+# attach + detach time on a 200-thread target, and the demo app's /leak +
+# /ok mix. Prints one line per mode.
 #
 # Usage: scripts/bench-leaks.sh [SECONDS]   (run as root; builds release)
 # BENCH_BREAKDOWN=1 adds runs with ljleak's processing disabled (kernel cost).
@@ -53,7 +57,7 @@ costratio() { awk -v a="$BASE_US" -v b="$1" 'BEGIN {printf "%.2f", a/b}'; }
 run_traced() {
     label=$1; shift
     /usr/bin/time -f "%U %S" -o "$PREFIX/time" \
-        "$LJ" leaks -p "$WORKER" --time $((SECS + 3)) "$@" --format json -o "$PREFIX/leaks.json" 2>"$PREFIX/leaks.err" &
+        "$LJ" leaks -p "$WORKER" --time $((SECS + 3)) -v "$@" --format json -o "$PREFIX/leaks.json" 2>"$PREFIX/leaks.err" &
     sleep 1.5
     W0=$(cpu "$WORKER")
     R=$(rps)
@@ -68,17 +72,26 @@ except Exception as e:
     print(f"{label} failed: {open(d + '/leaks.err').read().strip()}")
     sys.exit()
 u, k = open(d + "/time").read().split()[-2:]
+import re
+err = open(d + "/leaks.err").read()
+att = re.search(r"attached in (\d+) ms", err)
+det = re.search(r"detached in (\d+) ms", err)
+ad = f", attach+detach {int(att.group(1)) + int(det.group(1))} ms" if att and det else ""
 est = s.get("sampling") or {}
 us = (float(w1) - float(w0)) * 1e6 / max(float(r) * float(secs), 1)
 print(f"{label} {float(r):.0f} req/s ({float(r)/float(base):.2f} of untraced), worker {us:.1f} us/request "
       f"(cost ratio {float(base_us)/us:.2f}), lost events {s['lost_events']}, "
       f"{s['samples']/max(float(r)*float(secs),1):.1f} hits/request, "
-      f"ljleak cpu {float(u)+float(k):.1f} s" + (f", sampled {est.get('sampled', 0)}" if est else ""))
+      f"ljleak cpu {float(u)+float(k):.1f} s" + (f", sampled {est.get('sampled', 0)}" if est else "") + ad)
 PY
 }
-run_traced "ljleak leaks (default):         "
-run_traced "ljleak leaks --sample-bytes 1MB:" --sample-bytes 1048576
-run_traced "ljleak leaks --source malloc:   " --source malloc
+# The sites, as --verbose lists them (the floor below uses the same ones).
+"$LJ" leaks -p "$WORKER" --time 0.1 -v -o "$PREFIX/x.folded" 2>&1 | grep -c '^\[INFO \] probe ' |
+    awk '{print "probe sites (--verbose):         " $1 " (entry and return probes)"}'
+run_traced "floor, BPF counting only:       " --debug-count-only
+run_traced "ljleak exact (BPF):             "
+run_traced "ljleak --sample-bytes 1MB (BPF):" --sample-bytes 1048576
+run_traced "ljleak exact (perf fallback):   " --tracer perf
 if [ "${BENCH_BREAKDOWN:-}" ]; then
     # Where the cost is: probes firing with the stack copy but ljleak
     # dropping every record, and without the stack copy.
@@ -127,6 +140,53 @@ if command -v perf >/dev/null 2>&1; then
 else
     echo "perf record: not installed (apt-get install linux-perf)"
 fi
+# Attach + detach on a 200-thread target (python3 threads sleeping).
+python3 -c 'import threading, time
+for _ in range(200): threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+time.sleep(120)' &
+PY=$!
+sleep 1
+# The perf fallback needs minutes to close its per-thread events here
+# (measured once: 348 s); BENCH_PERF_THREADS=1 includes it.
+for t in bpf ${BENCH_PERF_THREADS:+perf}; do
+    S=$(date +%s.%N)
+    "$LJ" leaks -p "$PY" --time 0.5 --source malloc --tracer $t -v -o "$PREFIX/t.folded" 2>"$PREFIX/t.err" || true
+    E=$(date +%s.%N)
+    echo "200 threads, $t tracer: $(awk -v s="$S" -v e="$E" 'BEGIN {printf "%.2f", e - s - 0.5}') s wall besides the 0.5 s window ($(grep -o 'attached in [0-9]* ms' "$PREFIX/t.err" | head -1), $(grep -o 'detached in [0-9]* ms' "$PREFIX/t.err" | head -1))"
+done
+kill "$PY" 2>/dev/null || true
+
+# The demo app (testdata/nginx/app.conf): /leak and /ok, one in four a leak.
+APREFIX=$(mktemp -d /tmp/ljleak-bench-app.XXXXXX)
+APORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$APREFIX/logs"
+sed -e "s#@PORT@#$APORT#; s#@PREFIX@#$APREFIX#g; s#@TESTDATA@#$ROOT/testdata#g; s#@WORKERS@#1#" \
+    testdata/nginx/app.conf > "$APREFIX/nginx.conf"
+/usr/sbin/nginx -p "$APREFIX" -c "$APREFIX/nginx.conf"
+sleep 0.5
+AWORKER=$(pgrep -P "$(cat "$APREFIX/logs/nginx.pid")" | head -1)
+cat > "$APREFIX/mix.lua" <<'LUA'
+local n = 0
+request = function()
+    n = n + 1
+    return wrk.format(nil, (n % 4 == 0) and "/leak" or "/ok")
+end
+LUA
+mix() { wrk -t1 -c16 -d"${SECS}s" -s "$APREFIX/mix.lua" "http://127.0.0.1:$APORT/" | awk '/Requests\/sec/ {print $2}'; }
+MB=$(mix)
+echo "demo /leak+/ok untraced:         $MB req/s"
+for m in "exact" "sampled"; do
+    extra=""; [ "$m" = sampled ] && extra="--sample-bytes 1048576"
+    "$LJ" leaks -p "$AWORKER" --time $((SECS + 3)) $extra --format json -o "$APREFIX/l.json" 2>/dev/null &
+    sleep 1.5
+    R=$(mix)
+    wait $! || true
+    echo "demo /leak+/ok ljleak $m:        $R req/s ($(awk -v a="$R" -v b="$MB" 'BEGIN {printf "%.2f", a/b}') of untraced), lost events $(python3 -c "import json;print(json.load(open('$APREFIX/l.json'))['summary']['lost_events'])" 2>/dev/null)"
+done
+kill "$(cat "$APREFIX/logs/nginx.pid")" 2>/dev/null || true
+sleep 0.3
+rm -rf "$APREFIX"
+
 # Untraced again: how much the machine drifted during the runs.
 W0=$(cpu "$WORKER")
 R=$(rps)

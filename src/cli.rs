@@ -438,6 +438,10 @@ pub struct LeaksArgs {
     /// fallback); the environment variable LJLEAK_TRACER does the same.
     #[arg(long, value_enum, hide = true)]
     pub tracer: Option<TracerKind>,
+    /// Benchmark hook: BPF programs that only count hits at the same sites
+    /// (the floor of any tracer that traps on every call); the report is empty.
+    #[arg(long, hide = true)]
+    pub debug_count_only: bool,
 }
 
 /// Which tracer `ljleak leaks` uses.

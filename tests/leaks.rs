@@ -174,9 +174,22 @@ fn leaks_nginx(paths: &[&str]) -> Option<Nginx> {
     Some(ng)
 }
 
-/// The Lua frame of a folded stack: the one after the `[lua]` marker.
+/// The Lua frame of a folded stack where the Lua part meets C: the one
+/// after the `[lua]` marker (perf tracer: only that frame is known), else
+/// the innermost frame of the whole Lua chain (BPF tracer), without the
+/// function name its caller used (`… (name)`).
 fn lua_frame(stack: &str) -> Option<&str> {
-    stack.split(';').skip_while(|f| *f != "[lua]").nth(1)
+    if let Some(f) = stack.split(';').skip_while(|f| *f != "[lua]").nth(1) {
+        return Some(f);
+    }
+    let f = stack
+        .split(';')
+        .rev()
+        .find(|f| f.starts_with('@') || f.starts_with('='))?;
+    Some(match f.rfind(" (") {
+        Some(i) if !f[i..].starts_with(" (trace ") => &f[..i],
+        _ => f,
+    })
 }
 
 /// Bytes of the malloc stacks whose innermost Lua frame is a file chunk at

@@ -96,12 +96,14 @@ fn diff(args: &[&str]) -> (i32, String, String) {
 }
 
 /// A folded stack key (root first) is the malloc leak: its Lua frame is the
-/// `ffi.C.malloc` line of leaks.lua and its leaf is malloc.
+/// `ffi.C.malloc` line of leaks.lua (with the BPF tracer followed by the
+/// function's name, ` (cleak)`) and its leaf is malloc.
 fn is_leak_stack(stack: &str, line: i64) -> bool {
     stack.ends_with(";malloc")
-        && stack
-            .split(';')
-            .any(|f| f.starts_with('@') && f.ends_with(&format!("/lua/leaks.lua:{line}")))
+        && stack.split(';').any(|f| {
+            let loc = f.split(" (").next().unwrap_or(f);
+            f.starts_with('@') && loc.ends_with(&format!("/lua/leaks.lua:{line}"))
+        })
 }
 
 /// (bytes, count) of the leak's sites in a snapshot.

@@ -20,6 +20,7 @@ use crate::trace::pmu::UprobePmu;
 use crate::trace::probes::{self, Func, ProbeOpts, ProbeSpec};
 use crate::trace::record::Sample;
 use crate::unwind::lua::{self, LuaFrames};
+use crate::unwind::lua_chain;
 use crate::unwind::symbols::Symbolizer;
 use crate::unwind::Unwinder;
 
@@ -186,6 +187,12 @@ fn lua_frames(a: &LeaksArgs, seen: &mut Seen) -> Option<LuaFrames> {
     let mut lf = LuaFrames::new(cap.pid, &cap.maps, object, &cap.vm.layout, index);
     if let Some(l) = lf.as_mut() {
         l.traces = Some(crate::unwind::jit::TraceMap::from_capture(&cap));
+        l.chain_vm = Some(crate::unwind::lua_chain::ChainVm {
+            pid: cap.pid,
+            layout: cap.vm.layout.clone(),
+            g: cap.vm.roots.g,
+            main: cap.vm.roots.main,
+        });
     }
     if lf.is_none() {
         log::info!("no Lua frames: {object} exports no lua_pcall/lua_resume");
@@ -211,6 +218,8 @@ struct Window {
     bpf_sampler: Option<Sampler>,
     /// With the BPF tracer sampling: allocations it sampled.
     bpf_sampled: Option<u64>,
+    /// With the BPF tracer: program runs (probe hits).
+    bpf_hits: u64,
 }
 
 impl Window {
@@ -323,7 +332,8 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
     }
 
-    let mut session = Tracer::attach(&a, pmu, specs, None)?;
+    let lua_cfg = tracer::lua_cfg(lua.as_ref());
+    let mut session = Tracer::attach(&a, pmu, specs, lua_cfg)?;
     let bpf = matches!(session, Tracer::Bpf(_));
     let started = Instant::now();
     let window = a.time;
@@ -350,6 +360,7 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         maps: maps_at_start,
         bpf_sampler,
         bpf_sampled: None,
+        bpf_hits: 0,
     };
     eprintln!(
         "ljleak: tracing pid {pid} for {} with {} probes{}",
@@ -441,9 +452,13 @@ fn refresh_lua_index(a: &LeaksArgs, w: &mut Window) {
         .tracker
         .outstanding(u64::MAX, 0)
         .flat_map(|(_, live)| w.stacks.table.get(live.stack).iter().copied())
-        .any(|f| lua::is_lua_pc(f) && l.locate(f).is_none());
+        .any(|f| lua::is_lua_pc(f) && !lua_chain::is_chain(f) && l.locate(f).is_none());
     if unknown && target::process_exists(w.pid) {
-        if let Some(fresh) = lua_frames(a, &mut w.seen) {
+        if let Some(mut fresh) = lua_frames(a, &mut w.seen) {
+            // Chain frames already resolved keep their names.
+            if let Some(old) = w.stacks.lua.as_mut() {
+                fresh.chain_names = std::mem::take(&mut old.chain_names);
+            }
             w.stacks.lua = Some(fresh);
         }
     }
@@ -499,13 +514,24 @@ fn build_report(
         .into_iter()
         .map(|((stack, origin), (b, c))| {
             let mut frames: Vec<SiteFrame> = Vec::new();
-            for (i, &addr) in w.stacks.table.get(stack).iter().enumerate() {
+            let entries = w.stacks.table.get(stack);
+            for (i, &addr) in entries.iter().enumerate() {
                 if lua::is_lua_pc(addr) {
                     let (pc, mut name) = lua::frame_name(w.stacks.lua.as_ref(), addr);
-                    if lua::saved_pc_may_be_stale(addr, frames.last().map(|f| f.name.as_str())) {
+                    // A whole chain needs no marker: nothing was left out
+                    // (a trace frame followed by its chain neither).
+                    let chained = lua_chain::is_chain(addr)
+                        || entries.get(i + 1).is_some_and(|&n| lua_chain::is_chain(n));
+                    if !chained
+                        && lua::saved_pc_may_be_stale(
+                            addr,
+                            frames.last().map(|f: &SiteFrame| f.name.as_str()),
+                        )
+                    {
                         name.insert(0, lua::STALE_MARK);
                     }
-                    for name in [name, lua::LUA_MARKER.to_string()] {
+                    let marker = (!chained).then(|| lua::LUA_MARKER.to_string());
+                    for name in std::iter::once(name).chain(marker) {
                         frames.push(SiteFrame {
                             name,
                             addr: pc,
@@ -559,7 +585,9 @@ fn build_report(
         lost_events: stats.lost,
         throttled: stats.throttled,
         truncated_stacks: w.stacks.truncated,
-        samples: w.samples,
+        // The BPF tracer writes records only for tracked calls: count its
+        // probe hits instead (what the target paid for).
+        samples: w.samples.max(w.bpf_hits),
         min_age: a.min_age.as_secs_f64(),
         sampling: w
             .tracker

@@ -57,6 +57,7 @@ impl Tracer {
                 // busy target does not fill it between two 20 ms polls.
                 ring_bytes: (a.ring_pages * 4096).max(64 << 20),
                 lua,
+                count_only: a.debug_count_only,
             };
             match BpfSession::attach(pid, specs.clone(), opts) {
                 Ok(mut s) => {
@@ -78,10 +79,15 @@ impl Tracer {
                 }
             }
         }
-        Ok(Tracer::Perf(
-            Session::attach_bounded(pid, pmu, specs, a.ring_pages, a.max_events)
-                .context("attaching uprobes")?,
-        ))
+        let t0 = std::time::Instant::now();
+        let s = Session::attach_bounded(pid, pmu, specs, a.ring_pages, a.max_events)
+            .context("attaching uprobes")?;
+        log::info!(
+            "perf tracer: {} threads attached in {} ms",
+            s.thread_count(),
+            t0.elapsed().as_millis()
+        );
+        Ok(Tracer::Perf(s))
     }
 
     /// The probe set.
@@ -157,6 +163,7 @@ impl Tracer {
                 if s.sampling() {
                     w.bpf_sampled = Some(c[counter::SAMPLED]);
                 }
+                w.bpf_hits = c[counter::HITS];
                 log::info!(
                     "BPF: {} program runs, {} Lua walks ({} stopped at a marker), live map full {} times",
                     c[counter::HITS],
@@ -221,7 +228,7 @@ impl Window {
                     args,
                     e.time,
                     weight,
-                    || stacks.keep(&regs, stack),
+                    || stacks.keep_with_lua(&regs, stack, Some(&e.lua)),
                 );
             }
             Event::Return(r) => {
@@ -242,4 +249,24 @@ impl Window {
             self.stacks.release(h);
         }
     }
+}
+
+/// The Lua walk's configuration from the layout ljleak already has (None
+/// without a located VM: records then carry no Lua state).
+pub(super) fn lua_cfg(lf: Option<&crate::unwind::lua::LuaFrames>) -> Option<abi::LjLuaCfg> {
+    let vm = lf?.chain_vm.as_ref()?;
+    let f = &vm.layout.f;
+    let off = |x: &crate::luajit::layout::F| u32::try_from(x.off).ok();
+    let cf = crate::luajit::frames::CFrameOffsets::for_layout(&vm.layout);
+    Some(abi::LjLuaCfg {
+        g: vm.g,
+        gc64: vm.layout.gc64 as u32,
+        g_cur_l: off(&f.g_cur_l)?,
+        g_jit_base: off(&f.g_jit_base)?,
+        l_base: off(&f.l_base)?,
+        l_stack: off(&f.l_stack)?,
+        l_cframe: off(&f.l_cframe)?,
+        cf_save_l: cf.l as u32,
+        cf_prev: cf.prev as u32,
+    })
 }

@@ -10,8 +10,10 @@
 //! are unwound at once and kept as interned ids (four bytes each), as
 //! before deferral.
 
+use crate::trace::ebpf::abi::LjLuaSnap;
 use crate::trace::record::Regs;
 use crate::unwind::lua::LuaFrames;
+use crate::unwind::lua_chain;
 use crate::unwind::{End, Unwinder};
 
 use super::stacks::StackTable;
@@ -23,7 +25,11 @@ pub const DEFAULT_CAP_BYTES: usize = 256 << 20;
 #[derive(Debug)]
 enum Slot {
     Vacant,
-    Raw { regs: Regs, stack: Box<[u8]> },
+    Raw {
+        regs: Regs,
+        stack: Box<[u8]>,
+        lua: Option<Box<LjLuaSnap>>,
+    },
     Unwound(u32),
 }
 
@@ -99,8 +105,13 @@ impl DeferredStacks {
     /// Keep the stack of an event (registers and the stack copy from
     /// `regs.sp` up); returns its handle.
     pub fn keep(&mut self, regs: &Regs, stack: &[u8]) -> u32 {
+        self.keep_with_lua(regs, stack, None)
+    }
+
+    /// [`Self::keep`] with the Lua state the BPF tracer copied.
+    pub fn keep_with_lua(&mut self, regs: &Regs, stack: &[u8], lua: Option<&LjLuaSnap>) -> u32 {
         if self.raw_bytes + stack.len() > self.cap {
-            let id = self.unwind(regs, stack);
+            let id = self.unwind(regs, stack, lua);
             return self.put(Slot::Unwound(id));
         }
         self.raw_bytes += stack.len();
@@ -109,6 +120,7 @@ impl DeferredStacks {
         self.put(Slot::Raw {
             regs: *regs,
             stack: stack.into(),
+            lua: lua.map(|l| Box::new(*l)),
         })
     }
 
@@ -142,9 +154,9 @@ impl DeferredStacks {
                 self.slots[h as usize] = Slot::Unwound(id);
                 id
             }
-            Slot::Raw { regs, stack } => {
+            Slot::Raw { regs, stack, lua } => {
                 self.raw_bytes -= stack.len();
-                let id = self.unwind(&regs, &stack);
+                let id = self.unwind(&regs, &stack, lua.as_deref());
                 self.slots[h as usize] = Slot::Unwound(id);
                 id
             }
@@ -152,7 +164,7 @@ impl DeferredStacks {
     }
 
     /// Unwind, splice Lua frames, intern.
-    fn unwind(&mut self, regs: &Regs, stack: &[u8]) -> u32 {
+    fn unwind(&mut self, regs: &Regs, stack: &[u8], snap: Option<&LjLuaSnap>) -> u32 {
         self.stats.unwound += 1;
         if self
             .unwinder
@@ -161,8 +173,17 @@ impl DeferredStacks {
         {
             self.truncated += 1;
         }
-        if let Some(l) = &self.lua {
+        if let Some(l) = &mut self.lua {
             l.splice(&mut self.frames, &self.sps, stack, regs.sp);
+            // The whole chain replaces the innermost-frame splice where the
+            // kernel copied the Lua state.
+            if let (Some(snap), Some(vm)) = (snap, &l.chain_vm) {
+                if let Some(segs) =
+                    lua_chain::segments(vm, &l.index, &mut l.chain_names, snap, stack, regs.sp)
+                {
+                    lua_chain::splice(&mut self.frames, &mut self.sps, &segs);
+                }
+            }
         }
         self.table.intern(&self.frames)
     }

@@ -142,7 +142,7 @@ pub fn summary_text(s: &LeakSummary) -> String {
     if let Some(sm) = &s.sampling {
         let _ = writeln!(
             out,
-            "  sampled 1 per {} bytes: {} allocations sampled, outstanding figures are estimates from {} sampled allocations; frees of untracked pointers {}",
+            "  sampled 1 per {} bytes: {} allocations sampled, outstanding figures are estimates from {} sampled allocations (interval above); frees of untracked pointers {}",
             sm.sample_bytes, sm.sampled, sm.outstanding_sampled, c.untracked_frees
         );
     }

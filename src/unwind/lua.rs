@@ -54,6 +54,10 @@ pub struct LuaFrames {
     pub index: ProtoIndex,
     /// JIT traces read from the same capture, for the unwinder to take.
     pub traces: Option<super::jit::TraceMap>,
+    /// The live VM, for whole Lua call chains (BPF tracer).
+    pub chain_vm: Option<super::lua_chain::ChainVm>,
+    /// Names of chain frames.
+    pub chain_names: super::lua_chain::ChainNames,
 }
 
 impl LuaFrames {
@@ -87,6 +91,8 @@ impl LuaFrames {
             offs: CFrameOffsets::for_layout(layout),
             index,
             traces: None,
+            chain_vm: None,
+            chain_names: Default::default(),
         })
     }
 
@@ -158,6 +164,13 @@ impl LuaFrames {
 /// start line on builds without snapshot code offsets; a `[lua pc 0x…]` /
 /// `[trace N]` marker when the prototype is not known.
 pub fn frame_name(lf: Option<&LuaFrames>, entry: u64) -> (u64, String) {
+    if super::lua_chain::is_chain(entry) {
+        let name = lf.and_then(|l| l.chain_names.name(entry));
+        return (
+            0,
+            name.unwrap_or(super::lua_chain::CHAIN_MARKER).to_string(),
+        );
+    }
     let loc = lf.and_then(|l| l.locate(entry));
     match super::jit::decode(entry) {
         Some((no, startpc)) => match loc {
@@ -256,6 +269,8 @@ mod tests {
             offs: CFrameOffsets::X64_GC64,
             index: ProtoIndex::default(),
             traces: None,
+            chain_vm: None,
+            chain_names: Default::default(),
         };
         let sp0 = 0x7000_0000u64;
         let cf = sp0 + 0x100;

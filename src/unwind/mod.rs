@@ -10,6 +10,7 @@
 
 pub mod jit;
 pub mod lua;
+pub mod lua_chain;
 pub mod symbols;
 
 use std::collections::HashSet;

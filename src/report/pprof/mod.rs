@@ -205,9 +205,10 @@ pub fn from_censuses(rs: &[crate::report::census::CensusReport], per_process: bo
 fn leak_frame(f: &crate::report::leaks::SiteFrame) -> (&str, &str, i64) {
     if f.module == "lua" {
         // `~` marks a line that may be stale; a JIT trace frame ends with
-        // ` (trace N)`: both name the same file and line.
+        // ` (trace N)` and a whole-chain frame with its function's name
+        // (`x.lua:42 (f)`): all name the same file and line.
         let loc = f.name.trim_start_matches('~');
-        let loc = match loc.rsplit_once(" (trace ") {
+        let loc = match loc.rsplit_once(" (") {
             Some((l, n)) if n.ends_with(')') => l,
             _ => loc,
         };
@@ -389,6 +390,10 @@ mod tests {
         assert_eq!(
             leak_frame(&fr("~@/a/x.lua:7", "lua")),
             ("~@/a/x.lua:7", "/a/x.lua", 7)
+        );
+        assert_eq!(
+            leak_frame(&fr("@/a/x.lua:42 (new)", "lua")),
+            ("@/a/x.lua:42 (new)", "/a/x.lua", 42)
         );
         assert_eq!(leak_frame(&fr("[lua]", "lua")), ("[lua]", "lua", 0));
         assert_eq!(

@@ -23,7 +23,8 @@ const volatile struct lj_config cfg = {};
 struct lj_rec_entry *btf_rec_entry __attribute__((unused));
 struct lj_rec_return *btf_rec_return __attribute__((unused));
 struct lj_rec_free *btf_rec_free __attribute__((unused));
-struct lj_lua_frame *btf_lua_frame __attribute__((unused));
+struct lj_lua_snap *btf_lua_snap __attribute__((unused));
+struct lj_cframe *btf_cframe __attribute__((unused));
 struct lj_regs *btf_regs __attribute__((unused));
 
 struct {
@@ -216,9 +217,7 @@ static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 cookie, __u32 
 	e->cookie = cookie;
 	e->sampled = smp;
 	copy_regs(&e->regs, ctx);
-	e->lua_n = 0;
-	e->lua_flags = 0;
-	lua_walk(ctx, e);
+	lua_snap(ctx, &e->lua);
 	e->stack_len = 0;
 	if (n > 0 && n <= LJ_MAX_STACK) {
 		/* Near the top of a stack the full copy faults: halve it. */
@@ -398,4 +397,16 @@ int ljleak_alloc(struct pt_regs *ctx)
 	if (bpf_session_is_return())
 		return on_return(ctx, tid);
 	return on_entry(ctx, cookie, tid);
+}
+
+/* Benchmark floor (ljleak leaks --debug-count-only): the same sites and
+ * traps as ljleak_alloc (a return trap for every allocation call, none for
+ * free), counting only. */
+SEC("uprobe.session")
+int ljleak_count(struct pt_regs *ctx)
+{
+	count(LJ_C_HITS, 1);
+	if (bpf_session_is_return())
+		return 0;
+	return (bpf_get_attach_cookie(ctx) & 0xff) == LJ_F_FREE;
 }

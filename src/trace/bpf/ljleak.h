@@ -1,5 +1,5 @@
 /* Shared between the BPF programs (ljleak.bpf.c) and ljleak's Rust side
- * (src/trace/bpf_abi.rs mirrors every struct with #[repr(C)]; a unit test
+ * (src/trace/ebpf/abi.rs mirrors every struct with #[repr(C)]; a unit test
  * checks sizes and offsets against this object's BTF). Fixed-width types
  * only, every field naturally aligned, explicit padding. */
 #ifndef LJLEAK_BPF_H
@@ -42,14 +42,15 @@
 #define LJ_C_LUA_BAD 14
 #define LJ_C_N 16
 
-/* Lua frames recorded with an allocation. */
-#define LJ_MAX_LUA 48
+/* The Lua state at an allocation: what ljleak's frame walker
+ * (src/luajit/backtrace.rs) reads, copied while the probe runs. */
+#define LJ_LUA_STACK 2048 /* bytes of Lua stack copied below the base */
+#define LJ_MAX_CF 4 /* C frames of the chain copied */
 
-/* Flags of a Lua frame. */
-#define LJ_LF_SEGMENT 1 /* first frame of a segment (a C frame boundary) */
-#define LJ_LF_CFUNC 2 /* a C function's frame (fn is the GCfunc) */
-#define LJ_LF_BAD 4 /* the walk could not validate past here: marker */
-#define LJ_LF_TRACE 8 /* the segment's frames were read while a trace ran */
+/* Lua snapshot flags. */
+#define LJ_LUA_OK 1 /* cur_L validated against the interpreter's C frame */
+#define LJ_LUA_TRACE 2 /* a trace was running: base is g->jit_base */
+#define LJ_LUA_BAD 4 /* a Lua state exists but did not validate */
 
 /* Return-record flags. */
 #define LJ_RET_UNTRACKED 1 /* the live map was full: forget the allocation */
@@ -60,12 +61,24 @@ struct lj_regs {
 	__u64 r[8]; /* r8..r15 */
 };
 
-struct lj_lua_frame {
-	__u64 fn; /* GCfunc address */
-	__u64 pc; /* bytecode PC (BCIns *) of the frame's current instruction, + 4 */
-	__u64 cframe; /* C frame address of the segment (for splicing) */
-	__u32 flags;
+/* 40 bytes of one interpreter C frame (SAVE_L, SAVE_PC, PREV, NRES). */
+struct lj_cframe {
+	__u64 addr;
+	__u64 w[5];
+};
+
+struct lj_lua_snap {
+	__u64 l; /* g->cur_L */
+	__u64 base; /* the frames' base: g->jit_base while a trace runs, else L->base */
+	__u64 stack; /* L->stack */
+	__u64 cframe; /* L->cframe (flag bits included) */
+	__u64 lstack_from; /* address of lstack[0] */
+	__u32 lstack_len; /* valid bytes of lstack */
+	__u32 flags; /* LJ_LUA_* */
+	__u32 ncf; /* valid entries of cf */
 	__u32 pad;
+	struct lj_cframe cf[LJ_MAX_CF];
+	__u8 lstack[LJ_LUA_STACK]; /* Lua stack slots [base - len, base) */
 };
 
 struct lj_rec_entry {
@@ -76,9 +89,7 @@ struct lj_rec_entry {
 	__u32 stack_len; /* valid bytes of stack[] */
 	__u32 sampled; /* 1: chosen by the in-kernel byte sampler */
 	struct lj_regs regs;
-	__u32 lua_n;
-	__u32 lua_flags;
-	struct lj_lua_frame lua[LJ_MAX_LUA];
+	struct lj_lua_snap lua;
 	__u8 stack[]; /* user stack from regs.sp, cfg.stack_bytes long */
 };
 
@@ -122,12 +133,8 @@ struct lj_lua_cfg {
 	__u32 l_base;
 	__u32 l_stack;
 	__u32 l_cframe;
-	__u32 fn_ffid; /* offsetof(GCfunc, ffid) (u8) */
-	__u32 fn_pc; /* offsetof(GCfuncL, pc) (MRef) */
 	__u32 cf_save_l; /* C frame: saved L */
-	__u32 cf_save_pc; /* C frame: saved PC */
 	__u32 cf_prev; /* C frame: previous C frame */
-	__u32 pad;
 };
 
 /* Read-only configuration (.rodata, fixed at load: the verifier sees the

@@ -71,21 +71,21 @@ pub mod counter {
     pub const N: usize = 16;
 }
 
-/// Most Lua frames in one record.
-pub const MAX_LUA: usize = 48;
+/// Bytes of Lua stack copied below the frames' base.
+pub const LUA_STACK: usize = 2048;
+/// C frames of the chain copied.
+pub const MAX_CF: usize = 4;
 /// Largest stack copy.
 pub const MAX_STACK: u32 = 65528;
 
-/// Lua frame flags.
-pub mod lf {
-    /// First frame of a segment.
-    pub const SEGMENT: u32 = 1;
-    /// A C function's frame.
-    pub const CFUNC: u32 = 2;
-    /// The walk stopped here: marker.
+/// Lua snapshot flags.
+pub mod lua_flags {
+    /// cur_L validated against the interpreter's C frame.
+    pub const OK: u32 = 1;
+    /// A trace was running (base is g->jit_base).
+    pub const TRACE: u32 = 2;
+    /// A Lua state exists but did not validate.
     pub const BAD: u32 = 4;
-    /// Read while a trace ran.
-    pub const TRACE: u32 = 8;
 }
 
 /// Return flag: the live map was full, the allocation is not tracked.
@@ -108,20 +108,32 @@ pub struct LjRegs {
     pub r: [u64; 8],
 }
 
-/// `struct lj_lua_frame`.
+/// `struct lj_cframe`: 40 bytes of an interpreter C frame.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LjLuaFrame {
-    /// GCfunc address.
-    pub func: u64,
-    /// Bytecode PC (+4 past the current instruction, as LuaJIT keeps them).
-    pub pc: u64,
-    /// The segment's C frame.
+pub struct LjCframe {
+    /// Its address.
+    pub addr: u64,
+    /// The words from `addr` on.
+    pub w: [u64; 5],
+}
+
+/// `struct lj_lua_snap`: the Lua state at an allocation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+#[allow(missing_docs)]
+pub struct LjLuaSnap {
+    pub l: u64,
+    pub base: u64,
+    pub stack: u64,
     pub cframe: u64,
-    /// `lf::*`.
+    pub lstack_from: u64,
+    pub lstack_len: u32,
     pub flags: u32,
-    /// Padding.
+    pub ncf: u32,
     pub pad: u32,
+    pub cf: [LjCframe; MAX_CF],
+    pub lstack: [u8; LUA_STACK],
 }
 
 /// `struct lj_rec_entry` (followed by the stack bytes).
@@ -136,9 +148,7 @@ pub struct LjRecEntry {
     pub stack_len: u32,
     pub sampled: u32,
     pub regs: LjRegs,
-    pub lua_n: u32,
-    pub lua_flags: u32,
-    pub lua: [LjLuaFrame; MAX_LUA],
+    pub lua: LjLuaSnap,
 }
 
 /// `struct lj_rec_return`.
@@ -182,12 +192,8 @@ pub struct LjLuaCfg {
     pub l_base: u32,
     pub l_stack: u32,
     pub l_cframe: u32,
-    pub fn_ffid: u32,
-    pub fn_pc: u32,
     pub cf_save_l: u32,
-    pub cf_save_pc: u32,
     pub cf_prev: u32,
-    pub pad: u32,
 }
 
 /// `struct lj_config` (the `.rodata` variable `cfg`).
@@ -301,16 +307,23 @@ mod tests {
                 ("r", r)
             ]
         );
+        check!(btf, "lj_cframe", LjCframe, [("addr", addr), ("w", w)]);
         check!(
             btf,
-            "lj_lua_frame",
-            LjLuaFrame,
+            "lj_lua_snap",
+            LjLuaSnap,
             [
-                ("fn", func),
-                ("pc", pc),
+                ("l", l),
+                ("base", base),
+                ("stack", stack),
                 ("cframe", cframe),
+                ("lstack_from", lstack_from),
+                ("lstack_len", lstack_len),
                 ("flags", flags),
-                ("pad", pad)
+                ("ncf", ncf),
+                ("pad", pad),
+                ("cf", cf),
+                ("lstack", lstack)
             ]
         );
         // The stack bytes follow the fixed part.
@@ -326,8 +339,6 @@ mod tests {
                 ("stack_len", stack_len),
                 ("sampled", sampled),
                 ("regs", regs),
-                ("lua_n", lua_n),
-                ("lua_flags", lua_flags),
                 ("lua", lua)
             ],
             ("stack".to_string(), size_of::<LjRecEntry>())
@@ -373,12 +384,8 @@ mod tests {
                 ("l_base", l_base),
                 ("l_stack", l_stack),
                 ("l_cframe", l_cframe),
-                ("fn_ffid", fn_ffid),
-                ("fn_pc", fn_pc),
                 ("cf_save_l", cf_save_l),
-                ("cf_save_pc", cf_save_pc),
-                ("cf_prev", cf_prev),
-                ("pad", pad)
+                ("cf_prev", cf_prev)
             ]
         );
         check!(

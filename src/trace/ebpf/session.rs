@@ -51,6 +51,8 @@ pub struct BpfOpts {
     pub ring_bytes: usize,
     /// LuaJIT layout for the Lua walk (None: no Lua frames in records).
     pub lua: Option<LjLuaCfg>,
+    /// Benchmark floor: attach a program that only counts hits.
+    pub count_only: bool,
 }
 
 /// One record from the ring.
@@ -159,7 +161,14 @@ impl BpfSession {
         {
             let prog = obj
                 .progs_mut()
-                .find(|p| p.name() == "ljleak_alloc")
+                .find(|p| {
+                    p.name()
+                        == if o.count_only {
+                            "ljleak_count"
+                        } else {
+                            "ljleak_alloc"
+                        }
+                })
                 .ok_or_else(|| BpfError::Unsupported("program ljleak_alloc missing".into()))?;
             // One link per object file, holding all its sites: each link
             // costs an RCU grace period to detach (~50 ms here), whatever
