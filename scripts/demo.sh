@@ -53,9 +53,12 @@ echo "== after load"
 echo "== what grew"
 "$ljleak" diff reports/objs-before.json reports/objs-after.json --top 5 -o flamegraphs/census-diff.svg | tee reports/diff.txt
 echo "== who holds it"
-"$ljleak" refs -p "$worker" --top 3 -o flamegraphs/refs.svg | tee reports/refs.txt
+"$ljleak" refs -p "$worker" --top 3 -o flamegraphs/refs.svg -o reports/heap.heapsnapshot | tee reports/refs.txt
+echo "   (reports/heap.heapsnapshot opens in Chrome DevTools' Memory panel)"
 echo "== where the Lua threads are"
 "$ljleak" threads -p "$worker" | tee reports/threads.txt
+echo "== where the rest of the process's memory goes"
+"$ljleak" mem -p "$master" -o reports/mem.json -o flamegraphs/mem.svg | tee reports/mem.txt
 echo "== fleet view: Prometheus metrics and pprof endpoints for this app (Ctrl-C stops it; see ljleak serve --help for scrape configs):"
 serve_port=${LJLEAK_DEMO_SERVE_PORT:-9145}
 echo "   $ljleak serve --listen 127.0.0.1:$serve_port -p $master --census-interval 60s"
@@ -66,4 +69,4 @@ if "$ljleak" serve --listen "127.0.0.1:$serve_port" -p "$master" 2>/dev/null & t
     kill "$serve_pid" 2>/dev/null || true
     wait "$serve_pid" 2>/dev/null || true
 fi
-echo "== reports in reports/, flame graphs in flamegraphs/ (leaks.svg, refs.svg, census-diff.svg)"
+echo "== reports in reports/, flame graphs in flamegraphs/ (leaks.svg, refs.svg, census-diff.svg, mem.svg)"

@@ -118,7 +118,8 @@ fn leaks_bg(args: Vec<String>) -> std::thread::JoinHandle<(i32, String, String)>
 }
 
 /// Wait until a `leaks` run has opened its probes (its stderr is piped, so
-/// watch for the perf fds instead: a uprobe fd is `anon_inode:[perf_event]`).
+/// watch for the probe fds instead: `anon_inode:[perf_event]` for the perf
+/// tracer, `anon_inode:bpf_link` for the eBPF one).
 fn wait_attached(tracer_hint: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -130,8 +131,10 @@ fn wait_attached(tracer_hint: &str) {
             cmd.contains(tracer_hint)
                 && std::fs::read_dir(e.path().join("fd")).is_ok_and(|d| {
                     d.flatten().any(|f| {
-                        std::fs::read_link(f.path())
-                            .is_ok_and(|l| l.to_string_lossy().contains("perf_event"))
+                        std::fs::read_link(f.path()).is_ok_and(|l| {
+                            let l = l.to_string_lossy();
+                            l.contains("perf_event") || l.contains("bpf_link")
+                        })
                     })
                 })
         });

@@ -171,11 +171,11 @@ fn output_symlink_planted_by_another_user_is_refused() {
         (&dangling, "dangling"),
         (&looping, "loop"),
     ] {
+        // `-o X.json` writes JSON (the format follows the extension).
         let o = run_args(&[
-            "convert",
+            "diff",
             folded.to_str().unwrap(),
-            "--format",
-            "pprof",
+            folded.to_str().unwrap(),
             "-o",
             dest.to_str().unwrap(),
         ]);
@@ -193,7 +193,7 @@ fn output_symlink_planted_by_another_user_is_refused() {
                 "-p",
                 &pid,
                 "--format",
-                "text",
+                "json",
                 "-o",
                 dest.to_str().unwrap(),
             ]);

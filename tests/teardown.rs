@@ -36,6 +36,8 @@ fn too_many_events_are_refused_before_any_probe() {
     let t = Instant::now();
     let o = common::run(&[
         "leaks",
+        "--tracer",
+        "perf",
         "-p",
         &w.to_string(),
         "--time",
@@ -55,6 +57,8 @@ fn too_many_events_are_refused_before_any_probe() {
     // Two probes (--source luajit) fit the same bound.
     let o = common::run(&[
         "leaks",
+        "--tracer",
+        "perf",
         "-p",
         &w.to_string(),
         "--time",
@@ -78,7 +82,15 @@ fn sigkill_during_teardown_leaves_target_running_and_nothing_behind() {
     };
     let w = n.worker();
     let mut c = Command::new(ljleak())
-        .args(["leaks", "-p", &w.to_string(), "--time", "1"])
+        .args([
+            "leaks",
+            "--tracer",
+            "perf",
+            "-p",
+            &w.to_string(),
+            "--time",
+            "1",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -118,6 +130,8 @@ fn sigkill_during_teardown_leaves_target_running_and_nothing_behind() {
     // A new session attaches at once: nothing left claims the worker.
     let o = common::run(&[
         "leaks",
+        "--tracer",
+        "perf",
         "-p",
         &w.to_string(),
         "--time",
@@ -142,6 +156,8 @@ fn lost_events_over_the_bound_fail_after_the_report() {
     let c = Command::new(ljleak())
         .args([
             "leaks",
+            "--tracer",
+            "perf",
             "-p",
             &w,
             "--time",

@@ -32,7 +32,13 @@ pub fn emit(outputs: &[Output], mut render: impl FnMut(Format) -> Result<Vec<u8>
     }
     for o in outputs {
         let bytes = render(o.format)?;
-        super::write_bytes(o.path.as_deref(), &bytes)?;
+        if o.format.is_binary() {
+            super::write_bytes(o.path.as_deref(), &bytes)?;
+        } else {
+            // Text from the target or an input file: control characters
+            // escaped (write_output).
+            super::write_output(o.path.as_deref(), &String::from_utf8_lossy(&bytes))?;
+        }
     }
     Ok(())
 }
