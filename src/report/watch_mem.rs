@@ -19,7 +19,7 @@ pub struct MemSample {
     /// Whether the allocator figures (LuaJIT arena, glibc arenas) were read
     /// at this sample; false: carried over from the last full breakdown.
     pub measured: bool,
-    /// Resident bytes (smaps_rollup at a light sample, Σ smaps at a full one).
+    /// Resident bytes (VmRSS at a light sample, Σ smaps Rss at a full one).
     pub rss: u64,
     /// `g->gc.total` (resident part of the LuaJIT arena).
     pub gc_heap: u64,
