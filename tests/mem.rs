@@ -497,6 +497,11 @@ fn watch_mem_names_growing_glibc_free_chunks() {
         .filter(|s| s["mem"]["measured"] == true)
         .count();
     assert!((3..9).contains(&measured), "measured {measured} of 9");
+    // A walk pauses the target (PTRACE_INTERRUPT); a light sample does not.
+    for s in &samples {
+        let paused = s["mem"]["pause_us"].as_u64().unwrap() > 0;
+        assert_eq!(paused, s["mem"]["measured"] == true, "{s}");
+    }
     for s in &samples {
         let m = s["mem"].as_object().unwrap();
         let layers: u64 = [

@@ -468,15 +468,12 @@ fn mem_line(m: &MemSample) -> String {
             s.push_str(&format!(" {name} {};", crate::units::bytes(b)));
         }
     }
-    s.push_str(&format!(
-        " fds {}{}",
-        m.fds,
-        if m.measured {
-            ""
-        } else {
-            " (allocators: last walk)"
-        }
-    ));
+    s.push_str(&format!(" fds {}", m.fds));
+    if m.measured {
+        s.push_str(&format!(" (walked, paused {} µs)", m.pause_us));
+    } else {
+        s.push_str(" (allocators: last walk)");
+    }
     s
 }
 

@@ -44,6 +44,9 @@ pub struct MemSample {
     pub other: u64,
     /// Open file descriptors.
     pub fds: u64,
+    /// How long the allocator walk paused the target, µs (0 at a light
+    /// sample; a master's total: the longest worker's).
+    pub pause_us: u64,
     /// The report's unattributed row (full samples only).
     #[serde(skip)]
     unattributed: u64,
@@ -107,6 +110,7 @@ impl MemSample {
             files: rows.files,
             other: 0,
             fds,
+            pause_us: r.pause_us,
             unattributed: r.unattributed,
             glibc_free_bytes: g.free,
             glibc_in_use_bytes: g.in_use,
@@ -132,6 +136,7 @@ impl MemSample {
         s.gc_heap = gc_total.min(arena);
         s.luajit_arena_free = arena - s.gc_heap;
         s.fds = fds;
+        s.pause_us = 0;
         s.other = rss.saturating_sub(s.layers()[..LAYERS.len() - 1].iter().sum());
         s
     }
@@ -173,6 +178,7 @@ impl MemSample {
             t.files += x.files;
             t.other += x.other;
             t.fds += x.fds;
+            t.pause_us = t.pause_us.max(x.pause_us);
             t.unattributed += x.unattributed;
             t.glibc_free_bytes += x.glibc_free_bytes;
             t.glibc_in_use_bytes += x.glibc_in_use_bytes;
