@@ -596,6 +596,17 @@ pub struct WatchArgs {
     /// nginx stub_status URL (http://127.0.0.1:PORT/status) to relate growth to requests.
     #[arg(long, value_name = "URL")]
     pub requests_url: Option<String>,
+    /// Also follow the components of `ljleak mem` (GC heap, LuaJIT arena
+    /// free, glibc in use / free chunks / mmapped, shm, stacks, files, fds):
+    /// Rss and fds at every sample, the allocator walks (a brief pause) at
+    /// most every --mem-every; the verdict names the component that grows
+    /// and -o x.svg adds a stacked area. Off by default: it costs a pause.
+    #[arg(long)]
+    pub mem: bool,
+    /// With --mem: least time between two allocator walks (each pauses the
+    /// target briefly); samples in between reuse the last figures.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::units::parse_interval, requires = "mem")]
+    pub mem_every: std::time::Duration,
     /// Format of the live output on stdout (text, csv, jsonl) and of -o files
     /// without a known extension [default: text on stdout, svg for files].
     #[arg(long, value_parser = formats(WATCH_FORMATS))]

@@ -451,3 +451,98 @@ fn series_names_the_growing_component() {
     assert!(!verdict.contains("glibc"), "{verdict}");
     assert_eq!(v["samples"].as_array().map(|s| s.len()), Some(6));
 }
+
+/// `watch --mem`: a luajit process whose glibc free chunks grow (FFI
+/// mallocs, half freed, never coalescing) while its GC heap stays flat.
+/// The verdict names glibc's free chunks and calls the GC heap stable;
+/// light samples between two allocator walks carry the last figures; the
+/// SVG stacks the components by name. Oracle for "free chunks grow": the
+/// script's own allocation pattern (every freed chunk is smaller than any
+/// later request and sits between two chunks in use).
+#[test]
+fn watch_mem_names_growing_glibc_free_chunks() {
+    let Some(mut p) = luajit_script("watch_glibc_frag.lua", &[]) else {
+        return;
+    };
+    p.ready();
+    let svg = tmp("watch-mem.svg");
+    let out = run(&[
+        "watch",
+        "-p",
+        &p.pid.to_string(),
+        "--interval",
+        "400ms",
+        "--count",
+        "9",
+        "--mem",
+        "--mem-every",
+        "700ms",
+        "--format",
+        "jsonl",
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    p.kill();
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let samples: Vec<&serde_json::Value> = lines.iter().filter(|l| l["mem"].is_object()).collect();
+    assert_eq!(samples.len(), 9, "{lines:#?}");
+    // Walks at most every 700 ms on a 400 ms grid: some samples carry the
+    // last figures, and every sample's layers stack up to its Rss.
+    let measured = samples
+        .iter()
+        .filter(|s| s["mem"]["measured"] == true)
+        .count();
+    assert!((3..9).contains(&measured), "measured {measured} of 9");
+    // A walk pauses the target (PTRACE_INTERRUPT); a light sample does not.
+    for s in &samples {
+        let paused = s["mem"]["pause_us"].as_u64().unwrap() > 0;
+        assert_eq!(paused, s["mem"]["measured"] == true, "{s}");
+    }
+    for s in &samples {
+        let m = s["mem"].as_object().unwrap();
+        let layers: u64 = [
+            "gc_heap",
+            "luajit_arena_free",
+            "jit_code",
+            "glibc_in_use",
+            "glibc_free",
+            "glibc_mmapped",
+            "shm",
+            "stacks",
+            "files",
+            "other",
+        ]
+        .iter()
+        .map(|k| m[*k].as_u64().unwrap())
+        .sum();
+        assert_eq!(layers, m["rss"].as_u64().unwrap(), "{m:?}");
+    }
+    let first = &samples[0]["mem"];
+    let last = samples
+        .iter()
+        .rev()
+        .find(|s| s["mem"]["measured"] == true)
+        .unwrap();
+    let grew = last["mem"]["glibc_free"].as_u64().unwrap() - first["glibc_free"].as_u64().unwrap();
+    assert!(grew > 8 << 20, "glibc free grew only {grew} bytes");
+    let summary = lines
+        .iter()
+        .find(|l| l["summary"].is_object())
+        .expect("summary");
+    let verdict = summary["summary"]["mem_verdict"]
+        .as_str()
+        .expect("mem verdict");
+    assert!(verdict.starts_with("growing: "), "{verdict}");
+    assert!(verdict.contains("glibc free chunks +"), "{verdict}");
+    assert!(verdict.ends_with("; GC heap stable"), "{verdict}");
+    let svg = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(svg.contains("<polygon"), "no stacked areas");
+    for name in ["GC heap", "glibc in use", "glibc free chunks", "files"] {
+        assert!(svg.contains(name), "{name} missing from the SVG legend");
+    }
+    assert!(svg.contains(verdict), "the SVG carries the verdict");
+}

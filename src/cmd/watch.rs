@@ -21,6 +21,7 @@ use crate::report::output::{Format, Formats};
 use crate::target::ProcessMemory;
 
 pub use crate::report::watch::{Sample, Summary};
+use crate::report::watch_mem::MemSample;
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -201,6 +202,14 @@ pub fn watch(a: WatchArgs) -> Result<()> {
     };
     write!(out, "{header}")?;
     let mut series: Vec<Vec<Sample>> = vec![Vec::new(); targets.len() + usize::from(multi)];
+    // --mem: each target's last full breakdown (seconds, components).
+    let mut mem_last: Vec<Option<(f64, MemSample)>> = vec![None; targets.len()];
+    let mem_opts = crate::mem::MemOpts {
+        locate: super::locate_opts(&a.target),
+        no_fds: true,
+        nonblocking: a.capture.nonblocking,
+        attempts: a.capture.attempts,
+    };
     let t0 = Instant::now();
     let mut exited = None;
     for i in 0..a.count.unwrap_or(u64::MAX) {
@@ -220,7 +229,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         };
         let t = t0.elapsed().as_secs_f64();
         let mut row = Vec::new();
-        for tg in &targets {
+        for (ti, tg) in targets.iter().enumerate() {
             let gc_total = match tg.gc_total() {
                 Ok(v) => v,
                 Err(e) => {
@@ -248,6 +257,25 @@ pub fn watch(a: WatchArgs) -> Result<()> {
             } else {
                 (None, None)
             };
+            let mem = if a.mem {
+                match mem_sample(
+                    tg.pid,
+                    t,
+                    a.mem_every,
+                    &mem_opts,
+                    &mut mem_last[ti],
+                    rss,
+                    gc_total,
+                ) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        exited = Some(e);
+                        break;
+                    }
+                }
+            } else {
+                None
+            };
             row.push(Sample {
                 t,
                 pid: tg.pid,
@@ -257,6 +285,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                 objects,
                 types,
                 requests,
+                mem,
             });
         }
         if exited.is_some() {
@@ -274,6 +303,9 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                 }
                 m
             });
+            let mem = a
+                .mem
+                .then(|| MemSample::sum(row.iter().filter_map(|s| s.mem.as_ref())));
             row.push(Sample {
                 t,
                 pid: master,
@@ -283,11 +315,15 @@ pub fn watch(a: WatchArgs) -> Result<()> {
                 objects,
                 types,
                 requests,
+                mem,
             });
         }
         for (k, s) in row.into_iter().enumerate() {
             let total = multi && k == targets.len();
             write!(out, "{}", crate::report::watch::row(live, &s, total))?;
+            if let (Format::Text, Some(m)) = (live, &s.mem) {
+                writeln!(out, "{}", mem_line(m))?;
+            }
             series[k].push(s);
         }
         if tty {
@@ -303,7 +339,21 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         .filter(|(_, s)| !s.is_empty())
         .map(|(k, s)| {
             let total = multi && k == targets.len();
-            crate::report::watch::summarize(s, total, total || lone)
+            let mut x = crate::report::watch::summarize(s, total, total || lone);
+            let pts: Vec<(f64, &MemSample)> = s
+                .iter()
+                .filter_map(|x| Some((x.t, x.mem.as_ref()?)))
+                .collect();
+            if let Some((c, v)) = crate::report::watch_mem::verdict(&pts) {
+                x.mem_verdict = Some(v);
+                x.mem_components = Some(c);
+            } else if a.mem {
+                x.mem_verdict = Some(format!(
+                    "fewer than two allocator walks (one every {:?}): no verdict",
+                    a.mem_every
+                ));
+            }
+            x
         })
         .collect();
     let summary = crate::report::watch::summary_text(&summaries, master);
@@ -335,6 +385,9 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         s
     };
     emit::emit(&at_end, |f| match f {
+        Format::Svg if a.mem => emit::text(crate::report::plot::watch_mem_svg(
+            &series, &summaries, master,
+        )?),
         Format::Svg => emit::text(crate::report::plot::watch_svg(&series, &summaries, master)?),
         Format::Json => emit::json(&serde_json::json!({
             "kind": "watch",
@@ -365,6 +418,63 @@ pub fn watch(a: WatchArgs) -> Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// One `--mem` sample of `pid` at `t` seconds: a full breakdown (a brief
+/// pause) when the last is `every` old or more, else the last figures with
+/// the Rss, GC total and fd count of now.
+fn mem_sample(
+    pid: i32,
+    t: f64,
+    every: Duration,
+    opts: &crate::mem::MemOpts,
+    last: &mut Option<(f64, MemSample)>,
+    rss: u64,
+    gc_total: u64,
+) -> Result<MemSample> {
+    // Counting /proc/PID/fd is cheap; the socket tables are `mem`'s job.
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let due = last
+        .as_ref()
+        .is_none_or(|(t0, _)| t - t0 >= every.as_secs_f64());
+    if due {
+        match crate::mem::breakdown(pid, opts) {
+            Ok(r) => {
+                let m = MemSample::from_report(&r, fds);
+                for w in &r.warnings {
+                    log::info!("mem {pid}: {w}");
+                }
+                *last = Some((t, m.clone()));
+                return Ok(m);
+            }
+            Err(e) if !crate::target::process_alive(pid) => return Err(e.into()),
+            // A failed walk (a heap mid-change) keeps the last figures.
+            Err(e) => log::warn!("mem breakdown of {pid}: {e}"),
+        }
+    }
+    match last {
+        Some((_, m)) => Ok(m.light(rss, gc_total, fds)),
+        None => anyhow::bail!("--mem: the first breakdown of {pid} failed"),
+    }
+}
+
+/// The components of one sample, under its text row.
+fn mem_line(m: &MemSample) -> String {
+    let mut s = String::from("          ");
+    for (name, b) in crate::report::watch_mem::LAYERS.iter().zip(m.layers()) {
+        if b > 0 {
+            s.push_str(&format!(" {name} {};", crate::units::bytes(b)));
+        }
+    }
+    s.push_str(&format!(" fds {}", m.fds));
+    if m.measured {
+        s.push_str(&format!(" (walked, paused {} µs)", m.pause_us));
+    } else {
+        s.push_str(" (allocators: last walk)");
+    }
+    s
 }
 
 /// Whether `pid` is the only worker of its nginx master (or not a worker

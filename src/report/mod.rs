@@ -15,3 +15,4 @@ pub mod pprof;
 pub mod refs;
 pub mod threads;
 pub mod watch;
+pub mod watch_mem;

@@ -4,6 +4,7 @@
 //! viewer picks the font). With a request counter the x axis is requests
 //! since the start (the verdict's fit is bytes per request), else seconds.
 
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::report::watch::{request_axis, verdict_name, Sample, Summary};
@@ -21,6 +22,64 @@ const PALETTE: [RGBColor; 6] = [
 /// SVG of `series` (per worker, the total last when there are several)
 /// with the fit of the last summary (the total, or the one process).
 pub fn watch_svg(series: &[Vec<Sample>], sums: &[Summary], master: i32) -> anyhow::Result<String> {
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        draw_gc(&root, series, sums, master)?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+/// `watch --mem -o x.svg`: the GC plot above, and below the stacked
+/// resident components of the main series (the total, or the one process)
+/// with the verdict that names the growing one.
+pub fn watch_mem_svg(
+    series: &[Vec<Sample>],
+    sums: &[Summary],
+    master: i32,
+) -> anyhow::Result<String> {
+    let main: Vec<(f64, &crate::report::watch_mem::MemSample)> = series
+        .last()
+        .map(|s| {
+            s.iter()
+                .filter_map(|x| Some((x.t, x.mem.as_ref()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let verdict = sums
+        .last()
+        .and_then(|s| s.mem_verdict.clone())
+        .unwrap_or_default();
+    let who = if series.len() > 1 {
+        "all workers"
+    } else {
+        "resident"
+    };
+    let mut buf = String::new();
+    {
+        let root = SVGBackend::with_string(&mut buf, (900, 1000)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let halves = root.split_evenly((2, 1));
+        draw_gc(&halves[0], series, sums, master)?;
+        crate::report::watch_mem::draw_stacked(
+            &halves[1],
+            &main,
+            &format!("memory components ({who}): {verdict}"),
+        )?;
+        root.present().map_err(plot_err)?;
+    }
+    Ok(buf)
+}
+
+/// The GC plot on `root`.
+fn draw_gc(
+    root: &DrawingArea<SVGBackend, Shift>,
+    series: &[Vec<Sample>],
+    sums: &[Summary],
+    master: i32,
+) -> anyhow::Result<()> {
     let main = sums.last();
     let per_request = main.and_then(|m| m.per_request.as_ref());
     // x of each sample of each series.
@@ -66,11 +125,8 @@ pub fn watch_svg(series: &[Vec<Sample>], sums: &[Summary], master: i32) -> anyho
             series.first().and_then(|s| s.first()).map_or(0, |x| x.pid)
         )
     };
-    let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (900, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!("ljleak watch, GC total: {who}; dashed: {fit_text}"),
                 ("sans-serif", 16),
@@ -142,9 +198,8 @@ pub fn watch_svg(series: &[Vec<Sample>], sums: &[Summary], master: i32) -> anyho
             .border_style(BLACK)
             .draw()
             .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
     }
-    Ok(buf)
+    Ok(())
 }
 
 fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {

@@ -45,6 +45,9 @@ pub struct Sample {
     /// Requests served so far per the status URL (with --requests-url).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests: Option<u64>,
+    /// The components of `ljleak mem` (with --mem).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<crate::report::watch_mem::MemSample>,
 }
 
 /// The end-of-run summary for one series.
@@ -77,6 +80,13 @@ pub struct Summary {
     pub per_request_note: Option<String>,
     /// The verdict: from `per_request` when there is one, else from `gc`.
     pub verdict: trend::Verdict,
+    /// With --mem: which component grows ("growing: glibc free chunks
+    /// +40.0 MiB/min; GC heap stable").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_verdict: Option<String>,
+    /// With --mem: each component's trend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_components: Option<Vec<crate::compare::mem_trend::ComponentTrend>>,
 }
 
 /// Requests since the first sample, leaving out the status fetches
@@ -137,6 +147,8 @@ pub fn summarize(s: &[Sample], total: bool, server_wide: bool) -> Summary {
         gc_bytes_per_request,
         per_request_note: note,
         verdict,
+        mem_verdict: None,
+        mem_components: None,
     }
 }
 
@@ -195,6 +207,9 @@ pub fn summary_text(sums: &[Summary], master: i32) -> String {
                 ""
             }
         );
+        if let Some(v) = &x.mem_verdict {
+            let _ = writeln!(s, "  memory components: {v}");
+        }
     }
     s
 }
@@ -278,6 +293,7 @@ mod tests {
             objects: None,
             types: None,
             requests: Some(requests),
+            mem: None,
         }
     }
 
