@@ -546,3 +546,31 @@ fn known_graph_on_upstream_builds() {
         known_graph(&lj, gc64);
     }
 }
+
+/// A stack slot is named by the local variable it holds (the prototype's
+/// varinfo), with the line it was declared on, not `stack[N]`.
+#[test]
+fn stack_slot_is_named_by_its_local() {
+    let Some(lj) = luajit2() else { return };
+    let mut p = LuaProc::spawn(&lj, &common::testdata("lua/refs_local.lua"), &["3000"]);
+    let sessions = addrs(&mut p, &["sessions"])["sessions"].clone();
+    p.ready();
+    let pid = p.pid.to_string();
+    let r = refs_json(&pid, &["--top", "1"]);
+    let top = &r["suspects"][0];
+    assert_eq!(top["addr"], sessions.as_str(), "{}", r["suspects"]);
+    // The chunk name is shortened the way debug.traceback does it
+    // (lj_debug_shortname keeps a path that fits).
+    let pth = path(top);
+    assert_eq!(pth.len(), 2, "{pth:?}");
+    assert_eq!(pth[0], "main thread");
+    assert!(
+        pth[1].starts_with("local sessions (") && pth[1].ends_with("/refs_local.lua:7)"),
+        "{pth:?}"
+    );
+    let out = run(&["refs", "-p", &pid, "--top", "1"]);
+    assert!(out.status.success());
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("main thread → local sessions ("), "{t}");
+    p.kill();
+}

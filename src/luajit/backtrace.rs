@@ -82,6 +82,9 @@ pub struct LuaFrame {
     pub defined: Option<LuaLoc>,
     /// The name its caller used (`lua_getinfo` `n`: `'inner'`, `'__index'`).
     pub called: Option<CallName>,
+    /// Bytecode position of the current instruction (Lua functions whose
+    /// PC is known; `debug_framepc`), for naming the frame's locals.
+    pub pos: Option<u32>,
 }
 
 impl LuaFrame {
@@ -373,6 +376,7 @@ fn describe<M: Memory + ?Sized>(
         loc: None,
         defined: None,
         called: fr.call_name(protos, frame),
+        pos: None,
     };
     let Some(proto) = fr.lua_proto(func)? else {
         let ffid = f.f_ffid.get(vm.m, func)? as u8;
@@ -395,7 +399,8 @@ fn describe<M: Memory + ?Sized>(
         proto,
         firstline: p.firstline,
     });
-    lf.loc = fr.pos(&p, next).map(|pos| ix.loc(&p, pos));
+    lf.pos = fr.pos(&p, next);
+    lf.loc = lf.pos.map(|pos| ix.loc(&p, pos));
     Ok(lf)
 }
 

@@ -301,8 +301,22 @@ fn var_name<M: Memory + ?Sized>(
     vm: &Vm<'_, M>,
     p: &ProtoInfo,
     pc: u32,
-    mut slot: u32,
+    slot: u32,
 ) -> Result<Option<String>, MemError> {
+    Ok(local_var(vm, p, pc, slot)?.map(|(n, _)| n))
+}
+
+/// `debug_varname` with the variable's scope start: the name of the
+/// `slot`-th variable active at bytecode position `pc` and the position
+/// where it became active (its `startpc`; lj_parse.c `var_add` sets it
+/// right after the initialiser's code). None when the prototype has no
+/// varinfo (stripped bytecode) or fewer active variables.
+pub fn local_var<M: Memory + ?Sized>(
+    vm: &Vm<'_, M>,
+    p: &ProtoInfo,
+    pc: u32,
+    mut slot: u32,
+) -> Result<Option<(String, u32)>, MemError> {
     let at = vm.lay.f.p_varinfo.get(vm.m, p.addr)?;
     if at == 0 {
         return Ok(None);
@@ -334,12 +348,13 @@ fn var_name<M: Memory + ?Sized>(
         let endpc = startpc.wrapping_add(len);
         if pc < endpc {
             if slot == 0 {
-                return Ok(Some(if (vn as usize) <= VARNAMES.len() {
+                let name = if (vn as usize) <= VARNAMES.len() {
                     VARNAMES[vn as usize - 1].to_string()
                 } else {
                     let mut j = name_at;
                     info.cstr(&mut j)
-                }));
+                };
+                return Ok(Some((name, startpc)));
             }
             slot -= 1;
         }

@@ -7,12 +7,17 @@
 //! Only called for the few edges a report prints, so it reads memory
 //! freely and allocates.
 
+use super::backtrace::{lua_backtrace, FuncKind};
+use super::frames::{ProtoIndex, SLOT};
+use super::funcname::local_var;
 use super::refs::{decode_tv, Label, Refs, Tv};
 use super::vm::{gct, type_name};
 use crate::target::{Memory, ReadExt};
 
 /// Longest string key shown before it is cut with `…`.
 const MAX_KEY: usize = 60;
+/// Most Lua frames walked to find the frame owning a stack slot.
+const MAX_LOCAL_FRAMES: usize = 200;
 /// Number of metamethod names at the start of `g->gcroot` (lj_obj.h
 /// GCROOT_MMNAME..; MM__MAX with the FFI and pairs/ipairs entries).
 const GCROOT_MMNAMES: u16 = 22;
@@ -68,9 +73,17 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
                 } else {
                     "stack"
                 };
-                match self.func_where(target) {
-                    Some(w) => format!("{what}[{i}] function {w}"),
-                    None => format!("{what}[{i}]"),
+                let local = match label {
+                    Label::Stack(_) => self.stack_local(src, i),
+                    _ => None,
+                };
+                match (local, self.func_where(target)) {
+                    (Some(l), Some(w)) => format!("{l} function {w}"),
+                    (Some(l), None) => l,
+                    (None, w) => match w {
+                        Some(w) => format!("{what}[{i}] function {w}"),
+                        None => format!("{what}[{i}]"),
+                    },
                 }
             }
             Label::StartPt => "start prototype".into(),
@@ -156,6 +169,42 @@ impl<M: Memory + ?Sized> Refs<'_, '_, M> {
             }
         }
         None
+    }
+
+    /// `local NAME (file.lua:LINE)` for stack slot `i` of thread `th` when
+    /// it is an active local variable of a Lua frame whose prototype keeps
+    /// its varinfo (lj_debug.c `lj_debug_slotname` → `debug_varname`: slot
+    /// n above a frame's base is the n-th variable active at its PC). The
+    /// line is where the variable was declared: the instruction before its
+    /// `startpc` (lj_parse.c `var_add` runs after the initialiser).
+    fn stack_local(&self, th: u64, i: u32) -> Option<String> {
+        let vm = self.vm();
+        let f = &vm.lay.f;
+        let stack = vm.gcref(th + f.l_stack.off).ok()?;
+        let at = stack.checked_add(u64::from(i) * SLOT)?;
+        let frames = lua_backtrace(vm, &ProtoIndex::default(), th, MAX_LOCAL_FRAMES);
+        // Innermost first: the first frame whose base is at or below the
+        // slot owns it.
+        let fr = frames.iter().find(|fr| fr.frame + SLOT <= at)?;
+        let (FuncKind::Lua { proto }, Some(pos)) = (fr.what, fr.pos) else {
+            return None;
+        };
+        let n = u32::try_from((at - (fr.frame + SLOT)) / SLOT).ok()?;
+        let mut ix = ProtoIndex::default();
+        ix.insert(vm, proto).ok()?;
+        let p = ix.proto(proto)?;
+        let (name, startpc) = local_var(vm, p, pos, n).ok()??;
+        if name.is_empty() || name.starts_with('(') {
+            // Internal loop variables are not what a reader looks for.
+            return None;
+        }
+        let loc = ix.loc(p, startpc.saturating_sub(1));
+        let name = truncate(&name, MAX_KEY);
+        Some(if loc.line > 0 {
+            format!("local {name} ({})", loc.short())
+        } else {
+            format!("local {name}")
+        })
     }
 
     /// The key of hash node `i` of table `t` as an index expression.

@@ -9,6 +9,7 @@
 //! Not here: turning addresses into names ([`symbols`]).
 
 pub mod jit;
+pub mod ljnames;
 pub mod lua;
 pub mod lua_chain;
 pub mod symbols;
