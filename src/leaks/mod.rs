@@ -226,21 +226,30 @@ impl Tracker {
             weight = self.decide(requested(func, &args));
         }
         let stack = if weight.is_some() { store() } else { NO_STACK };
+        self.push_pending(
+            tid,
+            Pending {
+                func,
+                sp,
+                args,
+                stack,
+                time,
+                nested,
+                weight,
+            },
+        );
+    }
+
+    /// Queue a call waiting for its return; past [`MAX_PENDING`] the
+    /// oldest is counted as unmatched and dropped.
+    fn push_pending(&mut self, tid: u32, call: Pending) {
         let p = self.pending.entry(tid).or_default();
         if p.len() >= MAX_PENDING {
             let q = p.remove(0);
             self.counts.unmatched += 1;
             self.release(q.stack);
         }
-        self.pending.entry(tid).or_default().push(Pending {
-            func,
-            sp,
-            args,
-            stack,
-            time,
-            nested,
-            weight,
-        });
+        self.pending.entry(tid).or_default().push(call);
     }
 
     /// An allocation call the kernel tracer already found outermost and
@@ -260,21 +269,18 @@ impl Tracker {
         // A pending call at or below this one lost its return record.
         self.drop_stale(tid, sp);
         let stack = store();
-        let p = self.pending.entry(tid).or_default();
-        if p.len() >= MAX_PENDING {
-            let q = p.remove(0);
-            self.counts.unmatched += 1;
-            self.release(q.stack);
-        }
-        self.pending.entry(tid).or_default().push(Pending {
-            func,
-            sp,
-            args,
-            stack,
-            time,
-            nested: false,
-            weight: Some(weight),
-        });
+        self.push_pending(
+            tid,
+            Pending {
+                func,
+                sp,
+                args,
+                stack,
+                time,
+                nested: false,
+                weight: Some(weight),
+            },
+        );
     }
 
     /// A tracked pointer was freed (the kernel tracer reports only those).
