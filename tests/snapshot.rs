@@ -193,6 +193,11 @@ fn sigkill_during_fork_capture_under_load() {
             }
         })
     };
+    // Kill times spread over one whole capture, however fast this machine
+    // runs it.
+    let t = std::time::Instant::now();
+    let _ = objs(w, "fork");
+    let span_us = (t.elapsed().as_micros() as u64).clamp(20_000, 2_000_000);
     let mut rnd = rng(0x2545_f491_4f6c_dd1d);
     let mut hit = 0;
     let err = std::env::temp_dir().join(format!("ljleak-forkkill-{}.err", std::process::id()));
@@ -203,7 +208,7 @@ fn sigkill_during_fork_capture_under_load() {
             .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rnd() % 150_000));
+        std::thread::sleep(Duration::from_micros(rnd() % span_us));
         if !children_states(w).is_empty() {
             hit += 1;
         }
