@@ -58,7 +58,8 @@ echo "   (reports/heap.heapsnapshot opens in Chrome DevTools' Memory panel)"
 echo "== where the Lua threads are"
 "$ljleak" threads -p "$worker" | tee reports/threads.txt
 echo "== where the rest of the process's memory goes"
-"$ljleak" mem -p "$master" -o reports/mem.json -o flamegraphs/mem.svg | tee reports/mem.txt
+"$ljleak" mem -p "$master" -o reports/mem.json -o flamegraphs/mem.svg -o reports/mem.txt
+cat reports/mem.txt
 echo "== fleet view: Prometheus metrics and pprof endpoints for this app (Ctrl-C stops it; see ljleak serve --help for scrape configs):"
 serve_port=${LJLEAK_DEMO_SERVE_PORT:-9145}
 echo "   $ljleak serve --listen 127.0.0.1:$serve_port -p $master --census-interval 60s"
