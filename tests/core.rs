@@ -203,12 +203,26 @@ fn gdb_loads_an_ljleak_dump() {
     wait_in_read(p.pid);
     let dir = tmpdir("gdb");
     let core = dir.join("w.core");
-    // A link planted at the output path is replaced, never written through.
+    // A link planted at the output path is refused (exit 10, the output
+    // rule of every command), never written through.
     let victim = dir.join("victim");
     std::fs::write(&victim, "keep").unwrap();
     std::os::unix::fs::symlink(&victim, &core).unwrap();
-    dump(p.pid, &core, &[]);
+    let pid = p.pid.to_string();
+    let o = run(&["dump", "-p", &pid, "-o", core.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(std::fs::symlink_metadata(&core)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    std::fs::remove_file(&core).unwrap();
+    dump(p.pid, &core, &[]);
     assert!(std::fs::symlink_metadata(&core).unwrap().is_file());
     p.resume_total();
     let out = Command::new("gdb")

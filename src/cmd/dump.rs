@@ -6,7 +6,6 @@
 //! memory), into buffers allocated and pre-faulted before the pause; the
 //! target is resumed before anything is written to disk.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -319,7 +318,7 @@ pub fn dump(a: DumpArgs) -> Result<()> {
             data: b.as_ref().map_or(&[][..], |b| &b[..*n as usize]),
         })
         .collect();
-    let bytes = write_new_file(&a.output, |w| write_core(w, &segs, &proc))?;
+    let bytes = write_new_file(&a.output, |mut w| write_core(&mut w, &segs, &proc))?;
     eprintln!(
         "wrote {} ({} bytes, {} mappings, {} threads; target paused {} us, {})",
         a.output.display(),
@@ -365,45 +364,18 @@ fn parent_dir(p: &Path) -> PathBuf {
         .to_path_buf()
 }
 
-/// Stream a large output into a fresh temporary file beside `dest`
-/// (created with O_EXCL|O_NOFOLLOW, mode 0600: a core holds the process's
-/// secrets), then rename it over `dest`. A symlink at `dest` is replaced,
-/// never followed.
+/// Stream a large output to `dest` by the project's output rules
+/// ([`crate::safety::outfile`]: a fresh 0600 temporary file renamed over a
+/// regular file or nothing; a symlink is refused, never followed or
+/// replaced). Returns what `f` says it wrote.
 pub fn write_new_file(
     dest: &Path,
-    f: impl FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<u64>,
+    f: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<u64>,
 ) -> Result<u64> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = parent_dir(dest);
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = dir.join(format!(".{name}.{}.{nanos:08x}.tmp", std::process::id()));
-    let res = (|| -> std::io::Result<u64> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
-        let n = f(&mut w)?;
-        w.flush()?;
-        drop(w);
-        file.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        Ok(n)
-    })();
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        anyhow::anyhow!(
-            "cannot write {}: {e} (choose a writable folder with room for the dump)",
-            dest.display()
-        )
-    })
+    let mut n = 0;
+    crate::safety::outfile::write_file_with(dest, |w| {
+        n = f(w)?;
+        Ok(())
+    })?;
+    Ok(n)
 }

@@ -67,6 +67,17 @@ fn last_err() -> std::io::Error {
 
 /// Write `bytes` to `path` by the rules of this module.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    write_file_with(path, |w| w.write_all(bytes))
+}
+
+/// [`write_file`] for output too large to hold in memory (core files,
+/// heap snapshots): `render` streams it into the temporary file. A FIFO or
+/// character device destination is written in place, so there it renders
+/// into memory first.
+pub fn write_file_with(
+    path: &Path,
+    render: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), OutputError> {
     let shown = crate::safety::escape::escape_text(&path.to_string_lossy()).into_owned();
     let io = |source: std::io::Error| OutputError::Io {
         path: shown.clone(),
@@ -121,8 +132,11 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
             libc::S_IFDIR => return Err(refuse("it is a directory; give a file name")),
             libc::S_IFBLK => return Err(refuse("it is a block device")),
             libc::S_IFSOCK => return Err(refuse("it is a socket")),
-            libc::S_IFIFO => return write_in_place(&dfd, &cname, bytes, true, &shown),
-            libc::S_IFCHR => return write_in_place(&dfd, &cname, bytes, false, &shown),
+            kind @ (libc::S_IFIFO | libc::S_IFCHR) => {
+                let mut bytes = Vec::new();
+                render(&mut bytes).map_err(io)?;
+                return write_in_place(&dfd, &cname, &bytes, kind == libc::S_IFIFO, &shown);
+            }
             _ => return Err(refuse("it is not a regular file")),
         }
     } else {
@@ -162,8 +176,11 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
         // SAFETY: valid dirfd and name.
         unsafe { libc::unlinkat(dfd.as_raw_fd(), tmp_name.as_ptr(), 0) };
     };
-    let mut file = file;
-    let res = file.write_all(bytes).and_then(|_| file.sync_all());
+    let res = {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &file);
+        render(&mut w).and_then(|_| w.flush())
+    }
+    .and_then(|_| file.sync_all());
     if let Err(e) = res {
         unlink_tmp();
         return Err(io(e));
