@@ -780,3 +780,51 @@ fn sampled_c_leak_estimate_is_close_to_the_truth() {
     );
     assert_eq!(summary_num(&err, "lost events"), 0, "{err}");
 }
+
+/// BPF tracer: after a few whole copies a thread's stack copies stop at
+/// its learned anchor (nginx's event loop), and the frames above come back
+/// from the glued bytes: every leak stack still reaches nginx's `main`.
+#[test]
+fn anchored_stack_copies_still_reach_main() {
+    if std::env::var("LJLEAK_TRACER").as_deref() == Ok("perf") {
+        eprintln!("anchors are the BPF tracer's: nothing to check on the perf run");
+        return;
+    }
+    let Some(ng) = leaks_nginx(&["/cleak_interp?size=1"]) else {
+        return;
+    };
+    let w = ng.worker().to_string();
+    let folded = tmp("anchor.folded");
+    let mut t = Tracer::start(&format!(
+        "leaks -p {w} --time 3 --source malloc --trim=false -v -o {}",
+        folded.to_str().unwrap()
+    ));
+    const N: u64 = 40;
+    for _ in 0..N {
+        assert_eq!(ng.get("/cleak_interp?size=7777").0, 200);
+        // Anchors reach the kernel at ljleak's next poll (20 ms).
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (err, _) = t.finish_ok();
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
+    let leak: Vec<(&String, &u64)> = f
+        .iter()
+        .filter(|(s, b)| s.ends_with(";malloc") && s.contains("ngx_http_lua") && *b % 7777 == 0)
+        .collect();
+    assert_eq!(
+        leak.iter().map(|(_, b)| **b).sum::<u64>(),
+        N * 7777,
+        "{f:#?}\n{err}"
+    );
+    for (s, _) in &leak {
+        assert!(
+            s.split(';').any(|fr| fr == "main") && s.contains("ngx_process_events_and_timers"),
+            "a leak stack lost its outer frames: {s}"
+        );
+    }
+    let anchored = summary_num(&err, "copies ended at their thread's anchor:");
+    assert!(
+        anchored >= N,
+        "copies ended at an anchor: {anchored}\n{err}"
+    );
+}

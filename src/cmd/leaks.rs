@@ -245,6 +245,12 @@ impl Window {
             stacks.stats.dropped,
             stacks.stats.unwound
         );
+        if stacks.anchor_misses > 0 {
+            log::info!(
+                "stacks: {} glued at their anchor did not pass through it (cut there)",
+                stacks.anchor_misses
+            );
+        }
     }
 
     fn event(&mut self, spec: &ProbeSpec, s: &Sample<'_>) {

@@ -139,6 +139,9 @@ impl Tracer {
                         w.on_bpf(i, spec, ev);
                     }
                 });
+                for (tid, a) in w.stacks.anchor_updates.drain(..) {
+                    s.set_anchor(tid, &a);
+                }
             }
         }
     }
@@ -170,6 +173,11 @@ impl Tracer {
                     c[counter::LUA_WALKS],
                     c[counter::LUA_BAD],
                     c[counter::LIVE_FULL]
+                );
+                log::info!(
+                    "BPF stack copies: {} bytes; copies ended at their thread's anchor: {}",
+                    c[counter::STACK_BYTES],
+                    c[counter::ANCHORED],
                 );
                 SessionStats {
                     lost: c[counter::LOST],
@@ -207,7 +215,7 @@ impl Window {
         }
         self.samples += 1;
         match ev {
-            Event::Entry(e, stack) => {
+            Event::Entry(e, lstack, stack) => {
                 let regs = regs_of(&e.regs);
                 let args = Args {
                     a0: regs.di,
@@ -228,7 +236,18 @@ impl Window {
                     args,
                     e.time,
                     weight,
-                    || stacks.keep_with_lua(&regs, stack, Some(&e.lua)),
+                    || {
+                        stacks.keep_bpf(
+                            &regs,
+                            stack,
+                            crate::leaks::deferred::BpfCopy {
+                                tid: e.tid,
+                                anchor: e.anchor,
+                                anchor_word: e.anchor_word,
+                                lua: Some((&e.lua, lstack)),
+                            },
+                        )
+                    },
                 );
             }
             Event::Return(r) => {

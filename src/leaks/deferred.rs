@@ -9,8 +9,20 @@
 //! Raw stacks are bounded: past [`DEFAULT_CAP_BYTES`] of them, new stacks
 //! are unwound at once and kept as interned ids (four bytes each), as
 //! before deferral.
+//!
+//! Anchors (BPF tracer): the outer frames of a thread's stacks (nginx's
+//! event loop, `main`, `_start`) repeat on every event. From the first
+//! stacks of each thread, unwound as they arrive, the store learns the
+//! innermost frame they all pass through and publishes its return-address
+//! slot to the kernel ([`DeferredStacks::anchor_updates`]); later copies
+//! stop there, and the bytes above are glued back from the stack the anchor
+//! was learned from. A glued stack that does not pass through its anchor
+//! when unwound ends at the anchor (counted as truncated), never with
+//! another stack's outer frames.
 
-use crate::trace::ebpf::abi::LjLuaSnap;
+use std::collections::HashMap;
+
+use crate::trace::ebpf::abi::{LjAnchor, LjLuaSnap};
 use crate::trace::record::Regs;
 use crate::unwind::lua::LuaFrames;
 use crate::unwind::lua_chain;
@@ -22,15 +34,65 @@ use super::NO_STACK;
 /// Raw stack bytes kept before falling back to unwinding at once.
 pub const DEFAULT_CAP_BYTES: usize = 256 << 20;
 
+/// Stacks of a thread unwound at arrival to learn its anchor.
+const LEARN_MAX: u32 = 64;
+/// Stacks a thread's anchor is learned from before it is published.
+const LEARN_MIN: u32 = 3;
+/// Bytes of outer stacks kept for gluing.
+const OUTER_CAP_BYTES: usize = 32 << 20;
+
+/// The Lua state a BPF record carried.
+#[derive(Debug, Clone)]
+pub struct LuaCopy {
+    /// The validated state and C frames.
+    pub snap: LjLuaSnap,
+    /// Lua stack bytes from `snap.lstack_from`.
+    pub lstack: Box<[u8]>,
+}
+
+/// What a BPF entry record says about its stack copy.
+#[derive(Debug, Clone, Copy)]
+pub struct BpfCopy<'a> {
+    /// The thread.
+    pub tid: u32,
+    /// The anchor slot the copy ends at (`slot + 8`), 0 for none.
+    pub anchor: u64,
+    /// The word the kernel found there.
+    pub anchor_word: u64,
+    /// The Lua state (None without a located VM).
+    pub lua: Option<(&'a LjLuaSnap, &'a [u8])>,
+}
+
 #[derive(Debug)]
 enum Slot {
     Vacant,
     Raw {
         regs: Regs,
         stack: Box<[u8]>,
-        lua: Option<Box<LjLuaSnap>>,
+        lua: Option<Box<LuaCopy>>,
+        /// Index into `outers` of the bytes to glue above the copy.
+        outer: Option<u32>,
     },
     Unwound(u32),
+}
+
+/// The bytes above an anchor slot (from `slot + 8` on).
+#[derive(Debug)]
+struct Outer {
+    slot: u64,
+    word: u64,
+    bytes: Box<[u8]>,
+}
+
+/// What a thread's stacks taught so far.
+#[derive(Debug, Default)]
+struct Learn {
+    /// (return-address slot, word) of the frames every stack seen passed
+    /// through, outermost first.
+    common: Vec<(u64, u64)>,
+    seen: u32,
+    top: u64,
+    published: Option<LjAnchor>,
 }
 
 /// Counters of the store.
@@ -57,6 +119,14 @@ pub struct DeferredStacks {
     sps: Vec<u64>,
     /// Lua frame splicing (None when the target's VM was not indexed).
     pub lua: Option<LuaFrames>,
+    outers: Vec<Outer>,
+    outer_ids: HashMap<(u64, u64), u32>,
+    outer_bytes: usize,
+    learn: HashMap<u32, Learn>,
+    /// Anchors to publish to the kernel (taken by the tracer).
+    pub anchor_updates: Vec<(u32, LjAnchor)>,
+    /// Glued stacks that did not pass through their anchor.
+    pub anchor_misses: u64,
     /// Unwound stacks.
     pub table: StackTable,
     /// Unwound stacks that stopped short of their root.
@@ -83,6 +153,12 @@ impl DeferredStacks {
             frames: Vec::with_capacity(64),
             sps: Vec::with_capacity(64),
             lua,
+            outers: Vec::new(),
+            outer_ids: HashMap::new(),
+            outer_bytes: 0,
+            learn: HashMap::new(),
+            anchor_updates: Vec::new(),
+            anchor_misses: 0,
             table: StackTable::new(),
             truncated: 0,
             stats: DeferStats::default(),
@@ -105,13 +181,36 @@ impl DeferredStacks {
     /// Keep the stack of an event (registers and the stack copy from
     /// `regs.sp` up); returns its handle.
     pub fn keep(&mut self, regs: &Regs, stack: &[u8]) -> u32 {
-        self.keep_with_lua(regs, stack, None)
+        self.keep_raw(regs, stack, None, None)
     }
 
-    /// [`Self::keep`] with the Lua state the BPF tracer copied.
-    pub fn keep_with_lua(&mut self, regs: &Regs, stack: &[u8], lua: Option<&LjLuaSnap>) -> u32 {
+    /// [`Self::keep`] for a BPF record: its Lua state, and its copy that
+    /// may end at the thread's anchor. Copies that do not are learned from.
+    pub fn keep_bpf(&mut self, regs: &Regs, stack: &[u8], b: BpfCopy<'_>) -> u32 {
+        let lua = b.lua.map(|(snap, lstack)| {
+            Box::new(LuaCopy {
+                snap: *snap,
+                lstack: lstack.into(),
+            })
+        });
+        let outer = if b.anchor != 0 {
+            self.outer_ids.get(&(b.anchor, b.anchor_word)).copied()
+        } else {
+            self.learn_from(b.tid, regs, stack);
+            None
+        };
+        self.keep_raw(regs, stack, lua, outer)
+    }
+
+    fn keep_raw(
+        &mut self,
+        regs: &Regs,
+        stack: &[u8],
+        lua: Option<Box<LuaCopy>>,
+        outer: Option<u32>,
+    ) -> u32 {
         if self.raw_bytes + stack.len() > self.cap {
-            let id = self.unwind(regs, stack, lua);
+            let id = self.unwind(regs, stack, lua.as_deref(), outer);
             return self.put(Slot::Unwound(id));
         }
         self.raw_bytes += stack.len();
@@ -120,8 +219,101 @@ impl DeferredStacks {
         self.put(Slot::Raw {
             regs: *regs,
             stack: stack.into(),
-            lua: lua.map(|l| Box::new(*l)),
+            lua,
+            outer,
         })
+    }
+
+    /// Unwind a whole copy of thread `tid` now and narrow its anchor to
+    /// the frames all its stacks so far pass through.
+    fn learn_from(&mut self, tid: u32, regs: &Regs, stack: &[u8]) {
+        let l = self.learn.entry(tid).or_default();
+        if l.seen >= LEARN_MAX || stack.is_empty() {
+            return;
+        }
+        if self
+            .unwinder
+            .unwind(regs, stack, &mut self.frames, &mut self.sps)
+            == End::Truncated
+        {
+            return;
+        }
+        let sp = regs.sp;
+        let word_at = |a: u64| -> Option<u64> {
+            let off = a.checked_sub(sp)? as usize;
+            let b = stack.get(off..off.checked_add(8)?)?;
+            Some(u64::from_le_bytes(b.try_into().ok()?))
+        };
+        // Return-address slots of frames 1.. (each caller's sp - 8), outermost first.
+        let mut chain: Vec<(u64, u64)> = self
+            .sps
+            .iter()
+            .skip(1)
+            .filter_map(|&s| {
+                let slot = s.checked_sub(8)?;
+                Some((slot, word_at(slot)?))
+            })
+            .collect();
+        chain.reverse();
+        log::debug!(
+            "anchor learning, thread {tid}: {} frames, outermost {:x?}, innermost {:x?}",
+            chain.len(),
+            chain.first(),
+            chain.last()
+        );
+        l.seen += 1;
+        if l.seen == 1 {
+            l.common = chain;
+        } else {
+            let n = l
+                .common
+                .iter()
+                .zip(&chain)
+                .take_while(|(a, b)| a == b)
+                .count();
+            l.common.truncate(n);
+        }
+        if let Some(&last) = self.sps.last() {
+            let end = sp + stack.len() as u64;
+            l.top = l.top.max(last.saturating_add(64).min(end));
+        }
+        let mut a = LjAnchor {
+            top: l.top,
+            ..Default::default()
+        };
+        if l.seen >= LEARN_MIN && l.common.len() >= 2 {
+            let (s1, w1) = l.common[l.common.len() - 1];
+            let (s2, w2) = l.common[l.common.len() - 2];
+            a = LjAnchor {
+                slot: s1,
+                word: w1,
+                slot2: s2,
+                word2: w2,
+                top: l.top,
+            };
+        }
+        if l.published == Some(a) {
+            return;
+        }
+        if a.slot != 0 && !self.outer_ids.contains_key(&(a.slot, a.word)) {
+            let from = (a.slot + 8 - sp) as usize;
+            let Some(bytes) = stack.get(from..) else {
+                return;
+            };
+            if self.outer_bytes + bytes.len() > OUTER_CAP_BYTES {
+                return;
+            }
+            self.outer_bytes += bytes.len();
+            self.outer_ids
+                .insert((a.slot, a.word), self.outers.len() as u32);
+            self.outers.push(Outer {
+                slot: a.slot,
+                word: a.word,
+                bytes: bytes.into(),
+            });
+        }
+        l.published = Some(a);
+        self.anchor_updates.push((tid, a));
     }
 
     /// Forget the stack of `h` (its allocation was freed).
@@ -154,18 +346,40 @@ impl DeferredStacks {
                 self.slots[h as usize] = Slot::Unwound(id);
                 id
             }
-            Slot::Raw { regs, stack, lua } => {
+            Slot::Raw {
+                regs,
+                stack,
+                lua,
+                outer,
+            } => {
                 self.raw_bytes -= stack.len();
-                let id = self.unwind(&regs, &stack, lua.as_deref());
+                let id = self.unwind(&regs, &stack, lua.as_deref(), outer);
                 self.slots[h as usize] = Slot::Unwound(id);
                 id
             }
         }
     }
 
-    /// Unwind, splice Lua frames, intern.
-    fn unwind(&mut self, regs: &Regs, stack: &[u8], snap: Option<&LjLuaSnap>) -> u32 {
+    /// Unwind (gluing the outer bytes of an anchored copy), splice Lua
+    /// frames, intern.
+    fn unwind(
+        &mut self,
+        regs: &Regs,
+        stack: &[u8],
+        lua: Option<&LuaCopy>,
+        outer: Option<u32>,
+    ) -> u32 {
         self.stats.unwound += 1;
+        let glued;
+        let mut anchor = None;
+        let stack = match outer.and_then(|i| self.outers.get(i as usize)) {
+            Some(o) if o.slot.checked_add(8) == regs.sp.checked_add(stack.len() as u64) => {
+                anchor = Some((o.slot, o.word));
+                glued = [stack, &o.bytes].concat();
+                &glued[..]
+            }
+            _ => stack,
+        };
         if self
             .unwinder
             .unwind(regs, stack, &mut self.frames, &mut self.sps)
@@ -173,14 +387,33 @@ impl DeferredStacks {
         {
             self.truncated += 1;
         }
+        if let Some((slot, word)) = anchor {
+            // The frame returning through the anchor slot must be there;
+            // else keep only the frames below it.
+            let through =
+                (1..self.frames.len()).any(|i| self.sps[i] == slot + 8 && self.frames[i] == word);
+            if !through {
+                let keep = self.sps.iter().take_while(|&&s| s <= slot).count();
+                self.frames.truncate(keep);
+                self.sps.truncate(keep);
+                self.anchor_misses += 1;
+                self.truncated += 1;
+            }
+        }
         if let Some(l) = &mut self.lua {
             l.splice(&mut self.frames, &self.sps, stack, regs.sp);
             // The whole chain replaces the innermost-frame splice where the
             // kernel copied the Lua state.
-            if let (Some(snap), Some(vm)) = (snap, &l.chain_vm) {
-                if let Some(segs) =
-                    lua_chain::segments(vm, &l.index, &mut l.chain_names, snap, stack, regs.sp)
-                {
+            if let (Some(c), Some(vm)) = (lua, &l.chain_vm) {
+                if let Some(segs) = lua_chain::segments(
+                    vm,
+                    &l.index,
+                    &mut l.chain_names,
+                    &c.snap,
+                    &c.lstack,
+                    stack,
+                    regs.sp,
+                ) {
                     lua_chain::splice(&mut self.frames, &mut self.sps, &segs);
                 }
             }

@@ -85,6 +85,8 @@ struct SnapMem<'a> {
     snap: &'a LjLuaSnap,
     /// `L->base`, `L->stack`, `L->cframe` as the kernel read them.
     fields: [(u64, u64, u64); 3],
+    /// The Lua stack bytes copied from `snap.lstack_from`.
+    lstack: &'a [u8],
     stack: &'a [u8],
     sp: u64,
     live: &'a ProcessMemory,
@@ -115,8 +117,7 @@ impl Memory for SnapMem<'_> {
             }
         }
         let s = self.snap;
-        let n = (s.lstack_len as usize).min(s.lstack.len());
-        if copy_from(&s.lstack[..n], s.lstack_from, addr, buf) {
+        if copy_from(self.lstack, s.lstack_from, addr, buf) {
             return Ok(());
         }
         for c in s.cf.iter().take((s.ncf as usize).min(s.cf.len())) {
@@ -143,6 +144,7 @@ pub fn segments(
     index: &ProtoIndex,
     names: &mut ChainNames,
     snap: &LjLuaSnap,
+    lstack: &[u8],
     stack: &[u8],
     sp: u64,
 ) -> Option<Vec<(u64, Vec<u64>)>> {
@@ -158,6 +160,7 @@ pub fn segments(
             (snap.l + f.l_stack.off, f.l_stack.size, snap.stack),
             (snap.l + f.l_cframe.off, 8, snap.cframe),
         ],
+        lstack,
         stack,
         sp,
         live: &live,

@@ -26,6 +26,7 @@ struct lj_rec_free *btf_rec_free __attribute__((unused));
 struct lj_lua_snap *btf_lua_snap __attribute__((unused));
 struct lj_cframe *btf_cframe __attribute__((unused));
 struct lj_regs *btf_regs __attribute__((unused));
+struct lj_anchor *btf_anchor __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -40,12 +41,22 @@ struct {
 	__type(value, __u8);
 } live SEC(".maps");
 
+/* LRU: entries stay while their thread lives (sp 0 when idle); those of
+ * threads gone are evicted first. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1 << 16);
 	__type(key, __u32);
 	__type(value, struct lj_pending);
 } pending SEC(".maps");
+
+/* Per-thread anchors (see struct lj_anchor), written by ljleak. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u32);
+	__type(value, struct lj_anchor);
+} anchors SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -149,8 +160,7 @@ static __always_inline __u64 requested(__u32 f, struct pt_regs *ctx)
 
 /* A free of `ptr` (osize bytes when the allocator says): a record only when
  * the pointer is tracked. */
-static __always_inline void do_free(struct pt_regs *ctx, __u64 cookie, __u32 tid, __u64 ptr,
-				    __u64 osize)
+static __always_inline void do_free(__u64 sp, __u64 cookie, __u32 tid, __u64 ptr, __u64 osize)
 {
 	if (!ptr)
 		return;
@@ -171,10 +181,10 @@ static __always_inline void do_free(struct pt_regs *ctx, __u64 cookie, __u32 tid
 	}
 	r->type = LJ_REC_FREE;
 	r->tid = tid;
-	r->time = bpf_ktime_get_ns();
+	r->time = 0; /* only entries need a time */
 	r->cookie = cookie;
 	r->ptr = ptr;
-	r->sp = ctx->rsp;
+	r->sp = sp;
 	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 }
 
@@ -201,12 +211,42 @@ static __always_inline void copy_regs(struct lj_regs *d, struct pt_regs *s)
 	d->r[7] = s->r15;
 }
 
-/* The ENTRY record of a tracked call: registers, Lua frames, stack copy. */
-static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid, bool smp)
+/* How many bytes of user stack an entry copies: up to the thread's anchor
+ * when the anchor's two return-address slots still hold what ljleak
+ * learned (the frames above repeat: ljleak has their bytes), else up to the
+ * thread's top, else cfg.stack_bytes. Sets *anchor to the slot used. */
+static __always_inline __u64 stack_len(__u64 sp, __u32 tid, __u64 n, __u64 *anchor,
+				       __u64 *word)
 {
-	const __u32 n = cfg.stack_bytes & ~7U;
-	struct lj_rec_entry *e =
-		bpf_ringbuf_reserve(&events, sizeof(*e) + (n <= LJ_MAX_STACK ? n : 0), 0);
+	struct lj_anchor *a = bpf_map_lookup_elem(&anchors, &tid);
+	*anchor = 0;
+	*word = 0;
+	if (!a)
+		return n;
+	if (a->slot >= sp && a->slot + 8 - sp <= n && a->slot2 > a->slot) {
+		__u64 w = 0, w2 = 0;
+		if (bpf_probe_read_user(&w, 8, (void *)a->slot) == 0 && w == a->word &&
+		    bpf_probe_read_user(&w2, 8, (void *)a->slot2) == 0 && w2 == a->word2) {
+			*anchor = a->slot;
+			*word = w;
+			count(LJ_C_ANCHORED, 1);
+			return a->slot + 8 - sp;
+		}
+	}
+	if (a->top > sp && a->top - sp < n)
+		return (a->top - sp + 7) & ~7ULL;
+	return n;
+}
+
+/* Write an ENTRY record with room for `lroom` bytes of Lua stack and
+ * `sroom` of user stack (constants at each call, so the verifier sees the
+ * bounds), copying `len` bytes of stack from sp. */
+static __always_inline bool emit_sized(struct pt_regs *ctx, __u64 sp, __u64 cookie, __u32 tid,
+				       bool smp,
+				       const struct lj_lua_snap *snap, __u64 len, __u64 anchor,
+				       __u64 word, const __u32 lroom, const __u32 sroom)
+{
+	struct lj_rec_entry *e = bpf_ringbuf_reserve(&events, sizeof(*e) + lroom + sroom, 0);
 	if (!e) {
 		count(LJ_C_LOST, 1);
 		return false;
@@ -216,32 +256,83 @@ static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 cookie, __u32 
 	e->time = bpf_ktime_get_ns();
 	e->cookie = cookie;
 	e->sampled = smp;
+	e->lua_room = lroom;
+	e->pad = 0;
 	copy_regs(&e->regs, ctx);
-	lua_snap(ctx, &e->lua);
-	e->stack_len = 0;
-	if (n > 0 && n <= LJ_MAX_STACK) {
-		/* Near the top of a stack the full copy faults: halve it. */
-		__u32 len = n;
-		for (int i = 0; i < 6; i++) {
-			if (bpf_probe_read_user(e->stack, len, (void *)ctx->rsp) == 0) {
-				e->stack_len = len;
-				break;
-			}
-			len = (len >> 1) & ~7U;
-			if (len == 0)
-				break;
+	e->lua = *snap;
+	if (lroom) {
+		__u64 ll = snap->lstack_len;
+		if (ll > lroom)
+			ll = lroom;
+		if (ll && bpf_probe_read_user(e->data, ll, (void *)snap->lstack_from)) {
+			e->lua.flags = (e->lua.flags & ~LJ_LUA_OK) | LJ_LUA_BAD;
+			ll = 0;
 		}
+		e->lua.lstack_len = ll;
+	} else {
+		e->lua.lstack_len = 0;
+	}
+	e->stack_len = 0;
+	e->anchor = 0;
+	e->anchor_word = 0;
+	/* Near the top of a stack a long copy faults: halve it. */
+	for (int i = 0; i < 7; i++) {
+		if (len > sroom)
+			len = sroom;
+		if (len == 0)
+			break;
+		if (bpf_probe_read_user(e->data + lroom, len, (void *)sp) == 0) {
+			e->stack_len = len;
+			e->anchor = anchor;
+			e->anchor_word = word;
+			count(LJ_C_STACK_BYTES, len);
+			break;
+		}
+		anchor = 0;
+		len = (len >> 1) & ~7ULL;
 	}
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return true;
+}
+
+/* Copies that end at an anchor are short: a record of this room keeps
+ * the ring's footprint (and its cache misses) small. */
+#define LJ_SHORT_STACK 1024
+
+/* The ENTRY record of a tracked call: registers, Lua frames, stack copy,
+ * in a record only as large as the copy needs (one of four sizes). */
+static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 sp, __u64 cookie, __u32 tid,
+				       bool smp)
+{
+	const __u32 n = cfg.stack_bytes & ~7U;
+	struct lj_lua_snap snap;
+	lua_snap(sp, &snap);
+	__u64 anchor = 0, word = 0, len = 0;
+	if (n > 0 && n <= LJ_MAX_STACK)
+		len = stack_len(sp, tid, n, &anchor, &word);
+	bool lua = snap.lstack_len > 0 && (snap.flags & LJ_LUA_OK);
+	if (len <= LJ_SHORT_STACK || n <= LJ_SHORT_STACK) {
+		if (lua)
+			return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word,
+					  LJ_LUA_STACK, LJ_SHORT_STACK);
+		return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word, 0,
+				  LJ_SHORT_STACK);
+	}
+	const __u32 room = n <= LJ_MAX_STACK ? n : 0;
+	if (lua)
+		return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word, LJ_LUA_STACK,
+				  room);
+	return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word, 0, room);
 }
 
 static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid)
 {
 	__u32 f = cookie & 0xff;
 	__u64 sp = ctx->rsp;
+	/* A thread's entry stays in `pending` once made: sp 0 marks it idle
+	 * (an update and a delete per call cost more than the write). */
 	struct lj_pending *p = bpf_map_lookup_elem(&pending, &tid);
-	if (p) {
+	if (p && p->sp) {
 		if (p->sp > sp) {
 			/* Called from inside a traced call on this thread
 			 * (posix_memalign -> malloc, realloc(p, 0) -> free). */
@@ -250,10 +341,10 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		}
 		/* Its return never came (longjmp, a thread that died). */
 		count(LJ_C_UNMATCHED, 1);
-		bpf_map_delete_elem(&pending, &tid);
+		p->sp = 0;
 	}
 	if (f == LJ_F_FREE) {
-		do_free(ctx, cookie, tid, ctx->rdi, 0);
+		do_free(sp, cookie, tid, ctx->rdi, 0);
 		return 1;
 	}
 	__u64 size = requested(f, ctx);
@@ -262,9 +353,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		/* realloc(p, 0), allocf(.., nsize 0): a free. Still pending, so
 		 * the free it calls inside is nested. */
 		if (f == LJ_F_REALLOC)
-			do_free(ctx, cookie, tid, ctx->rdi, 0);
+			do_free(sp, cookie, tid, ctx->rdi, 0);
 		else if (f == LJ_F_LUA_ALLOCF)
-			do_free(ctx, cookie, tid, ctx->rsi, ctx->rdx);
+			do_free(sp, cookie, tid, ctx->rsi, ctx->rdx);
 		track = false;
 	} else if (cfg.sample_bytes) {
 		if (!sampled(size)) {
@@ -273,25 +364,35 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 			count(LJ_C_ALLOCS, 1);
 			count(LJ_C_ALLOC_BYTES, size);
 			if (f == LJ_F_REALLOC || f == LJ_F_REALLOCARRAY)
-				do_free(ctx, cookie, tid, ctx->rdi, 0);
+				do_free(sp, cookie, tid, ctx->rdi, 0);
 			else if (f == LJ_F_LUA_ALLOCF)
-				do_free(ctx, cookie, tid, ctx->rsi, ctx->rdx);
+				do_free(sp, cookie, tid, ctx->rsi, ctx->rdx);
 			return 1;
 		}
 		smp = true;
 		count(LJ_C_SAMPLED, 1);
 	}
-	struct lj_pending np = {
-		.sp = sp,
-		.a0 = ctx->rdi,
-		.a1 = ctx->rsi,
-		.a2 = ctx->rdx,
-		.a3 = ctx->rcx,
-		.cookie = cookie,
-	};
-	if (track)
-		np.emitted = emit_entry(ctx, cookie, tid, smp);
-	bpf_map_update_elem(&pending, &tid, &np, BPF_ANY);
+	__u32 emitted = track ? emit_entry(ctx, sp, cookie, tid, smp) : 0;
+	if (p) {
+		p->a0 = ctx->rdi;
+		p->a1 = ctx->rsi;
+		p->a2 = ctx->rdx;
+		p->a3 = ctx->rcx;
+		p->cookie = cookie;
+		p->emitted = emitted;
+		p->sp = sp;
+	} else {
+		struct lj_pending np = {
+			.sp = sp,
+			.a0 = ctx->rdi,
+			.a1 = ctx->rsi,
+			.a2 = ctx->rdx,
+			.a3 = ctx->rcx,
+			.cookie = cookie,
+			.emitted = emitted,
+		};
+		bpf_map_update_elem(&pending, &tid, &np, BPF_ANY);
+	}
 	return 0;
 }
 
@@ -325,10 +426,10 @@ static __always_inline void forget_old(struct pt_regs *ctx, struct lj_pending *p
 static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
 {
 	struct lj_pending *p = bpf_map_lookup_elem(&pending, &tid);
-	if (!p)
+	if (!p || !p->sp)
 		return 0;
 	struct lj_pending q = *p;
-	bpf_map_delete_elem(&pending, &tid);
+	p->sp = 0;
 	__u32 f = q.cookie & 0xff;
 	__u64 ret = ctx->rax, ptr = ret, deref = 0, size = 0;
 	if (f == LJ_F_POSIX_MEMALIGN) {
@@ -377,7 +478,7 @@ static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
 	}
 	r->type = LJ_REC_RETURN;
 	r->tid = tid;
-	r->time = bpf_ktime_get_ns();
+	r->time = 0; /* only entries need a time */
 	r->cookie = q.cookie;
 	r->ret = ret;
 	r->deref = deref;

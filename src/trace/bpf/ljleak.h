@@ -40,7 +40,9 @@
 #define LJ_C_HITS 12
 #define LJ_C_LUA_WALKS 13
 #define LJ_C_LUA_BAD 14
-#define LJ_C_N 16
+#define LJ_C_ANCHORED 15 /* stack copied only up to the thread's anchor */
+#define LJ_C_STACK_BYTES 16 /* stack bytes copied */
+#define LJ_C_N 18
 
 /* The Lua state at an allocation: what ljleak's frame walker
  * (src/luajit/backtrace.rs) reads, copied while the probe runs. */
@@ -78,7 +80,22 @@ struct lj_lua_snap {
 	__u32 ncf; /* valid entries of cf */
 	__u32 pad;
 	struct lj_cframe cf[LJ_MAX_CF];
-	__u8 lstack[LJ_LUA_STACK]; /* Lua stack slots [base - len, base) */
+	/* The Lua stack slots [base - lstack_len, base) are the first
+	 * lstack_len bytes of the entry record's data[]. */
+};
+
+/* A thread's anchor, learned by ljleak from the stacks it unwound: the
+ * frames above `slot` (the return-address slot of a frame every stack of
+ * the thread passes through, e.g. nginx's event loop) repeat on every
+ * event, so when `slot` still holds `word` (and `slot2`, the next frame's
+ * return-address slot, holds `word2`) only [sp, slot + 8) is copied and
+ * ljleak glues the bytes above from the stack it learned the anchor from.
+ * `top`: the thread's outermost frame, the end of any useful copy (0:
+ * unknown). */
+struct lj_anchor {
+	__u64 slot, word;
+	__u64 slot2, word2;
+	__u64 top;
 };
 
 struct lj_rec_entry {
@@ -86,17 +103,23 @@ struct lj_rec_entry {
 	__u32 tid;
 	__u64 time; /* CLOCK_MONOTONIC ns */
 	__u64 cookie;
-	__u32 stack_len; /* valid bytes of stack[] */
+	__u32 stack_len; /* valid bytes of the stack copy */
 	__u32 sampled; /* 1: chosen by the in-kernel byte sampler */
+	__u64 anchor; /* the anchor slot the copy ends at (slot + 8); 0: none */
+	__u64 anchor_word; /* the word found there */
+	__u32 lua_room; /* bytes of data[] before the user stack */
+	__u32 pad;
 	struct lj_regs regs;
 	struct lj_lua_snap lua;
-	__u8 stack[]; /* user stack from regs.sp, cfg.stack_bytes long */
+	/* lua_room bytes for the Lua stack (lua.lstack_len valid), then the
+	 * user stack from regs.sp (stack_len valid). */
+	__u8 data[];
 };
 
 struct lj_rec_return {
 	__u32 type;
 	__u32 tid;
-	__u64 time;
+	__u64 time; /* 0: unused */
 	__u64 cookie;
 	__u64 ret; /* rax */
 	__u64 deref; /* posix_memalign: *memptr read at return */
@@ -108,7 +131,7 @@ struct lj_rec_return {
 struct lj_rec_free {
 	__u32 type;
 	__u32 tid;
-	__u64 time;
+	__u64 time; /* 0: unused */
 	__u64 cookie;
 	__u64 ptr;
 	__u64 sp;

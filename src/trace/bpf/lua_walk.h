@@ -4,7 +4,8 @@
  * (g->cur_L), validated against the interpreter's C frame (its SAVE_L must
  * be that coroutine: lj_frame.h cframe_L), the frames' base (g->jit_base
  * while a trace runs, else L->base), the Lua stack slots below the base in
- * one read, and the chain of C frames. ljleak replays its own frame walk
+ * one read (by the caller, into the record's data), and the chain of C
+ * frames. ljleak replays its own frame walk
  * (lj_debug.c's rules, src/luajit/backtrace.rs) over this copy, so frame
  * links, saved PCs, vararg, continuation and C frames, GC64 and non-GC64
  * are decoded in one place. All offsets come from cfg.lua. */
@@ -18,7 +19,7 @@ static __always_inline int read_ref(__u64 *out, const void *addr, __u32 gc64)
 	return bpf_probe_read_user(out, 4, addr);
 }
 
-static __always_inline void lua_snap(struct pt_regs *ctx, struct lj_lua_snap *s)
+static __always_inline void lua_snap(__u64 sp, struct lj_lua_snap *s)
 {
 	const __u64 g = cfg.lua.g;
 	const __u32 gc64 = cfg.lua.gc64;
@@ -43,7 +44,7 @@ static __always_inline void lua_snap(struct pt_regs *ctx, struct lj_lua_snap *s)
 	s->cframe = cf;
 	cf &= ~3ULL; /* CFRAME_RAWMASK */
 	/* The C frame must be on this thread's stack, above the probe's sp. */
-	if (cf <= ctx->rsp || cf - ctx->rsp > (8 << 20))
+	if (cf <= sp || cf - sp > (8 << 20))
 		goto bad;
 	if (read_ref(&save_l, (void *)(cf + cfg.lua.cf_save_l), gc64) || save_l != l)
 		goto bad;
@@ -64,12 +65,9 @@ static __always_inline void lua_snap(struct pt_regs *ctx, struct lj_lua_snap *s)
 	if (len > LJ_LUA_STACK)
 		len = LJ_LUA_STACK;
 	len &= ~7ULL;
-	if (len > 0 && len <= LJ_LUA_STACK) {
-		if (bpf_probe_read_user(s->lstack, len, (void *)(base - len)))
-			goto bad;
-		s->lstack_from = base - len;
-		s->lstack_len = len;
-	}
+	/* The caller copies these bytes into the record. */
+	s->lstack_from = base - len;
+	s->lstack_len = len;
 	/* The C frame chain (lua_call from C, FFI callbacks nest segments). */
 	for (int i = 0; i < LJ_MAX_CF; i++) {
 		if (!cf)

@@ -67,8 +67,12 @@ pub mod counter {
     pub const LUA_WALKS: usize = 13;
     /// Lua walks that stopped at a frame they could not validate.
     pub const LUA_BAD: usize = 14;
+    /// Stacks copied only up to their thread's anchor.
+    pub const ANCHORED: usize = 15;
+    /// Stack bytes copied.
+    pub const STACK_BYTES: usize = 16;
     /// Array size.
-    pub const N: usize = 16;
+    pub const N: usize = 18;
 }
 
 /// Bytes of Lua stack copied below the frames' base.
@@ -133,10 +137,22 @@ pub struct LjLuaSnap {
     pub ncf: u32,
     pub pad: u32,
     pub cf: [LjCframe; MAX_CF],
-    pub lstack: [u8; LUA_STACK],
 }
 
-/// `struct lj_rec_entry` (followed by the stack bytes).
+/// `struct lj_anchor`: where a thread's stack copies may stop.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct LjAnchor {
+    pub slot: u64,
+    pub word: u64,
+    pub slot2: u64,
+    pub word2: u64,
+    pub top: u64,
+}
+
+/// `struct lj_rec_entry` (followed by `lua_room` bytes for the Lua stack,
+/// then the user stack).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]
@@ -147,6 +163,10 @@ pub struct LjRecEntry {
     pub cookie: u64,
     pub stack_len: u32,
     pub sampled: u32,
+    pub anchor: u64,
+    pub anchor_word: u64,
+    pub lua_room: u32,
+    pub pad: u32,
     pub regs: LjRegs,
     pub lua: LjLuaSnap,
 }
@@ -225,6 +245,8 @@ unsafe impl Pod for LjRecReturn {}
 unsafe impl Pod for LjRecFree {}
 // SAFETY: as above.
 unsafe impl Pod for LjConfig {}
+// SAFETY: as above.
+unsafe impl Pod for LjAnchor {}
 
 /// Read a `T` from the start of `b` (None when too short).
 pub fn read<T: Pod>(b: &[u8]) -> Option<T> {
@@ -322,11 +344,22 @@ mod tests {
                 ("flags", flags),
                 ("ncf", ncf),
                 ("pad", pad),
-                ("cf", cf),
-                ("lstack", lstack)
+                ("cf", cf)
             ]
         );
-        // The stack bytes follow the fixed part.
+        check!(
+            btf,
+            "lj_anchor",
+            LjAnchor,
+            [
+                ("slot", slot),
+                ("word", word),
+                ("slot2", slot2),
+                ("word2", word2),
+                ("top", top)
+            ]
+        );
+        // The data bytes follow the fixed part.
         check!(
             btf,
             "lj_rec_entry",
@@ -338,10 +371,14 @@ mod tests {
                 ("cookie", cookie),
                 ("stack_len", stack_len),
                 ("sampled", sampled),
+                ("anchor", anchor),
+                ("anchor_word", anchor_word),
+                ("lua_room", lua_room),
+                ("pad", pad),
                 ("regs", regs),
                 ("lua", lua)
             ],
-            ("stack".to_string(), size_of::<LjRecEntry>())
+            ("data".to_string(), size_of::<LjRecEntry>())
         );
         check!(
             btf,

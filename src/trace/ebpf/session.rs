@@ -31,10 +31,9 @@ impl BpfError {
     /// True when the kernel refused for lack of privileges.
     pub fn is_permission(&self) -> bool {
         match self {
-            BpfError::Load { source, .. } => {
-                matches!(source.kind(), libbpf_rs::ErrorKind::PermissionDenied)
-                    || source.to_string().contains("Operation not permitted")
-            }
+            // EPERM: the verifier's refusals come back as EACCES, which
+            // is not a lack of privileges.
+            BpfError::Load { source, .. } => source.to_string().contains("Operation not permitted"),
             _ => false,
         }
     }
@@ -58,8 +57,9 @@ pub struct BpfOpts {
 /// One record from the ring.
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// A tracked allocation call entered (boxed: 1.7 KB of Lua frames).
-    Entry(Box<LjRecEntry>, &'a [u8]),
+    /// A tracked allocation call entered, with the Lua stack bytes it
+    /// copied (below `lua.base`) and its user stack copy (from `regs.sp`).
+    Entry(Box<LjRecEntry>, &'a [u8], &'a [u8]),
     /// It returned.
     Return(LjRecReturn),
     /// A tracked pointer was freed.
@@ -269,10 +269,14 @@ impl BpfSession {
             };
             let ev = match ty {
                 abi::REC_ENTRY => abi::read::<LjRecEntry>(rec).map(|e| {
-                    let start = std::mem::size_of::<LjRecEntry>();
-                    let len = (e.stack_len as usize).min(rec.len().saturating_sub(start));
-                    let stack = &rec[start..start + len];
-                    (e.cookie, Event::Entry(Box::new(e), stack))
+                    let data = rec.get(std::mem::size_of::<LjRecEntry>()..).unwrap_or(&[]);
+                    let part = |from: usize, len: usize| {
+                        let from = from.min(data.len());
+                        &data[from..from + len.min(data.len() - from)]
+                    };
+                    let lstack = part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize));
+                    let stack = part(e.lua_room as usize, e.stack_len as usize);
+                    (e.cookie, Event::Entry(Box::new(e), lstack, stack))
                 }),
                 abi::REC_RETURN => {
                     abi::read::<LjRecReturn>(rec).map(|r| (r.cookie, Event::Return(r)))
@@ -289,6 +293,16 @@ impl BpfSession {
             log::debug!("{bad} BPF records did not decode");
         }
         n
+    }
+
+    /// Set (or replace) the anchor of thread `tid`.
+    pub fn set_anchor(&self, tid: u32, a: &abi::LjAnchor) {
+        let Some(m) = self.obj.maps().find(|m| m.name() == "anchors") else {
+            return;
+        };
+        if let Err(e) = m.update(&tid.to_ne_bytes(), &abi::bytes(a), MapFlags::ANY) {
+            log::debug!("setting the stack anchor of thread {tid}: {e}");
+        }
     }
 
     /// The programs' counters, summed over CPUs.
