@@ -399,7 +399,9 @@ pub struct LeaksArgs {
     /// 512K), each weighted by the bytes it stands for (outstanding
     /// figures become unbiased estimates, printed with a 95% interval).
     /// Saves ljleak's work per allocation, not the uprobe's.
-    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_positive_size)]
+    // A negative number is a value to refuse with the size parser's
+    // message, not an unknown option `-1`.
+    #[arg(long, value_name = "SIZE", allow_negative_numbers = true, value_parser = crate::units::parse_positive_size)]
     pub sample_bytes: Option<u64>,
     /// Ring buffer pages per thread (a power of two).
     #[arg(long, default_value_t = 2048, value_name = "PAGES")]

@@ -58,8 +58,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     };
     let v: f64 = num.parse().map_err(|_| bad())?;
     let b = v * mult;
-    if !b.is_finite() || b < 0.0 || b > u64::MAX as f64 {
+    if !b.is_finite() || b < 0.0 {
         return Err(bad());
+    }
+    if b >= u64::MAX as f64 {
+        return Err(format!(
+            "`{s}` is too large: sizes go up to 16 EiB (2^64 - 1 bytes)"
+        ));
     }
     if unit.is_empty() && num.contains('.') {
         return Err(format!("`{s}` is not a whole number of bytes"));
@@ -208,6 +213,14 @@ mod tests {
             assert!(parse_size(s).is_err(), "{s}");
         }
         assert!(parse_positive_size("0").is_err());
+        assert_eq!(parse_size("18446744073709549568"), Ok(18446744073709549568));
+        for s in [
+            "18446744073709551616",
+            "20000000000T",
+            "99999999999999999999999",
+        ] {
+            assert!(parse_size(s).unwrap_err().contains("too large"), "{s}");
+        }
     }
 
     #[test]

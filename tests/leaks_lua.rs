@@ -1,8 +1,11 @@
 //! Live tests of the Lua call chains of `ljleak leaks` (BPF tracer): a
-//! fixture allocates at known depths and prints `debug.traceback()` taken on
-//! the allocating line; ljleak's Lua frames of that allocation must be the
-//! traceback's Lua frames, file and line, in order. On Debian's luajit2
-//! (GC64) and the non-GC64 builds of scripts/build-luajit-variants.sh.
+//! fixture allocates at known depths and records `debug.traceback()` taken
+//! on the allocating line; ljleak's Lua frames of that allocation must be
+//! the traceback's Lua frames, file and line, in order. On Debian's luajit2
+//! (GC64), the non-GC64 builds of scripts/build-luajit-variants.sh, and
+//! nginx (timer callbacks, cosocket handlers). The perf fallback (forced,
+//! or because bpf(2) is refused) knows only the innermost Lua frame: its
+//! tests check that one.
 
 mod common;
 
@@ -10,9 +13,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
-use common::LuaProc;
+use common::{LuaProc, Nginx};
 
 fn have_bpf() -> bool {
     common::require(
@@ -27,30 +31,93 @@ fn tmp(name: &str) -> PathBuf {
     d.join(name)
 }
 
-/// `ljleak leaks` started on `pid`, returned once its probes are attached.
-fn start_tracer(pid: i32, secs: u32, folded: &Path) -> Child {
-    let mut child = Command::new(common::ljleak())
-        .args(["leaks", "-p", &pid.to_string(), "--time", &secs.to_string()])
+/// A running `ljleak leaks`, killed on drop; its stderr lines (after the
+/// start line) are collected by a thread.
+struct Tracer {
+    child: Child,
+    stderr: Receiver<String>,
+}
+
+impl Tracer {
+    /// Wait for ljleak to exit: (exit code, stderr lines after the start line).
+    fn finish(&mut self) -> (Option<i32>, Vec<String>) {
+        let st = self.child.wait().expect("wait ljleak");
+        // The reader thread ends at EOF, once ljleak has exited.
+        (st.code(), self.stderr.iter().collect())
+    }
+
+    /// Wait for a successful exit.
+    fn finish_ok(&mut self) {
+        let (code, err) = self.finish();
+        assert_eq!(code, Some(0), "ljleak failed: {}", err.join("\n"));
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ljleak leaks` on `pid` for `secs` (folded stacks to `folded`), with
+/// `cmd` adjusting the command, returned once its probes are attached,
+/// with the stderr lines before that.
+fn spawn_tracer(
+    pid: i32,
+    secs: u32,
+    folded: &Path,
+    cmd: impl FnOnce(&mut Command),
+) -> (Tracer, Vec<String>) {
+    let mut c = Command::new(common::ljleak());
+    c.args(["leaks", "-p", &pid.to_string(), "--time", &secs.to_string()])
         .arg("--folded")
         .arg(folded)
         .args(["-o", "/dev/null"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ljleak");
+        .stderr(Stdio::piped());
+    cmd(&mut c);
+    let mut child = c.spawn().expect("spawn ljleak");
     let err = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(err).lines();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut t = Tracer { child, stderr: rx };
+    let mut before = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("ljleak: tracing") => break,
-            Some(Ok(l)) => assert!(!l.contains("warning: eBPF"), "BPF tracer not used: {l}"),
-            _ => panic!("ljleak did not start tracing"),
+        let left = deadline.saturating_duration_since(Instant::now());
+        match t.stderr.recv_timeout(left) {
+            Ok(l) if l.starts_with("ljleak: tracing") => break,
+            Ok(l) => before.push(l),
+            Err(_) => {
+                let (code, err) = t.finish();
+                panic!(
+                    "ljleak did not start tracing in time (exit {code:?}): {}\n{}",
+                    before.join("\n"),
+                    err.join("\n")
+                );
+            }
         }
-        assert!(Instant::now() < deadline, "ljleak did not start in time");
     }
-    std::thread::spawn(move || for _ in lines {});
-    child
+    (t, before)
+}
+
+/// `ljleak leaks` on `pid` with the BPF tracer (a fallback fails the test).
+fn start_tracer(pid: i32, secs: u32, folded: &Path) -> Tracer {
+    let (t, before) = spawn_tracer(pid, secs, folded, |c| {
+        c.env_remove("LJLEAK_TRACER");
+    });
+    for l in before {
+        assert!(!l.contains("warning: eBPF"), "BPF tracer not used: {l}");
+    }
+    t
 }
 
 fn parse_folded(text: &str) -> BTreeMap<String, u64> {
@@ -64,9 +131,15 @@ fn parse_folded(text: &str) -> BTreeMap<String, u64> {
 }
 
 /// (file name, line) of a frame `…/x.lua:12` / `…/x.lua:12 (name)` /
-/// `x.lua:12: in function …`.
+/// `x.lua:12: in function …`. A chunk name's `@` or `=` is dropped:
+/// tracebacks print `=content_by_lua(nginx.conf:25)` as
+/// `content_by_lua(nginx.conf:25)` (lj_debug_shortname).
 fn file_line(frame: &str) -> Option<(String, u32)> {
     let frame = frame.trim();
+    let frame = frame
+        .strip_prefix('=')
+        .or_else(|| frame.strip_prefix('@'))
+        .unwrap_or(frame);
     let loc = frame.split(" (").next()?.split(": in ").next()?;
     let loc = loc.strip_suffix(':').unwrap_or(loc);
     let (file, line) = loc.rsplit_once(':')?;
@@ -121,24 +194,33 @@ fn oracle_cases(interp: &Path) {
         }
     }
     assert_eq!(oracle.len(), 8, "{oracle:?}");
-    let st = t.wait().expect("wait ljleak");
-    assert!(st.success(), "ljleak failed");
+    t.finish_ok();
     p.close_stdin();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
-    for (size, want) in &oracle {
-        // ffi.new's block is the cdata header plus the array.
-        let found: Vec<_> = f
-            .iter()
-            .filter(|(_, b)| **b >= *size && **b < size + 64)
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(found.len(), 1, "case {size}: stacks {found:#?}\n{f:#?}");
-        let got = chain_frames(found[0]);
+    assert_chains(&f, &oracle, &interp.display().to_string());
+}
+
+/// The one stack holding the block of `size` (ffi.new's block is the cdata
+/// header plus the array, so up to 64 bytes more).
+fn stack_of(f: &BTreeMap<String, u64>, size: u64) -> &str {
+    let found: Vec<_> = f
+        .iter()
+        .filter(|(_, b)| **b >= size && **b < size + 64)
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(found.len(), 1, "case {size}: stacks {found:#?}\n{f:#?}");
+    found[0]
+}
+
+/// For each (size, traceback frames): the Lua chain of the stack holding
+/// that block is the traceback's Lua frames, in order.
+fn assert_chains(f: &BTreeMap<String, u64>, oracle: &[(u64, Vec<(String, u32)>)], what: &str) {
+    for (size, want) in oracle {
+        let stack = stack_of(f, *size);
+        let got = chain_frames(stack);
         assert!(
-            got.len() >= want.len() && got[..want.len()] == want[..],
-            "case {size} under {}: ljleak {got:?} vs traceback {want:?}\n{}",
-            interp.display(),
-            found[0]
+            got == *want,
+            "case {size} under {what}: ljleak {got:?} vs traceback {want:?}\n{stack}"
         );
     }
 }
@@ -196,7 +278,7 @@ fn kong_pattern_bytes_sit_under_the_apps_lrucache_new_line_and_its_caller() {
     let mut t = start_tracer(p.pid, 3, &folded);
     p.send("\n");
     p.expect("done");
-    assert!(t.wait().expect("wait").success());
+    t.finish_ok();
     p.close_stdin();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
     let (new_line, caller_line) = (kong_line("APP NEW LINE"), kong_line("APP CALLER LINE"));
@@ -321,16 +403,247 @@ fn sigkill_at_any_point_leaves_no_link_and_no_stopped_target() {
     p.close_stdin();
 }
 
-/// `--sample-bytes 0` is a one-line usage error (exit 2) before anything
-/// touches the target.
+/// `--sample-bytes 0` and other bad values are one-line usage errors
+/// (exit 2) before anything touches the target, each saying what is wrong.
 #[test]
-fn sample_bytes_zero_is_a_one_line_usage_error() {
-    let out = common::run(&["leaks", "-p", "1", "--sample-bytes", "0"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("--sample-bytes") && err.contains("at least 1"),
-        "{err}"
-    );
+fn bad_sample_bytes_values_are_one_line_usage_errors() {
+    for (value, says) in [
+        ("0", "at least 1"),
+        ("0K", "at least 1"),
+        // Rounds to 0 bytes.
+        ("0.0001K", "at least 1"),
+        ("-1", "not a size"),
+        ("-4096", "not a size"),
+        ("abc", "not a size"),
+        ("", "not a size"),
+        ("1e3", "not a size"),
+        ("1.5", "not a whole number"),
+        ("18446744073709551616", "too large"),
+        ("99999999999999999999999", "too large"),
+        ("20000000000T", "too large"),
+    ] {
+        for args in [
+            vec!["leaks", "-p", "1", "--sample-bytes", value],
+            vec!["leaks", "-p", "1", &format!("--sample-bytes={value}")],
+        ] {
+            let out = common::run(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains("--sample-bytes") && err.contains(says),
+                "{args:?}: `{says}` not in {err}"
+            );
+        }
+    }
+}
+
+/// GET `path` on `ng` until its body is not empty (a timer runs after the
+/// request that started it), within 10 s.
+fn poll_body(ng: &Nginx, path: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = ng.get(path);
+        assert_eq!(status, 200, "{path}: {body}");
+        if !body.trim().is_empty() {
+            return body.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "{path}: still empty");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Oracle cases and their tracebacks' Lua frames.
+type Oracle = Vec<(u64, Vec<(String, u32)>)>;
+
+/// The nginx cases of the oracle (testdata/lua/ngx_oracle.lua), traced on
+/// the BPF tracer or the perf fallback: an `ngx.timer.at` callback two
+/// calls above its allocation, and a request handler allocating after the
+/// yield and resume of a cosocket read, in the frame that read and one
+/// below. Returns the folded stacks and the oracle.
+fn ngx_oracle(perf: bool) -> Option<(BTreeMap<String, u64>, Oracle)> {
+    if !have_bpf() {
+        return None;
+    }
+    let ng = Nginx::start("oracle.conf", 1)?;
+    // Load the module's paths before the window.
+    assert_eq!(ng.get("/hello").0, 200);
+    assert_eq!(ng.get("/data").0, 200);
+    let folded = tmp(&format!("ngx-oracle-{perf}.folded"));
+    let mut t = if perf {
+        spawn_tracer(ng.worker(), 4, &folded, |c| {
+            c.env("LJLEAK_TRACER", "perf");
+        })
+        .0
+    } else {
+        start_tracer(ng.worker(), 4, &folded)
+    };
+    let (timer, cosock) = (200_003u64, 200_107u64);
+    let (status, body) = ng.get(&format!("/timer?size={timer}"));
+    assert_eq!((status, body.trim()), (200, "started"), "{body}");
+    let (status, body) = ng.get(&format!("/cosock?size={cosock}"));
+    // The reply read through the cosocket: headers and 1000 bytes.
+    let read: usize = body.trim().parse().unwrap_or(0);
+    assert!(status == 200 && read > 1000, "{status} {body}");
+    let mut oracle = Vec::new();
+    for size in [timer, cosock + 500, cosock] {
+        let tb = poll_body(&ng, &format!("/oracle?size={size}"));
+        oracle.push((size, traceback_frames(&tb)));
+    }
+    // The known depths: callback, helper and leaf; content_by_lua chunk,
+    // handler, reader (and leaf).
+    let depths: Vec<usize> = oracle.iter().map(|(_, w)| w.len()).collect();
+    assert_eq!(depths, [3, 3, 4], "{oracle:#?}");
+    t.finish_ok();
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
+    Some((f, oracle))
+}
+
+#[test]
+fn lua_chains_equal_the_traceback_in_nginx_timers_and_cosockets() {
+    if let Some((f, oracle)) = ngx_oracle(false) {
+        assert_chains(&f, &oracle, "nginx");
+    }
+}
+
+/// The perf fallback knows only the innermost Lua frame (its warning says
+/// so): that frame, after the `[lua]` marker, is the traceback's first.
+#[test]
+fn perf_fallback_gives_the_innermost_lua_frame_in_nginx_timers_and_cosockets() {
+    if let Some((f, oracle)) = ngx_oracle(true) {
+        assert_innermost(&f, &oracle, "nginx (perf)");
+    }
+}
+
+/// For each (size, traceback frames): the stack holding that block has
+/// the `[lua]` marker of the perf tracer, then the traceback's innermost
+/// frame.
+fn assert_innermost(f: &BTreeMap<String, u64>, oracle: &[(u64, Vec<(String, u32)>)], what: &str) {
+    for (size, want) in oracle {
+        let stack = stack_of(f, *size);
+        let lua: Vec<&str> = stack.split(';').skip_while(|f| *f != "[lua]").collect();
+        assert!(
+            lua.len() >= 2,
+            "case {size} under {what}: no [lua] frame: {stack}"
+        );
+        assert_eq!(
+            file_line(lua[1]).as_ref(),
+            want.first(),
+            "case {size} under {what}: {stack}"
+        );
+    }
+}
+
+/// Run `cmd` with a seccomp filter that makes bpf(2) fail with EPERM, as
+/// for a user without CAP_BPF (x86_64 numbers).
+#[cfg(target_arch = "x86_64")]
+fn deny_bpf(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // linux/audit.h, linux/filter.h, linux/seccomp.h, asm/unistd_64.h.
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const NR_BPF: u32 = 321;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const OFF_NR: u32 = 0; // struct seccomp_data { int nr; __u32 arch; ... }
+    const OFF_ARCH: u32 = 4;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        op(LD_W_ABS, 0, 0, OFF_ARCH),
+        // Another ABI's numbers mean other calls: leave them alone.
+        op(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        op(LD_W_ABS, 0, 0, OFF_NR),
+        op(JEQ_K, 0, 1, NR_BPF),
+        op(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+        op(RET_K, 0, 0, RET_ALLOW),
+    ];
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl(2), which is async-signal-safe; `prog` points into
+    // `filter`, which the closure owns (moved in) for the calls.
+    unsafe {
+        cmd.pre_exec(move || {
+            let prog = libc::sock_fprog {
+                len: filter.len() as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// No permission for BPF (bpf(2) fails with EPERM): one warning line that
+/// says so and what the perf fallback loses, then the perf tracer finds
+/// the oracle fixture's allocations under their innermost Lua frames, exit 0.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn no_permission_for_bpf_falls_back_to_perf_with_one_warning() {
+    if !have_bpf() {
+        return;
+    }
+    let Some(lj) = common::luajit() else {
+        common::require("luajit2 (/usr/bin/luajit)", false);
+        return;
+    };
+    let mut p = LuaProc::spawn(&lj, &common::testdata("lua/oracle.lua"), &[]);
+    p.expect("ready");
+    let folded = tmp("no-bpf.folded");
+    let (mut t, before) = spawn_tracer(p.pid, 3, &folded, |c| {
+        c.env_remove("LJLEAK_TRACER");
+        deny_bpf(c);
+    });
+    p.send("\n");
+    let mut oracle = Vec::new();
+    loop {
+        let l = p.expect("");
+        if l == "done" {
+            break;
+        }
+        if let Some(rest) = l.strip_prefix("oracle ") {
+            let (size, tb) = rest.split_once('\t').expect("oracle line");
+            oracle.push((size.parse::<u64>().unwrap(), traceback_frames(tb)));
+        }
+    }
+    let (code, after) = t.finish();
+    p.close_stdin();
+    let err: Vec<&String> = before.iter().chain(&after).collect();
+    assert_eq!(code, Some(0), "{err:#?}");
+    let warnings: Vec<_> = err.iter().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 1, "{err:#?}");
+    let w = warnings[0];
+    for what in [
+        "eBPF tracer unavailable",
+        "no permission for BPF",
+        "falling back to perf",
+        "no Lua call chain",
+    ] {
+        assert!(w.contains(what), "`{what}` not in the warning: {w}");
+    }
+    // The perf tracer: every case's block, under its innermost Lua frame,
+    // except two it cannot know: ffi.new called straight from the
+    // interpreter shows the stale saved PC (the table constructor's line
+    // before it), and the coroutine's frame is not spliced (its resume
+    // from Lua is a nested VM activation called from lj_cf_*, so the
+    // resuming line stands in for it).
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
+    assert_eq!(oracle.len(), 8, "{oracle:?}");
+    for (size, _) in &oracle {
+        let stack = stack_of(&f, *size);
+        assert!(stack.contains(";[lua];@"), "case {size}: {stack}");
+    }
+    let exact: Vec<_> = oracle
+        .into_iter()
+        .filter(|(size, _)| ![100_311, 100_733].contains(size))
+        .collect();
+    assert_innermost(&f, &exact, "luajit (no BPF)");
 }
