@@ -71,7 +71,10 @@ impl Tracer {
                 }
                 Err(e) => {
                     let why = if e.is_permission() {
-                        format!("no permission for BPF (needs CAP_BPF and CAP_PERFMON): {e}")
+                        format!(
+                            "no permission for BPF (bpf(2) refused: it needs CAP_BPF and \
+                             CAP_PERFMON, and no seccomp filter or security module denying it): {e}"
+                        )
                     } else {
                         e.to_string()
                     };
