@@ -216,9 +216,15 @@ fn kill_ljleak(child: &std::process::Child, how: Kill) {
                     if full { "-f " } else { "" }
                 );
             }
-            for p in matched.into_iter().filter(|p| ours.contains(p)) {
+            let hit: Vec<i32> = matched.into_iter().filter(|p| ours.contains(p)).collect();
+            for &p in &hit {
                 common::unsafe_kill(p, 9);
             }
+            // The pattern reaches ljleak itself, unless it had ended.
+            assert!(
+                hit.contains(&pid) || matches!(common::proc_state(pid), None | Some('Z')),
+                "pgrep missed ljleak {pid}"
+            );
         }
         Kill::Group => {
             // SAFETY: kill(2) of a process group this test made (ljleak
