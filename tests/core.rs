@@ -295,6 +295,7 @@ fn kernel_core_dump_census_equals_live() {
     p.ready();
     wait_in_read(p.pid);
     let live = common::census(p.pid);
+    let live_mem = mem_json(&["-p", &p.pid.to_string()]);
     common::unsafe_kill(p.pid, libc::SIGQUIT);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let core = loop {
@@ -323,6 +324,9 @@ fn kernel_core_dump_census_equals_live() {
     p.kill();
     let c = core_census(&core);
     assert_same_census(&live, &c, "kernel core");
+    // mem reads the kernel's core too (libc's written .data is in it).
+    let m = mem_json(&["--core", core.to_str().unwrap()]);
+    assert_same_mem(&live_mem, &m, "kernel core");
     std::fs::remove_dir_all(&dir).ok();
 }
 

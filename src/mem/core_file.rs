@@ -280,3 +280,76 @@ pub fn json(r: &MemReport) -> serde_json::Value {
     }
     v
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{Mapping, Maps};
+
+    fn anon(start: u64, end: u64) -> Mapping {
+        Mapping {
+            start,
+            end,
+            read: true,
+            write: true,
+            exec: false,
+            private: true,
+            offset: 0,
+            inode: 0,
+            path: String::new(),
+        }
+    }
+
+    #[test]
+    fn brk_heap_is_named_from_sbrk_base() {
+        let mut exe = anon(0x1000, 0x2000);
+        exe.inode = 1;
+        exe.path = "/usr/bin/luajit".into();
+        let maps = Maps {
+            list: vec![
+                exe,
+                anon(0x2000, 0x3000), // .bss
+                anon(0x9000, 0xa000), // the heap, split in two
+                anon(0xa000, 0xb000),
+                anon(0x20000, 0x21000), // an mmap
+            ],
+        };
+        let named = with_brk_heap(&maps, Some(0x9010));
+        let heap: Vec<u64> = named
+            .list
+            .iter()
+            .filter(|m| m.path == "[heap]")
+            .map(|m| m.start)
+            .collect();
+        assert_eq!(heap, vec![0x9000, 0xa000]);
+        let none = with_brk_heap(&maps, None);
+        assert!(none.list.iter().all(|m| m.path != "[heap]"));
+    }
+
+    #[test]
+    fn json_leaves_out_what_a_core_lacks() {
+        let r = MemReport {
+            files: vec![FileRss {
+                path: "/lib/x".into(),
+                size: 4096,
+                ..Default::default()
+            }],
+            core: Some(CoreMem {
+                absent: absent(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v = json(&r);
+        for k in ["rss", "pss", "rows", "fds", "kernel", "unattributed"] {
+            assert!(v.get(k).is_none(), "{k}");
+        }
+        assert!(v["files"][0].get("rss").is_none());
+        assert_eq!(v["files"][0]["size"], 4096);
+        assert!(v["luajit"].is_object() && v["glibc"].is_object());
+        assert!(v["core"]["absent"]["fds"]
+            .as_str()
+            .unwrap()
+            .contains("kernel"));
+    }
+}
