@@ -511,10 +511,12 @@ fn assert_same_mem(live: &Value, core: &Value, what: &str) {
 /// at its checkpoint: the allocator figures equal `mem -p` at that moment.
 fn mem_of_cores_equals_live(interp: &Path, name: &str) {
     let dir = tmpdir(&format!("mem-{name}"));
+    // Big enough for a table array the allocator maps directly (found by
+    // its header, in the core as live).
     let mut p = LuaProc::spawn(
         interp,
         &common::testdata("lua/refs_known.lua"),
-        &["2000", "100"],
+        &["20000", "100"],
     );
     p.ready();
     wait_in_read(p.pid);

@@ -146,7 +146,9 @@ pub fn breakdown_core(path: &Path, opts: &MemOpts, copts: &CoreOpts) -> anyhow::
     let mut files: BTreeMap<String, FileRss> = BTreeMap::new();
     let mut shm_maps = Vec::new();
     let mut prev_file_end = None;
-    let mut scan_budget: u64 = 1 << 17;
+    // Every page of the core counts as there (a core has no residency), so
+    // more pages are probed than live, where only resident ones are.
+    let mut scan_budget: u64 = 1 << 21;
     for m in &maps.list {
         let len = m.len();
         c.mapped_total += len;
