@@ -19,13 +19,14 @@
 //! - a name without "ljleak": started through `/proc/self/exe` with
 //!   `argv[0]` `lj-snapshot`, so neither its `comm` nor its command line
 //!   matches `pkill ljleak`, `pkill -f ljleak` or `killall ljleak` (a
-//!   pattern such as `pkill -f snapshot-helper` still does);
+//!   pattern such as `pkill -f snapshot-helper`, or `killall` given the
+//!   executable's path, still does);
 //! - `oom_score_adj` -1000, so the OOM killer picks another process.
 //!
 //! No `PR_SET_PDEATHSIG`: it would deliver its signal mid-injection (and
 //! fires when the spawning *thread* ends, not the process). ljleak's death
-//! closes the pipe, which the helper notices at its next look (every
-//! 200 ms at most); it also stops when it is reparented.
+//! closes the pipe, which the helper acts on once any injected call is
+//! done; it also stops when it is reparented.
 //!
 //! Protocol, one line each way: the helper prints `ok CHILD PAUSE_US
 //! ATTEMPTS QUIESCENCE`, `refused MESSAGE` or `failed MESSAGE`; ljleak
