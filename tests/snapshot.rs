@@ -425,7 +425,8 @@ fn snapshot_helper_is_out_of_bulk_kills() {
         assert_eq!(adj.trim(), "-1000");
     } else {
         eprintln!(
-            "SKIP oom_score_adj check: lowering it needs CAP_SYS_RESOURCE (helper has {adj})"
+            "SKIP oom_score_adj check: lowering it needs CAP_SYS_RESOURCE (helper has {})",
+            adj.trim()
         );
     }
     assert!(!pgrep_ljleak(false).contains(&h));
