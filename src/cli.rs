@@ -92,7 +92,7 @@ pub enum Command {
     #[command(after_help = crate::serve::SERVE_HELP)]
     Serve(ServeArgs),
     /// Write the process's memory as an ELF core file (for gdb, and for
-    /// objs/refs/threads --core on another machine).
+    /// objs/refs/threads/mem --core on another machine).
     Dump(DumpArgs),
     /// Internal: makes and looks after a fork snapshot for another ljleak.
     #[command(hide = true)]
@@ -156,7 +156,8 @@ pub struct TargetArgs {
     )]
     pub pid: i32,
     /// Read an ELF core file (from `ljleak dump`, gdb's `gcore` or the
-    /// kernel) instead of a live process (objs, refs, threads).
+    /// kernel) instead of a live process (objs, refs, threads, and the
+    /// memory walks of mem).
     #[arg(long, value_name = "FILE", conflicts_with = "pid")]
     pub core: Option<std::path::PathBuf>,
     /// With --core: look for the executable and libraries the core names

@@ -235,8 +235,39 @@ pub fn heap_image(core: &CoreFile, maps: &Maps) -> Result<HeapImage> {
     Ok(HeapImage::from_segments(segs))
 }
 
-/// A capture read from the core file `path`.
-pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result<Capture> {
+/// A core file with its VM found: what `objs`/`refs`/`threads` and `mem`
+/// read a core through.
+pub struct CoreVm {
+    /// The core (it is the [`crate::target::Memory`] to read).
+    pub core: CoreFile,
+    /// Its mappings.
+    pub maps: Maps,
+    /// The VM.
+    pub vm: crate::luajit::FoundVm,
+    /// The executable's path in the core.
+    pub exe: String,
+    /// ljleak's note, when the core is an ljleak dump.
+    pub note: Option<LjleakNote>,
+    /// The files of the core found on this machine: path in the core → here.
+    pub found: BTreeMap<String, PathBuf>,
+    /// The root debug files are looked for under (`--sysroot` or `/`).
+    pub root: PathBuf,
+}
+
+impl CoreVm {
+    /// Open a mapped file of the core, by its path in the core.
+    pub fn open(&self, p: &str) -> Option<ElfFile> {
+        ElfFile::open_host(p, self.found.get(p)?).ok()
+    }
+}
+
+/// Open the core file `path` and find its LuaJIT VM, with the documented
+/// errors (not a core: exit 9; no VM: 6; a needed file missing: 13).
+pub fn open_vm(
+    path: &Path,
+    locate: &crate::luajit::LocateOpts,
+    copts: &CoreOpts,
+) -> Result<CoreVm> {
     let core = open_core(path)?;
     let maps = core.maps();
     if maps.list.is_empty() {
@@ -271,20 +302,20 @@ pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result
         .exe()
         .or_else(|| note.as_ref().map(|n| n.exe.clone()))
         .unwrap_or_else(|| core.fname.clone());
+    let root = copts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/"));
     let host = Host {
         mem: &core,
         maps: &maps,
         exe: Some(exe.clone()),
         open: &open,
-        debug_root: copts.sysroot.clone().unwrap_or_else(|| PathBuf::from("/")),
+        debug_root: root.clone(),
         what: format!("core {}", path.display()),
     };
-    let mut res = find_vm_in(&host, &opts.locate);
-    if let (Err(LocateError::NotFound { .. }), Some(n), None) = (&res, &note, opts.locate.lua_state)
-    {
+    let mut res = find_vm_in(&host, locate);
+    if let (Err(LocateError::NotFound { .. }), Some(n), None) = (&res, &note, locate.lua_state) {
         // The dump's own record of where the VM was: enough when the
         // binaries are not on this machine and the layout is a built-in one.
-        let mut lo = opts.locate.clone();
+        let mut lo = locate.clone();
         lo.lua_state = Some(n.lua_state);
         if let Ok(vm) = find_vm_in(&host, &lo) {
             res = Ok(vm);
@@ -304,16 +335,42 @@ pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result
         }
         Err(e) => return Err(capture::classify_locate(e)),
     };
+    Ok(CoreVm {
+        core,
+        maps,
+        vm,
+        exe,
+        note,
+        found,
+        root,
+    })
+}
+
+/// The error for a VM that the core does not hold whole.
+pub fn not_intact(vm: &crate::luajit::FoundVm, why: &str) -> anyhow::Error {
+    Classified::new(
+        ExitCode::BadInput,
+        format!(
+            "the VM at {:#x} is not intact in the core's heap segments ({why}); the core may be incomplete (coredump_filter?)",
+            vm.roots.l
+        ),
+    )
+    .into()
+}
+
+/// A capture read from the core file `path`.
+pub fn capture_core(path: &Path, opts: &CaptureOpts, copts: &CoreOpts) -> Result<Capture> {
+    let CoreVm {
+        core,
+        maps,
+        vm,
+        exe,
+        note,
+        ..
+    } = open_vm(path, &opts.locate, copts)?;
     let image = heap_image(&core, &maps)?;
     if let Err(why) = validate(&image, &vm.layout, vm.roots.l) {
-        return Err(Classified::new(
-            ExitCode::BadInput,
-            format!(
-                "the VM at {:#x} is not intact in the core's heap segments ({why}); the core may be incomplete (coredump_filter?)",
-                vm.roots.l
-            ),
-        )
-        .into());
+        return Err(not_intact(&vm, &why));
     }
     let quiescence = quiescence_of(&core);
     let consistency = match note.as_ref().map(|n| n.consistency.as_str()) {

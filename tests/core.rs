@@ -295,6 +295,7 @@ fn kernel_core_dump_census_equals_live() {
     p.ready();
     wait_in_read(p.pid);
     let live = common::census(p.pid);
+    let live_mem = mem_json(&["-p", &p.pid.to_string()]);
     common::unsafe_kill(p.pid, libc::SIGQUIT);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let core = loop {
@@ -323,6 +324,9 @@ fn kernel_core_dump_census_equals_live() {
     p.kill();
     let c = core_census(&core);
     assert_same_census(&live, &c, "kernel core");
+    // mem reads the kernel's core too (libc's written .data is in it).
+    let m = mem_json(&["--core", core.to_str().unwrap()]);
+    assert_same_mem(&live_mem, &m, "kernel core");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -406,9 +410,212 @@ fn bad_cores_give_documented_exit_codes() {
     let (c, e) = objs(&armp);
     assert_eq!(c, Some(9), "{e}");
     assert!(e.contains("another architecture"), "{e}");
+    // mem --core on a core without LuaJIT: the same error as objs.
+    let (c, e) = code(&["mem", "--core", core.to_str().unwrap()]);
+    assert_eq!(c, Some(6), "{e}");
+    assert!(e.contains("no LuaJIT VM found in core"), "{e}");
     // Commands that need a live process say so.
     let (c, e) = code(&["gc", "--core", core.to_str().unwrap()]);
     assert_eq!(c, Some(2), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn mem_json(args: &[&str]) -> Value {
+    let mut a = vec!["mem", "--format", "json"];
+    a.extend(args);
+    run_json(&a)
+}
+
+/// A core's `mem` report: the parts that are memory walks present, the
+/// kernel's parts absent (not zeros), each with its reason.
+fn assert_core_mem_shape(c: &Value, what: &str) {
+    let absent = c["core"]["absent"].as_object().expect("core.absent");
+    for k in [
+        "rss",
+        "pss",
+        "swap",
+        "kernel",
+        "rows",
+        "fds",
+        "unattributed",
+        "stacks",
+    ] {
+        assert!(
+            c.get(k).is_none(),
+            "{what}: `{k}` is in a core's report: {c}"
+        );
+        assert!(
+            absent
+                .get(k)
+                .and_then(|v| v.as_str())
+                .is_some_and(|w| !w.is_empty()),
+            "{what}: `{k}` not listed as absent with a reason"
+        );
+    }
+    for f in c["files"].as_array().unwrap() {
+        assert!(
+            f.get("rss").is_none(),
+            "{what}: a file's rss in a core: {f}"
+        );
+        assert!(f["size"].as_u64().unwrap() > 0);
+    }
+    let m = &c["core"]["mapped"];
+    assert!(m["luajit_arena"].as_u64().unwrap() >= c["luajit"]["segments_bytes"].as_u64().unwrap());
+    assert!(
+        m["glibc_arenas"].as_u64().unwrap() > 0,
+        "{what}: the brk heap is named: {m}"
+    );
+    let sum: u64 = m
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        Some(sum),
+        c["core"]["mapped_total"].as_u64(),
+        "{what}: mapped adds up"
+    );
+}
+
+/// The memory walks of `mem` (LuaJIT's allocator, glibc's arenas, nginx's
+/// zones and timers) read from a core equal the live ones at that moment.
+fn assert_same_mem(live: &Value, core: &Value, what: &str) {
+    for k in ["luajit", "glibc", "timers", "threads", "pid"] {
+        assert_eq!(
+            live[k], core[k],
+            "{what}: mem `{k}` differs from the live one"
+        );
+    }
+    let strip = |v: &Value| -> Vec<Value> {
+        v["shm"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| {
+                let mut z = z.clone();
+                let o = z.as_object_mut().unwrap();
+                o.remove("rss");
+                o.remove("pss");
+                z
+            })
+            .collect()
+    };
+    assert_eq!(strip(live), strip(core), "{what}: shm zones differ");
+    assert_eq!(live["luajit"]["found"], true);
+    assert_eq!(live["glibc"]["found"], true);
+    assert_core_mem_shape(core, what);
+}
+
+/// `mem --core` on an ljleak dump and a gcore of a luajit process paused
+/// at its checkpoint: the allocator figures equal `mem -p` at that moment.
+fn mem_of_cores_equals_live(interp: &Path, name: &str) {
+    let dir = tmpdir(&format!("mem-{name}"));
+    // Big enough for a table array the allocator maps directly (found by
+    // its header, in the core as live).
+    let mut p = LuaProc::spawn(
+        interp,
+        &common::testdata("lua/refs_known.lua"),
+        &["20000", "100"],
+    );
+    p.ready();
+    wait_in_read(p.pid);
+    let live = mem_json(&["-p", &p.pid.to_string()]);
+    let ours = dir.join("worker.core");
+    dump(p.pid, &ours, &[]);
+    let theirs = gcore(p.pid, &dir);
+    let again = mem_json(&["-p", &p.pid.to_string()]);
+    assert_eq!(
+        live["luajit"], again["luajit"],
+        "the target changed meanwhile"
+    );
+    p.kill();
+    for (core, what) in [(&ours, "ljleak dump"), (&theirs, "gcore")] {
+        let c = mem_json(&["--core", core.to_str().unwrap()]);
+        assert_same_mem(&live, &c, &format!("{name} {what}"));
+        let o = run(&["mem", "--core", core.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success());
+        assert!(text.contains("absent from a core: Rss"), "{text}");
+        assert!(!text.contains("kernel: Rss"), "{text}");
+    }
+    eprintln!(
+        "{name}: LuaJIT gc_total {} arena_mapped {} mcode {}; glibc system {} in_use {}",
+        live["luajit"]["gc_total"],
+        live["luajit"]["arena_mapped"],
+        live["luajit"]["mcode"],
+        live["glibc"]["system"],
+        live["glibc"]["in_use"]
+    );
+    // What a core cannot do is refused, not faked.
+    let (c, e) = code(&["mem", "--core", ours.to_str().unwrap(), "--count", "2"]);
+    assert_eq!(c, Some(2), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn mem_core_equals_live_gc64() {
+    let Some(lj) = common::luajit() else {
+        common::require("/usr/bin/luajit", false);
+        return;
+    };
+    if have_gcore() {
+        mem_of_cores_equals_live(&lj, "gc64");
+    }
+}
+
+#[test]
+fn mem_core_equals_live_nogc64() {
+    let Some(lj) = common::variant("luajit2-nogc64", false) else {
+        common::require(
+            "luajit2-nogc64 variant (scripts/build-luajit-variants.sh)",
+            false,
+        );
+        return;
+    };
+    if have_gcore() {
+        mem_of_cores_equals_live(&lj, "nogc64");
+    }
+}
+
+/// `mem --core` of an idle nginx worker: allocators, shared dict zones and
+/// timers as `mem -p` shows them.
+#[test]
+fn nginx_worker_mem_core_equals_live() {
+    if !have_gcore() {
+        return;
+    }
+    let Some(n) = common::Nginx::start("app.conf", 1) else {
+        return;
+    };
+    let w = n.worker();
+    assert_eq!(n.get("/tables?n=3000").0, 200);
+    assert_eq!(n.get("/collect").0, 200);
+    let dir = tmpdir("mem-nginx");
+    let ours = dir.join("worker.core");
+    let wp = w.to_string();
+    let mut agreed = None;
+    for _ in 0..3 {
+        let before = mem_json(&["-p", &wp]);
+        dump(w, &ours, &[]);
+        let theirs = gcore(w, &dir);
+        let after = mem_json(&["-p", &wp]);
+        if before["luajit"] == after["luajit"] && before["glibc"] == after["glibc"] {
+            agreed = Some((before, theirs));
+            break;
+        }
+    }
+    let (live, theirs) = agreed.expect("the idle worker's memory kept changing");
+    assert!(
+        !live["shm"].as_array().unwrap().is_empty(),
+        "app.conf has zones"
+    );
+    for (core, what) in [(&ours, "ljleak dump of nginx"), (&theirs, "gcore of nginx")] {
+        let c = mem_json(&["--core", core.to_str().unwrap()]);
+        assert_same_mem(&live, &c, what);
+        assert!(c["core"]["mapped"]["shm"].as_u64().unwrap() > 0, "{what}");
+    }
+    assert_eq!(n.get("/hello"), (200, "hello\n".to_string()));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -30,6 +30,9 @@ pub fn run(a: MemArgs) -> Result<()> {
     } else {
         outs
     };
+    if let Some(core) = &a.target.core {
+        return run_core(&a, core, &opts, &outs);
+    }
     let pid = a.target.pid;
     crate::target::check_process(pid)?;
     let one = |p: i32| -> Result<MemReport> { Ok(mem::breakdown(p, &opts)?) };
@@ -58,6 +61,40 @@ pub fn run(a: MemArgs) -> Result<()> {
         Format::Json => super::emit::json(&doc),
         Format::Svg => super::emit::text(render::svg(&doc)?),
         _ => super::emit::text(render::text(&doc)),
+    })
+}
+
+/// `ljleak mem --core FILE`: the memory walks of the breakdown, read from a
+/// core; the kernel's parts are reported absent.
+fn run_core(
+    a: &MemArgs,
+    core: &std::path::Path,
+    opts: &MemOpts,
+    outs: &[crate::report::output::Output],
+) -> Result<()> {
+    use crate::error::{Classified, ExitCode};
+    let usage =
+        |m: &str| -> anyhow::Error { Classified::new(ExitCode::Usage, m.to_string()).into() };
+    if a.count > 1 {
+        return Err(usage(
+            "mem --core reads one moment: --count needs a live process (-p PID)",
+        ));
+    }
+    if a.no_fds {
+        log::info!("--no-fds: a core holds no fds anyway");
+    }
+    if outs.iter().any(|o| o.format == Format::Svg) {
+        return Err(usage(
+            "mem --core draws no SVG (its bars add up to Rss, which a core does not hold); write .json or .txt",
+        ));
+    }
+    let copts = crate::offline::CoreOpts {
+        sysroot: a.target.sysroot.clone(),
+    };
+    let r = mem::breakdown_core(core, opts, &copts)?;
+    super::emit::emit(outs, |f| match f {
+        Format::Json => super::emit::json(&mem::core_file::json(&r)),
+        _ => super::emit::text(render::core_text(&r)),
     })
 }
 

@@ -29,7 +29,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         if t.core.is_some() || t.sysroot.is_some() {
             return Err(crate::error::Classified::new(
                 crate::error::ExitCode::Usage,
-                format!("`{name}` needs a live process (-p PID); --core works with objs, refs and threads"),
+                format!("`{name}` needs a live process (-p PID); --core works with objs, refs, threads and mem"),
             )
             .into());
         }

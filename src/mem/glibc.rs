@@ -242,6 +242,17 @@ pub fn read<M: Memory + ?Sized>(
     g
 }
 
+/// Where the brk heap starts (`mp_.sbrk_base`; 0 before the first brk):
+/// for a core, whose mappings carry no `[heap]` name.
+pub fn sbrk_base<M: Memory + ?Sized>(m: &M, maps: &Maps, syms: &Symbols) -> Option<u64> {
+    let o = off();
+    let mp = match syms.mp {
+        Some(p) => p,
+        None => find_mp(m, &o, maps, &libc_data(maps, syms.libc.as_deref()?))?,
+    };
+    m.u64(mp + o.mp_sbrk_base).ok().filter(|&b| b != 0)
+}
+
 /// What the ELF files say, looked up before any pause (opening libc's
 /// debug file takes tens of milliseconds).
 #[derive(Debug, Clone, Default)]
@@ -256,10 +267,22 @@ pub struct Symbols {
 
 /// Look up libc and its debug symbols.
 pub fn symbols(pid: i32, maps: &Maps) -> Symbols {
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    symbols_in(maps, &|p| ElfFile::open(pid, p).ok(), &root)
+}
+
+/// Look up libc and its debug symbols, opening files with `open` (by their
+/// path in the target) and looking for debug files under `root`: a live
+/// process's root, or a core's `--sysroot`.
+pub fn symbols_in(
+    maps: &Maps,
+    open: &dyn Fn(&str) -> Option<ElfFile>,
+    root: &std::path::Path,
+) -> Symbols {
     let Some(libc) = libc_path(maps) else {
         return Symbols::default();
     };
-    let (main_arena, mp) = debug_symbols(pid, &libc, maps);
+    let (main_arena, mp) = debug_symbols(open, &libc, maps, root);
     Symbols {
         libc: Some(libc),
         main_arena,
@@ -267,15 +290,19 @@ pub fn symbols(pid: i32, maps: &Maps) -> Symbols {
     }
 }
 
-fn debug_symbols(pid: i32, libc: &str, maps: &Maps) -> (Option<u64>, Option<u64>) {
-    let Ok(elf) = ElfFile::open(pid, libc) else {
+fn debug_symbols(
+    open: &dyn Fn(&str) -> Option<ElfFile>,
+    libc: &str,
+    maps: &Maps,
+    root: &std::path::Path,
+) -> (Option<u64>, Option<u64>) {
+    let Some(elf) = open(libc) else {
         return (None, None);
     };
     let Some(bias) = elf.bias(maps) else {
         return (None, None);
     };
-    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
-    let Some(dbg) = elf.debug_file(&root) else {
+    let Some(dbg) = elf.debug_file(root) else {
         return (None, None);
     };
     let Ok(d) = ElfFile::open_host(&dbg.to_string_lossy(), &dbg) else {

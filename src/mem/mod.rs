@@ -12,6 +12,7 @@
 //! are read outside the pause. `breakdown` is the library entry point (`ljleak mem`, and
 //! exporters, call it).
 
+pub mod core_file;
 pub mod fds;
 pub mod glibc;
 pub mod ljalloc;
@@ -25,8 +26,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::report::envelope::{schema_v1, Stamp, SCHEMA_VERSION};
-use crate::target::{Maps, ProcessMemory, ReadExt, TargetError};
+use crate::target::{Maps, Memory, ProcessMemory, ReadExt, TargetError};
 
+pub use core_file::{breakdown_core, CoreMem};
 pub use fds::Fds;
 pub use glibc::Glibc;
 pub use ljalloc::LuajitMem;
@@ -156,6 +158,10 @@ pub struct MemReport {
     pub pause_us: u64,
     /// What could not be read or did not validate.
     pub warnings: Vec<String>,
+    /// Read from a core file: mapped bytes by owner, and the parts a core
+    /// cannot give (absent from this JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<core_file::CoreMem>,
 }
 
 /// A claimed address range.
@@ -213,36 +219,16 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
     } else {
         maps
     };
-    let mut claims: Vec<(u64, u64, Owner)> = Vec::new();
-    if let Ok(vm) = &found {
-        let lj = ljalloc::read(
-            &mem,
-            &vm.layout,
-            vm.roots.g,
-            vm.roots.main + vm.layout.f.gg_j.off,
-            &maps,
-            &mut warnings,
-        );
-        claims.extend(
-            lj.segment_ranges
-                .iter()
-                .map(|&(s, e)| (s, e, Owner::LjArena)),
-        );
-        claims.extend(lj.mcode_ranges.iter().map(|&(s, e)| (s, e, Owner::LjMcode)));
-        r.luajit = lj;
-    }
-    t.lap(&mut r, "luajit");
-    r.glibc = glibc::read(&mem, &maps, &gsyms, &mut warnings);
-    for a in &r.glibc.arenas {
-        claims.extend(a.ranges.iter().map(|&(s, e)| (s, e, Owner::GlibcArena)));
-    }
-    t.lap(&mut r, "glibc");
-    // nginx zones name the shared mappings; timers come from its rbtree.
-    let ngx = match &nsyms {
-        Some(ns) => nginx::read(&mem, &maps, ns, found.as_ref().ok(), &mut warnings),
-        None => nginx::Nginx::default(),
-    };
-    t.lap(&mut r, "nginx");
+    let (mut claims, ngx) = read_owners(
+        &mem,
+        &maps,
+        found.as_ref().ok(),
+        &gsyms,
+        nsyms.as_ref(),
+        &mut r,
+        &mut t,
+        &mut warnings,
+    );
     if let Some(p) = pause {
         r.pause_us = p.resume().as_micros() as u64;
     }
@@ -293,15 +279,18 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
             f.pss += e.pss;
             f.size += m.len();
         } else {
+            let present = pm.present(m.start, m.end);
             anon_vma(
                 &mem,
-                &mut pm,
+                present,
                 page,
-                e,
+                m,
+                e.rss,
                 &claims,
                 after_file,
                 &mut scan_budget,
-                &mut r,
+                &mut r.rows,
+                &mut r.luajit,
             );
         }
     }
@@ -337,6 +326,54 @@ pub fn breakdown(pid: i32, opts: &MemOpts) -> Result<MemReport, TargetError> {
     Ok(r)
 }
 
+/// The owners ljleak can name, read from memory: LuaJIT's allocator and
+/// JIT code, glibc's arenas, nginx's zones and timers; with the ranges each
+/// claims. The same reads for a live process (during its pause) and for a
+/// core file.
+#[allow(clippy::too_many_arguments)]
+fn read_owners<M: Memory + ?Sized>(
+    mem: &M,
+    maps: &Maps,
+    vm: Option<&crate::luajit::FoundVm>,
+    gsyms: &glibc::Symbols,
+    nsyms: Option<&nginx::Symbols>,
+    r: &mut MemReport,
+    t: &mut Timer,
+    warnings: &mut Vec<String>,
+) -> (Vec<(u64, u64, Owner)>, nginx::Nginx) {
+    let mut claims: Vec<(u64, u64, Owner)> = Vec::new();
+    if let Some(vm) = vm {
+        let lj = ljalloc::read(
+            mem,
+            &vm.layout,
+            vm.roots.g,
+            vm.roots.main + vm.layout.f.gg_j.off,
+            maps,
+            warnings,
+        );
+        claims.extend(
+            lj.segment_ranges
+                .iter()
+                .map(|&(s, e)| (s, e, Owner::LjArena)),
+        );
+        claims.extend(lj.mcode_ranges.iter().map(|&(s, e)| (s, e, Owner::LjMcode)));
+        r.luajit = lj;
+    }
+    t.lap(r, "luajit");
+    r.glibc = glibc::read(mem, maps, gsyms, warnings);
+    for a in &r.glibc.arenas {
+        claims.extend(a.ranges.iter().map(|&(s, e)| (s, e, Owner::GlibcArena)));
+    }
+    t.lap(r, "glibc");
+    // nginx zones name the shared mappings; timers come from its rbtree.
+    let ngx = match nsyms {
+        Some(ns) => nginx::read(mem, maps, ns, vm, warnings),
+        None => nginx::Nginx::default(),
+    };
+    t.lap(r, "nginx");
+    (claims, ngx)
+}
+
 /// Wall time of each part, into `timings_us`.
 struct Timer {
     at: Option<Instant>,
@@ -363,24 +400,25 @@ impl Timer {
 /// shows but smaps does not count (the shared zero page) come off
 /// unattributed first.
 #[allow(clippy::too_many_arguments)]
-fn anon_vma(
-    mem: &ProcessMemory,
-    pm: &mut smaps::Pagemap,
+fn anon_vma<M: Memory + ?Sized>(
+    mem: &M,
+    present: Option<Vec<bool>>,
     page: u64,
-    e: &smaps::SmapsEntry,
+    m: &crate::target::Mapping,
+    rss: u64,
     claims: &[(u64, u64, Owner)],
     after_file: bool,
     scan_budget: &mut u64,
-    r: &mut MemReport,
+    rows: &mut Rows,
+    lj: &mut LuajitMem,
 ) {
-    let m = &e.map;
-    let Some(present) = pm.present(m.start, m.end) else {
+    let Some(present) = present else {
         // No pagemap: the whole mapping goes to its first claimant.
         let owner = claims
             .iter()
             .find(|c| c.0 < m.end && c.1 > m.start)
             .map(|c| c.2);
-        add(r, owner, e.rss, after_file);
+        add(rows, owner, rss, after_file);
         return;
     };
     let mut by: [u64; 5] = [0; 5];
@@ -433,7 +471,7 @@ fn anon_vma(
                     .count() as u64;
                 by[o as usize] += n * page;
                 if o == Owner::LjArena {
-                    r.luajit.add_direct(len);
+                    lj.add_direct(len);
                 }
                 i = stop;
                 continue;
@@ -443,16 +481,16 @@ fn anon_vma(
         i += 1;
     }
     // Reconcile with the kernel's Rss of this mapping.
-    let mut budget = e.rss;
+    let mut budget = rss;
     for (k, b) in by.iter_mut().enumerate() {
         let take = (*b).min(budget);
         budget -= take;
-        add(r, Some(owner_of(k)), take, after_file);
+        add(rows, Some(owner_of(k)), take, after_file);
     }
-    add(r, None, rest.min(budget), after_file);
+    add(rows, None, rest.min(budget), after_file);
     budget -= rest.min(budget);
     // Pages smaps counts but pagemap did not show (faulted in meanwhile).
-    add(r, None, budget, after_file);
+    add(rows, None, budget, after_file);
 }
 
 fn owner_of(k: usize) -> Owner {
@@ -465,8 +503,7 @@ fn owner_of(k: usize) -> Owner {
     ][k]
 }
 
-fn add(r: &mut MemReport, o: Option<Owner>, bytes: u64, after_file: bool) {
-    let row = &mut r.rows;
+fn add(row: &mut Rows, o: Option<Owner>, bytes: u64, after_file: bool) {
     match o {
         Some(Owner::LjArena) => row.luajit_arena += bytes,
         Some(Owner::LjMcode) => row.luajit_mcode += bytes,

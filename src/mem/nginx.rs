@@ -125,8 +125,18 @@ fn off() -> Off {
 
 /// AVMA of a `.dynsym` symbol in the first mapped file that exports it.
 pub fn dynsym(pid: i32, maps: &Maps, files: &[&str], name: &str) -> Option<u64> {
+    dynsym_in(maps, &|p| ElfFile::open(pid, p).ok(), files, name)
+}
+
+/// [`dynsym`] with files opened by `open` (their path in the target).
+fn dynsym_in(
+    maps: &Maps,
+    open: &dyn Fn(&str) -> Option<ElfFile>,
+    files: &[&str],
+    name: &str,
+) -> Option<u64> {
     for path in files {
-        let Ok(elf) = ElfFile::open(pid, path) else {
+        let Some(elf) = open(path) else {
             continue;
         };
         if let Some((svma, _)) = elf.symbol(name, false) {
@@ -154,8 +164,19 @@ pub struct Symbols {
 /// Look the symbols up; None when the process is not nginx.
 pub fn symbols(pid: i32, maps: &Maps) -> Option<Symbols> {
     let exe = crate::target::exe_path(pid).ok()?;
-    let exe = exe.strip_suffix(" (deleted)").unwrap_or(&exe).to_string();
-    let cycle = dynsym(pid, maps, &[&exe], "ngx_cycle")?;
+    symbols_in(maps, &|p| ElfFile::open(pid, p).ok(), &exe)
+}
+
+/// [`symbols`] of the executable `exe` (its path in the target), files
+/// opened by `open`: a live process's or a core's.
+pub fn symbols_in(
+    maps: &Maps,
+    open: &dyn Fn(&str) -> Option<ElfFile>,
+    exe: &str,
+) -> Option<Symbols> {
+    let exe = exe.strip_suffix(" (deleted)").unwrap_or(exe).to_string();
+    let sym = |files: &[&str], name: &str| dynsym_in(maps, open, files, name);
+    let cycle = sym(&[&exe], "ngx_cycle")?;
     // The lua module is a dynamic module (Debian) or built in.
     let mut files: Vec<&str> = maps
         .files()
@@ -164,10 +185,10 @@ pub fn symbols(pid: i32, maps: &Maps) -> Option<Symbols> {
         .collect();
     files.insert(0, &exe);
     Some(Symbols {
-        http_module: dynsym(pid, maps, &[&exe], "ngx_http_module"),
-        lua_module: dynsym(pid, maps, &files, "ngx_http_lua_module")
-            .or_else(|| dynsym(pid, maps, &maps.files(), "ngx_http_lua_module")),
-        timer_rbtree: dynsym(pid, maps, &[&exe], "ngx_event_timer_rbtree"),
+        http_module: sym(&[&exe], "ngx_http_module"),
+        lua_module: sym(&files, "ngx_http_lua_module")
+            .or_else(|| sym(&maps.files(), "ngx_http_lua_module")),
+        timer_rbtree: sym(&[&exe], "ngx_event_timer_rbtree"),
         cycle,
         exe,
     })

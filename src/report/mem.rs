@@ -293,88 +293,7 @@ fn details(s: &mut String, r: &MemReport) {
         human(r.swap),
         human(r.kernel.rss)
     );
-    let l = &r.luajit;
-    if l.found {
-        if l.system_malloc {
-            let _ = writeln!(
-                s,
-                "LuaJIT: GC {} (allocates through the system malloc: see glibc); JIT code {} in {} areas",
-                human(l.gc_total),
-                human(l.mcode),
-                l.mcode_areas
-            );
-        } else {
-            let _ = writeln!(
-                s,
-                "LuaJIT: GC {}; arena mapped {} = used {} + free {} (top {}, dv {}, bins {} in {} chunks); {} segments, {} direct chunks ({}); JIT code {} in {} areas; resident {}",
-                human(l.gc_total),
-                human(l.arena_mapped),
-                human(l.arena_used),
-                human(l.arena_free),
-                human(l.top),
-                human(l.dv),
-                human(l.smallbins_free + l.treebins_free),
-                l.free_chunks,
-                l.segments,
-                l.direct_chunks,
-                human(l.direct_bytes),
-                human(l.mcode),
-                l.mcode_areas,
-                human(r.rows.luajit_arena + r.rows.luajit_mcode)
-            );
-        }
-    } else {
-        let _ = writeln!(s, "LuaJIT: no VM found");
-    }
-    let g = &r.glibc;
-    if g.found {
-        let _ = writeln!(
-            s,
-            "glibc malloc ({}): system {} = in use {} + free {} (fastbins {}; tcache holds {} of the in-use); mmapped chunks {} ({}); resident {}",
-            g.located_by,
-            human(g.system),
-            human(g.in_use),
-            human(g.free),
-            human(g.fastbins),
-            human(g.tcache),
-            g.mmapped_chunks,
-            human(g.mmapped),
-            human(r.rows.glibc_arenas + r.rows.glibc_mmapped)
-        );
-        for a in g.arenas.iter().take(16) {
-            let _ = writeln!(
-                s,
-                "  {} arena {:#x}: system {} in use {} free {} (top {}, bins {} in {}, fastbins {} in {}, tcache {} in {})",
-                a.kind,
-                a.addr,
-                human(a.system),
-                human(a.in_use),
-                human(a.free),
-                human(a.top),
-                human(a.bins_free),
-                a.bins_chunks,
-                human(a.fastbin_free),
-                a.fastbin_chunks,
-                human(a.tcache),
-                a.tcache_chunks
-            );
-        }
-    }
-    for z in &r.shm {
-        let _ = writeln!(
-            s,
-            "shm {} [{}]: size {} used {} free {} ({} of {} pages free); Rss {} Pss {}",
-            z.name,
-            z.kind,
-            human(z.size),
-            human(z.used),
-            human(z.free),
-            z.pages_free,
-            z.pages,
-            human(z.rss),
-            human(z.pss)
-        );
-    }
+    owners(s, r, &r.rows, "resident");
     let _ = writeln!(
         s,
         "stacks {}; other anonymous {}; unattributed {}",
@@ -405,6 +324,100 @@ fn details(s: &mut String, r: &MemReport) {
             let _ = writeln!(s, "  {:>6} {} {}", p.count, p.state, p.peer);
         }
     }
+    run_notes(s, r);
+}
+
+/// LuaJIT, glibc and the shared zones, with the bytes each owner holds
+/// (`word`: resident live, mapped in a core).
+fn owners(s: &mut String, r: &MemReport, rows: &crate::mem::Rows, word: &str) {
+    let l = &r.luajit;
+    if l.found {
+        if l.system_malloc {
+            let _ = writeln!(
+                s,
+                "LuaJIT: GC {} (allocates through the system malloc: see glibc); JIT code {} in {} areas",
+                human(l.gc_total),
+                human(l.mcode),
+                l.mcode_areas
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "LuaJIT: GC {}; arena mapped {} = used {} + free {} (top {}, dv {}, bins {} in {} chunks); {} segments, {} direct chunks ({}); JIT code {} in {} areas; {word} {}",
+                human(l.gc_total),
+                human(l.arena_mapped),
+                human(l.arena_used),
+                human(l.arena_free),
+                human(l.top),
+                human(l.dv),
+                human(l.smallbins_free + l.treebins_free),
+                l.free_chunks,
+                l.segments,
+                l.direct_chunks,
+                human(l.direct_bytes),
+                human(l.mcode),
+                l.mcode_areas,
+                human(rows.luajit_arena + rows.luajit_mcode)
+            );
+        }
+    } else {
+        let _ = writeln!(s, "LuaJIT: no VM found");
+    }
+    let g = &r.glibc;
+    if g.found {
+        let _ = writeln!(
+            s,
+            "glibc malloc ({}): system {} = in use {} + free {} (fastbins {}; tcache holds {} of the in-use); mmapped chunks {} ({}); {word} {}",
+            g.located_by,
+            human(g.system),
+            human(g.in_use),
+            human(g.free),
+            human(g.fastbins),
+            human(g.tcache),
+            g.mmapped_chunks,
+            human(g.mmapped),
+            human(rows.glibc_arenas + rows.glibc_mmapped)
+        );
+        for a in g.arenas.iter().take(16) {
+            let _ = writeln!(
+                s,
+                "  {} arena {:#x}: system {} in use {} free {} (top {}, bins {} in {}, fastbins {} in {}, tcache {} in {})",
+                a.kind,
+                a.addr,
+                human(a.system),
+                human(a.in_use),
+                human(a.free),
+                human(a.top),
+                human(a.bins_free),
+                a.bins_chunks,
+                human(a.fastbin_free),
+                a.fastbin_chunks,
+                human(a.tcache),
+                a.tcache_chunks
+            );
+        }
+    }
+    for z in &r.shm {
+        let _ = write!(
+            s,
+            "shm {} [{}]: size {} used {} free {} ({} of {} pages free)",
+            z.name,
+            z.kind,
+            human(z.size),
+            human(z.used),
+            human(z.free),
+            z.pages_free,
+            z.pages,
+        );
+        if r.core.is_none() {
+            let _ = write!(s, "; Rss {} Pss {}", human(z.rss), human(z.pss));
+        }
+        s.push('\n');
+    }
+}
+
+/// Timers, timings, warnings.
+fn run_notes(s: &mut String, r: &MemReport) {
     let t = &r.timers;
     if t.found {
         let _ = writeln!(s, "timers: pending {} running {}", t.pending, t.running);
@@ -417,7 +430,9 @@ fn details(s: &mut String, r: &MemReport) {
         .iter()
         .map(|(k, v)| format!("{k} {v} us"))
         .collect();
-    let pause = if r.pause_us > 0 {
+    let pause = if r.core.is_some() && r.pause_us > 0 {
+        format!("the dump paused the target {} us", r.pause_us)
+    } else if r.pause_us > 0 {
         format!("target paused {} us for the allocator reads", r.pause_us)
     } else {
         "never paused".to_string()
@@ -426,6 +441,40 @@ fn details(s: &mut String, r: &MemReport) {
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
     }
+}
+
+/// Text of a report read from a core: the memory walks, mapped bytes by
+/// owner, and what a core cannot tell.
+pub fn core_text(r: &MemReport) -> String {
+    let mut s = String::new();
+    let Some(c) = &r.core else {
+        return text(&Doc::One(Box::new(r.clone())));
+    };
+    let m = &c.mapped;
+    let _ = writeln!(
+        s,
+        "pid {} (core {}): mapped {} = LuaJIT {} + glibc {} + shm {} + files {} + stacks {} + other {} + unattributed {} ({} of it in the core)",
+        r.pid,
+        c.file,
+        human(c.mapped_total),
+        human(m.luajit_arena + m.luajit_mcode),
+        human(m.glibc_arenas + m.glibc_mmapped),
+        human(m.shm),
+        human(m.files),
+        human(m.stacks),
+        human(m.other_anon),
+        human(m.unattributed),
+        human(c.dumped)
+    );
+    owners(&mut s, r, m, "mapped");
+    for f in r.files.iter().take(8) {
+        let _ = writeln!(s, "  file {} mapped {}", f.path, human(f.size));
+    }
+    s.push_str(
+        "absent from a core: Rss, Pss, swap and the reconciliation by owner (a core holds memory, not the kernel's page accounting); fds and sockets (kernel objects, not memory)\n",
+    );
+    run_notes(&mut s, r);
+    s
 }
 
 /// SVG: one stacked bar per process (and the total), parts as in the headline.

@@ -65,6 +65,10 @@ pub mod elfc {
     pub const REG_ORIG_RAX: usize = 15;
     /// Index of `rip`.
     pub const REG_RIP: usize = 16;
+    /// Index of `rsp`.
+    pub const REG_RSP: usize = 19;
+    /// `AT_SYSINFO_EHDR`: the vDSO.
+    pub const AT_SYSINFO_EHDR: u64 = 33;
     /// `sizeof(struct elf_prpsinfo)` on x86-64.
     pub const PRPSINFO_SIZE: usize = 136;
     /// Offset of `pr_pid` in it.

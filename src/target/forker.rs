@@ -5,9 +5,28 @@
 //! the snapshot and reaps it inside the target (an injected `wait4`), and
 //! exits. Nothing stays behind: no stopped target, no child, no zombie.
 //!
-//! The helper ignores SIGINT, SIGTERM and SIGHUP (a Ctrl-C reaches the
-//! whole process group): it ends when ljleak's end of the pipe closes,
-//! whichever way ljleak ended, or when the snapshot outlives its limits.
+//! The helper ignores SIGINT, SIGTERM and SIGHUP: it ends when ljleak's
+//! end of the pipe closes, whichever way ljleak ended, or when the snapshot
+//! outlives its limits.
+//!
+//! One hazard has no fix: a SIGKILL of the helper itself while the
+//! injected `clone` runs makes the kernel detach the target with borrowed
+//! registers, and the target runs the tail of libc's `_exit` (no syscall
+//! site is safe for both the target and a child that might run). So the
+//! helper keeps out of the ways processes get killed in bulk:
+//! - its own session and process group (`setsid`): Ctrl-C, `kill -- -PGID`
+//!   and `timeout` reach ljleak, not the helper;
+//! - a name without "ljleak": started through `/proc/self/exe` with
+//!   `argv[0]` `lj-snapshot`, so neither its `comm` nor its command line
+//!   matches `pkill ljleak`, `pkill -f ljleak` or `killall ljleak` (a
+//!   pattern such as `pkill -f snapshot-helper`, or `killall` given the
+//!   executable's path, still does);
+//! - `oom_score_adj` -1000, so the OOM killer picks another process.
+//!
+//! No `PR_SET_PDEATHSIG`: it would deliver its signal mid-injection (and
+//! fires when the spawning *thread* ends, not the process). ljleak's death
+//! closes the pipe, which the helper acts on once any injected call is
+//! done; it also stops when it is reparented.
 //!
 //! Protocol, one line each way: the helper prints `ok CHILD PAUSE_US
 //! ATTEMPTS QUIESCENCE`, `refused MESSAGE` or `failed MESSAGE`; ljleak
@@ -17,12 +36,43 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::os::unix::process::CommandExt;
+
 use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::unistd::Pid;
 
 use super::fork::{self, ForkError, ForkLimits, Preflight};
 use super::inject::Site;
 use super::pause::{Pause, Quiescence};
+
+/// The helper's `comm` and `argv[0]`: nothing a kill by ljleak's name
+/// matches.
+pub const HELPER_NAME: &str = "lj-snapshot";
+
+/// The file to exec for the helper: `/proc/self/exe` (the kernel names the
+/// new `comm` after the path's last part, `exe`, until the helper renames
+/// itself), or ljleak's path when /proc is not mounted.
+fn helper_exe(exe: &std::path::Path) -> std::path::PathBuf {
+    let p = std::path::PathBuf::from("/proc/self/exe");
+    if p.exists() {
+        p
+    } else {
+        exe.to_path_buf()
+    }
+}
+
+/// Keep the helper out of bulk kills: its `comm`, and the OOM killer's
+/// last choice. Failures (no CAP_SYS_RESOURCE) only lose the latter.
+fn harden() {
+    let name = std::ffi::CString::new(HELPER_NAME).expect("no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0);
+    }
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        log::debug!("snapshot helper: oom_score_adj: {e}");
+    }
+}
 
 /// What the helper needs to know.
 #[derive(Debug, Clone)]
@@ -96,7 +146,17 @@ impl ForkSnapshot {
     pub fn take(args: &HelperArgs) -> Result<ForkSnapshot, ForkError> {
         let exe = std::env::current_exe()
             .map_err(|e| ForkError::Refused(format!("cannot find ljleak's executable: {e}")))?;
-        let mut helper = Command::new(exe)
+        let mut cmd = Command::new(helper_exe(&exe));
+        cmd.arg0(HELPER_NAME);
+        // SAFETY: runs between fork and exec; setsid is async-signal-safe.
+        // The child is no group leader (fresh from fork), so it cannot fail.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut helper = cmd
             .args(args.to_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -190,6 +250,9 @@ impl Drop for ForkSnapshot {
 /// until stdin closes or a limit is hit; then kill and reap it. Returns the
 /// exit code.
 pub fn helper_main(a: &HelperArgs) -> i32 {
+    harden();
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
     for s in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -254,7 +317,7 @@ pub fn helper_main(a: &HelperArgs) -> i32 {
         Quiescence::UserCode => "u 0".into(),
     };
     out(format!("ok {c} {} {attempt} {qs}\n", held.as_micros()));
-    hold(c, a.limits);
+    hold(c, a.limits, parent);
     let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
     fork::reap(c, fork::CALL_TIMEOUT);
     if let Err(e) = fork::reap_in_target(a.pid, a.pid, a.site, &[c]) {
@@ -266,9 +329,9 @@ pub fn helper_main(a: &HelperArgs) -> i32 {
     0
 }
 
-/// Wait until stdin closes (or says anything), or the snapshot outlives
-/// its limits.
-fn hold(c: i32, lim: ForkLimits) {
+/// Wait until stdin closes (or says anything), ljleak is gone (the helper
+/// was reparented), or the snapshot outlives its limits.
+fn hold(c: i32, lim: ForkLimits, parent: i32) {
     let born = Instant::now();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -297,6 +360,10 @@ fn hold(c: i32, lim: ForkLimits) {
             return;
         }
         if !super::process_alive(c) {
+            return;
+        }
+        // SAFETY: getppid cannot fail.
+        if unsafe { libc::getppid() } != parent {
             return;
         }
     }
