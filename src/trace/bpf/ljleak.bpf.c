@@ -41,6 +41,68 @@ struct {
 	__type(value, __u8);
 } live SEC(".maps");
 
+/* The live set's fast part: a direct-mapped table of pointers (one slot per
+ * hash of the pointer, claimed and released with compare-and-swap: an
+ * inlined array access instead of a hash map's locked update and delete).
+ * A pointer whose slot is taken goes to `live`; `spilled` counts those, so
+ * a free checks `live` only when something is there. */
+#define LJ_SLOTS (1 << 20)
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LJ_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} spilled SEC(".maps");
+
+static __always_inline __u64 *slot_of(__u64 ptr)
+{
+	/* Fibonacci hashing of the pointer without its alignment bits. */
+	__u32 k = (__u32)(((ptr >> 4) * 0x9E3779B97F4A7C15ULL) >> 44) & (LJ_SLOTS - 1);
+	return bpf_map_lookup_elem(&slots, &k);
+}
+
+/* Track `ptr`; false when the set is full. */
+static __always_inline bool live_add(__u64 ptr)
+{
+	__u64 *s = slot_of(ptr);
+	if (s) {
+		__u64 was = __sync_val_compare_and_swap(s, 0, ptr);
+		if (was == 0 || was == ptr)
+			return true;
+	}
+	__u8 one = 1;
+	if (bpf_map_update_elem(&live, &ptr, &one, BPF_NOEXIST) != 0)
+		return bpf_map_lookup_elem(&live, &ptr) != 0;
+	__u32 z = 0;
+	__s64 *n = bpf_map_lookup_elem(&spilled, &z);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	return true;
+}
+
+/* Stop tracking `ptr`; true when it was tracked. */
+static __always_inline bool live_del(__u64 ptr)
+{
+	__u64 *s = slot_of(ptr);
+	if (s && __sync_val_compare_and_swap(s, ptr, 0) == ptr)
+		return true;
+	__u32 z = 0;
+	__s64 *n = bpf_map_lookup_elem(&spilled, &z);
+	if (!n || *n <= 0)
+		return false;
+	if (bpf_map_delete_elem(&live, &ptr) != 0)
+		return false;
+	__sync_fetch_and_add(n, -1);
+	return true;
+}
+
 /* LRU: entries stay while their thread lives (sp 0 when idle); those of
  * threads gone are evicted first. */
 struct {
@@ -164,7 +226,7 @@ static __always_inline void do_free(__u64 sp, __u64 cookie, __u32 tid, __u64 ptr
 {
 	if (!ptr)
 		return;
-	if (bpf_map_delete_elem(&live, &ptr) != 0) {
+	if (!live_del(ptr)) {
 		if (cfg.sample_bytes) {
 			count(LJ_C_UNTRACKED_FREES, 1);
 		} else {
@@ -400,7 +462,7 @@ static __always_inline void forget_old(struct pt_regs *ctx, struct lj_pending *p
 				       __u32 f)
 {
 	if (f == LJ_F_REALLOC || f == LJ_F_REALLOCARRAY) {
-		if (p->a0 && bpf_map_delete_elem(&live, &p->a0) != 0) {
+		if (p->a0 && !live_del(p->a0)) {
 			if (cfg.sample_bytes) {
 				count(LJ_C_UNTRACKED_FREES, 1);
 			} else {
@@ -410,7 +472,7 @@ static __always_inline void forget_old(struct pt_regs *ctx, struct lj_pending *p
 			count(LJ_C_FREES, 1);
 		}
 	} else if (f == LJ_F_LUA_ALLOCF && p->a1) {
-		if (bpf_map_delete_elem(&live, &p->a1) != 0) {
+		if (!live_del(p->a1)) {
 			if (cfg.sample_bytes) {
 				count(LJ_C_UNTRACKED_FREES, 1);
 			} else {
@@ -457,16 +519,15 @@ static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
 			count(LJ_C_ALLOCS, 1);
 			count(LJ_C_ALLOC_BYTES, size);
 		}
-		__u8 one = 1;
 		if (q.emitted) {
-			if (bpf_map_update_elem(&live, &ptr, &one, BPF_ANY) != 0) {
+			if (!live_add(ptr)) {
 				count(LJ_C_LIVE_FULL, 1);
 				flags |= LJ_RET_UNTRACKED;
 			}
 		} else {
 			/* Not tracked (ring full at entry): a block reusing
 			 * a tracked address means its free was missed. */
-			bpf_map_delete_elem(&live, &ptr);
+			live_del(ptr);
 		}
 	}
 	if (!q.emitted)
