@@ -273,45 +273,58 @@ static __always_inline void copy_regs(struct lj_regs *d, struct pt_regs *s)
 	d->r[7] = s->r15;
 }
 
-/* How many bytes of user stack an entry copies: up to the thread's anchor
- * when the anchor's two return-address slots still hold what ljleak
- * learned (the frames above repeat: ljleak has their bytes), else up to the
- * thread's top, else cfg.stack_bytes. Sets *anchor to the slot used. */
-static __always_inline __u64 stack_len(__u64 sp, __u32 tid, __u64 n, __u64 *anchor,
-				       __u64 *word)
+/* How an entry copies the user stack: `len` bytes from sp; when the
+ * thread's anchor is usable, the copy reaches its second slot and the two
+ * return-address slots are checked in the copy itself (one read, no probe
+ * reads of single words): if they still hold what ljleak learned, the
+ * frames above repeat (ljleak has their bytes) and the record keeps only
+ * [sp, slot + 8). Else `full` bytes are copied: up to the thread's top
+ * when known, else cfg.stack_bytes. */
+struct stack_plan {
+	__u64 len, full;
+	__u64 slot, word, slot2, word2; /* slot 0: no anchor */
+};
+
+static __always_inline void plan_stack(__u64 sp, __u32 tid, __u64 n, struct stack_plan *p)
 {
 	struct lj_anchor *a = bpf_map_lookup_elem(&anchors, &tid);
-	*anchor = 0;
-	*word = 0;
+	p->slot = 0;
+	p->full = n;
+	p->len = n;
 	if (!a)
-		return n;
-	if (a->slot >= sp && a->slot + 8 - sp <= n && a->slot2 > a->slot) {
-		__u64 w = 0, w2 = 0;
-		if (bpf_probe_read_user(&w, 8, (void *)a->slot) == 0 && w == a->word &&
-		    bpf_probe_read_user(&w2, 8, (void *)a->slot2) == 0 && w2 == a->word2) {
-			*anchor = a->slot;
-			*word = w;
-			count(LJ_C_ANCHORED, 1);
-			return a->slot + 8 - sp;
-		}
-	}
+		return;
 	if (a->top > sp && a->top - sp < n)
-		return (a->top - sp + 7) & ~7ULL;
-	return n;
+		p->full = (a->top - sp + 7) & ~7ULL;
+	p->len = p->full;
+	if (a->slot >= sp && a->slot2 > a->slot && a->slot2 + 8 - sp <= n) {
+		p->slot = a->slot;
+		p->word = a->word;
+		p->slot2 = a->slot2;
+		p->word2 = a->word2;
+		p->len = a->slot2 + 8 - sp;
+	}
+}
+
+/* The word at `off` of a stack copy of room `room` (0 when outside). */
+static __always_inline __u64 word_at(const __u8 *copy, __u64 off, const __u32 room)
+{
+	if (room < 8 || off > room - 8)
+		return 0;
+	return *(const __u64 *)(copy + (off & ~7ULL));
 }
 
 /* Write an ENTRY record with room for `lroom` bytes of Lua stack and
  * `sroom` of user stack (constants at each call, so the verifier sees the
- * bounds), copying `len` bytes of stack from sp. */
-static __always_inline bool emit_sized(struct pt_regs *ctx, __u64 sp, __u64 cookie, __u32 tid,
-				       bool smp,
-				       const struct lj_lua_snap *snap, __u64 len, __u64 anchor,
-				       __u64 word, const __u32 lroom, const __u32 sroom)
+ * bounds), copying the stack as `pl` says. */
+static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, __u64 cookie, __u32 tid,
+				      bool smp, const struct lj_lua_snap *snap,
+				      const struct stack_plan *pl, const __u32 lroom,
+				      const __u32 sroom)
 {
 	struct lj_rec_entry *e = bpf_ringbuf_reserve(&events, sizeof(*e) + lroom + sroom, 0);
 	if (!e) {
 		count(LJ_C_LOST, 1);
-		return false;
+		return 0;
 	}
 	e->type = LJ_REC_ENTRY;
 	e->tid = tid;
@@ -337,24 +350,45 @@ static __always_inline bool emit_sized(struct pt_regs *ctx, __u64 sp, __u64 cook
 	e->stack_len = 0;
 	e->anchor = 0;
 	e->anchor_word = 0;
+	__u8 *copy = e->data + lroom;
+	__u64 len = pl->len;
+	if (pl->slot) {
+		if (len > sroom)
+			len = sroom;
+		if (len && bpf_probe_read_user(copy, len, (void *)sp) == 0 &&
+		    word_at(copy, pl->slot - sp, sroom) == pl->word &&
+		    word_at(copy, pl->slot2 - sp, sroom) == pl->word2) {
+			e->stack_len = pl->slot + 8 - sp;
+			e->anchor = pl->slot;
+			e->anchor_word = pl->word;
+			count(LJ_C_ANCHORED, 1);
+			count(LJ_C_STACK_BYTES, len);
+			bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+			return 1;
+		}
+		len = pl->full;
+		if (len > sroom) {
+			/* This path does not pass the anchor and needs more
+			 * room: the caller retries in a larger record. */
+			bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+			return -1;
+		}
+	}
 	/* Near the top of a stack a long copy faults: halve it. */
 	for (int i = 0; i < 7; i++) {
 		if (len > sroom)
 			len = sroom;
 		if (len == 0)
 			break;
-		if (bpf_probe_read_user(e->data + lroom, len, (void *)sp) == 0) {
+		if (bpf_probe_read_user(copy, len, (void *)sp) == 0) {
 			e->stack_len = len;
-			e->anchor = anchor;
-			e->anchor_word = word;
 			count(LJ_C_STACK_BYTES, len);
 			break;
 		}
-		anchor = 0;
 		len = (len >> 1) & ~7ULL;
 	}
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	return true;
+	return 1;
 }
 
 /* Copies that end at an anchor are short: a record of this room keeps
@@ -369,22 +403,23 @@ static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 sp, __u64 cook
 	const __u32 n = cfg.stack_bytes & ~7U;
 	struct lj_lua_snap snap;
 	lua_snap(sp, &snap);
-	__u64 anchor = 0, word = 0, len = 0;
+	struct stack_plan pl = {};
 	if (n > 0 && n <= LJ_MAX_STACK)
-		len = stack_len(sp, tid, n, &anchor, &word);
+		plan_stack(sp, tid, n, &pl);
 	bool lua = snap.lstack_len > 0 && (snap.flags & LJ_LUA_OK);
-	if (len <= LJ_SHORT_STACK || n <= LJ_SHORT_STACK) {
-		if (lua)
-			return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word,
-					  LJ_LUA_STACK, LJ_SHORT_STACK);
-		return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word, 0,
-				  LJ_SHORT_STACK);
+	if (pl.len <= LJ_SHORT_STACK || n <= LJ_SHORT_STACK) {
+		int r = lua ? emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, LJ_LUA_STACK,
+					 LJ_SHORT_STACK) :
+			      emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, 0, LJ_SHORT_STACK);
+		if (r >= 0)
+			return r;
+		pl.slot = 0;
+		pl.len = pl.full;
 	}
 	const __u32 room = n <= LJ_MAX_STACK ? n : 0;
 	if (lua)
-		return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word, LJ_LUA_STACK,
-				  room);
-	return emit_sized(ctx, sp, cookie, tid, smp, &snap, len, anchor, word, 0, room);
+		return emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, LJ_LUA_STACK, room) > 0;
+	return emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, 0, room) > 0;
 }
 
 static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid)
