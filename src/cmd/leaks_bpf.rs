@@ -218,13 +218,15 @@ impl Window {
         }
         self.samples += 1;
         match ev {
-            Event::Entry(e, lstack, stack) => {
+            Event::Alloc(e, lstack, stack) => {
+                // The registers are those at the return: sp is one word
+                // above the call's (the return address popped).
                 let regs = regs_of(&e.regs);
                 let args = Args {
-                    a0: regs.di,
-                    a1: regs.si,
-                    a2: regs.dx,
-                    a3: regs.cx,
+                    a0: e.a[0],
+                    a1: e.a[1],
+                    a2: e.a[2],
+                    a3: e.a[3],
                 };
                 let size = crate::leaks::requested(spec.func, &args).unwrap_or(0);
                 let weight = match (&self.bpf_sampler, e.sampled) {
@@ -235,7 +237,7 @@ impl Window {
                 self.tracker.on_entry_tracked(
                     e.tid,
                     spec.func,
-                    regs.sp,
+                    regs.sp.wrapping_sub(8),
                     args,
                     e.time,
                     weight,
@@ -245,6 +247,7 @@ impl Window {
                             stack,
                             crate::leaks::deferred::BpfCopy {
                                 tid: e.tid,
+                                leaf: e.entry_ip,
                                 anchor: e.anchor,
                                 anchor_word: e.anchor_word,
                                 lua: Some((&e.lua, lstack)),
@@ -252,16 +255,14 @@ impl Window {
                         )
                     },
                 );
-            }
-            Event::Return(r) => {
-                let ret = if r.flags & abi::RET_UNTRACKED != 0 {
+                let ret = if e.flags & abi::RET_UNTRACKED != 0 {
                     0
                 } else {
-                    r.ret
+                    e.ret
                 };
-                let deref = r.deref;
+                let deref = e.deref;
                 self.tracker
-                    .on_return(r.tid, spec.func, ret, |_| Some(deref));
+                    .on_return(e.tid, spec.func, ret, |_| Some(deref));
             }
             Event::Free(r) => {
                 self.tracker.forget(r.ptr);

@@ -55,6 +55,9 @@ pub struct LuaCopy {
 pub struct BpfCopy<'a> {
     /// The thread.
     pub tid: u32,
+    /// The allocation function's entry, put in front of the frames
+    /// unwound from the return address (`regs` are those at the return).
+    pub leaf: u64,
     /// The anchor slot the copy ends at (`slot + 8`), 0 for none.
     pub anchor: u64,
     /// The word the kernel found there.
@@ -72,6 +75,8 @@ enum Slot {
         lua: Option<Box<LuaCopy>>,
         /// Index into `outers` of the bytes to glue above the copy.
         outer: Option<u32>,
+        /// See [`BpfCopy::leaf`]; 0: `regs` are at the event itself.
+        leaf: u64,
     },
     Unwound(u32),
 }
@@ -181,7 +186,7 @@ impl DeferredStacks {
     /// Keep the stack of an event (registers and the stack copy from
     /// `regs.sp` up); returns its handle.
     pub fn keep(&mut self, regs: &Regs, stack: &[u8]) -> u32 {
-        self.keep_raw(regs, stack, None, None)
+        self.keep_raw(regs, stack, None, None, 0)
     }
 
     /// [`Self::keep`] for a BPF record: its Lua state, and its copy that
@@ -196,10 +201,10 @@ impl DeferredStacks {
         let outer = if b.anchor != 0 {
             self.outer_ids.get(&(b.anchor, b.anchor_word)).copied()
         } else {
-            self.learn_from(b.tid, regs, stack);
+            self.learn_from(b.tid, regs, stack, b.leaf != 0);
             None
         };
-        self.keep_raw(regs, stack, lua, outer)
+        self.keep_raw(regs, stack, lua, outer, b.leaf)
     }
 
     fn keep_raw(
@@ -208,9 +213,10 @@ impl DeferredStacks {
         stack: &[u8],
         lua: Option<Box<LuaCopy>>,
         outer: Option<u32>,
+        leaf: u64,
     ) -> u32 {
         if self.raw_bytes + stack.len() > self.cap {
-            let id = self.unwind(regs, stack, lua.as_deref(), outer);
+            let id = self.unwind(regs, stack, lua.as_deref(), outer, leaf);
             return self.put(Slot::Unwound(id));
         }
         self.raw_bytes += stack.len();
@@ -221,19 +227,20 @@ impl DeferredStacks {
             stack: stack.into(),
             lua,
             outer,
+            leaf,
         })
     }
 
     /// Unwind a whole copy of thread `tid` now and narrow its anchor to
     /// the frames all its stacks so far pass through.
-    fn learn_from(&mut self, tid: u32, regs: &Regs, stack: &[u8]) {
+    fn learn_from(&mut self, tid: u32, regs: &Regs, stack: &[u8], at_return: bool) {
         let l = self.learn.entry(tid).or_default();
         if l.seen >= LEARN_MAX || stack.is_empty() {
             return;
         }
         if self
             .unwinder
-            .unwind(regs, stack, &mut self.frames, &mut self.sps)
+            .unwind_from(regs, stack, at_return, &mut self.frames, &mut self.sps)
             == End::Truncated
         {
             return;
@@ -351,9 +358,10 @@ impl DeferredStacks {
                 stack,
                 lua,
                 outer,
+                leaf,
             } => {
                 self.raw_bytes -= stack.len();
-                let id = self.unwind(&regs, &stack, lua.as_deref(), outer);
+                let id = self.unwind(&regs, &stack, lua.as_deref(), outer, leaf);
                 self.slots[h as usize] = Slot::Unwound(id);
                 id
             }
@@ -368,6 +376,7 @@ impl DeferredStacks {
         stack: &[u8],
         lua: Option<&LuaCopy>,
         outer: Option<u32>,
+        leaf: u64,
     ) -> u32 {
         self.stats.unwound += 1;
         let glued;
@@ -382,10 +391,15 @@ impl DeferredStacks {
         };
         if self
             .unwinder
-            .unwind(regs, stack, &mut self.frames, &mut self.sps)
+            .unwind_from(regs, stack, leaf != 0, &mut self.frames, &mut self.sps)
             == End::Truncated
         {
             self.truncated += 1;
+        }
+        if leaf != 0 {
+            // The allocation function itself, entered one word below.
+            self.frames.insert(0, leaf);
+            self.sps.insert(0, regs.sp.wrapping_sub(8));
         }
         if let Some((slot, word)) = anchor {
             // The frame returning through the anchor slot must be there;

@@ -153,6 +153,19 @@ impl Unwinder {
         out: &mut Vec<u64>,
         sps: &mut Vec<u64>,
     ) -> End {
+        self.unwind_from(regs, stack, false, out, sps)
+    }
+
+    /// [`Self::unwind`]; with `at_return`, `regs.ip` is a return address
+    /// (the registers were taken as a call returned), looked up as such.
+    pub fn unwind_from(
+        &mut self,
+        regs: &Regs,
+        stack: &[u8],
+        at_return: bool,
+        out: &mut Vec<u64>,
+        sps: &mut Vec<u64>,
+    ) -> End {
         let sp = regs.sp;
         let mut read = |addr: u64| -> Result<u64, ()> {
             let off = addr.checked_sub(sp).ok_or(())? as usize;
@@ -164,7 +177,13 @@ impl Unwinder {
             out.clear();
             sps.clear();
             let mut r = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
-            let mut addr = FrameAddress::InstructionPointer(regs.ip);
+            let mut addr = match at_return {
+                true => match FrameAddress::from_return_address(regs.ip) {
+                    Some(a) => a,
+                    None => return End::Truncated,
+                },
+                false => FrameAddress::InstructionPointer(regs.ip),
+            };
             let end = loop {
                 let trace = (self.jit.as_mut()).and_then(|j| j.find(addr.address_for_lookup()));
                 out.push(

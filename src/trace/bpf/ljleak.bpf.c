@@ -20,8 +20,7 @@ const volatile struct lj_config cfg = {};
 
 /* Keep the record types in the object's BTF (ljleak's layout test reads
  * them there); never used. */
-struct lj_rec_entry *btf_rec_entry __attribute__((unused));
-struct lj_rec_return *btf_rec_return __attribute__((unused));
+struct lj_rec_alloc *btf_rec_alloc __attribute__((unused));
 struct lj_rec_free *btf_rec_free __attribute__((unused));
 struct lj_lua_snap *btf_lua_snap __attribute__((unused));
 struct lj_cframe *btf_cframe __attribute__((unused));
@@ -280,6 +279,12 @@ static __always_inline void copy_regs(struct lj_regs *d, struct pt_regs *s)
  * frames above repeat (ljleak has their bytes) and the record keeps only
  * [sp, slot + 8). Else `full` bytes are copied: up to the thread's top
  * when known, else cfg.stack_bytes. */
+/* What a return found: rax, posix_memalign's *memptr, LJ_RET_* flags. */
+struct lj_alloc_out {
+	__u64 ret, deref;
+	__u32 flags;
+};
+
 struct stack_plan {
 	__u64 len, full;
 	__u64 slot, word, slot2, word2; /* slot 0: no anchor */
@@ -313,26 +318,33 @@ static __always_inline __u64 word_at(const __u8 *copy, __u64 off, const __u32 ro
 	return *(const __u64 *)(copy + (off & ~7ULL));
 }
 
-/* Write an ENTRY record with room for `lroom` bytes of Lua stack and
+/* Write an ALLOC record with room for `lroom` bytes of Lua stack and
  * `sroom` of user stack (constants at each call, so the verifier sees the
  * bounds), copying the stack as `pl` says. */
-static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, __u64 cookie, __u32 tid,
-				      bool smp, const struct lj_lua_snap *snap,
-				      const struct stack_plan *pl, const __u32 lroom,
-				      const __u32 sroom)
+static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, const struct lj_pending *q,
+				      __u32 tid, const struct lj_alloc_out *o,
+				      const struct lj_lua_snap *snap, const struct stack_plan *pl,
+				      const __u32 lroom, const __u32 sroom)
 {
-	struct lj_rec_entry *e = bpf_ringbuf_reserve(&events, sizeof(*e) + lroom + sroom, 0);
+	struct lj_rec_alloc *e = bpf_ringbuf_reserve(&events, sizeof(*e) + lroom + sroom, 0);
 	if (!e) {
 		count(LJ_C_LOST, 1);
 		return 0;
 	}
-	e->type = LJ_REC_ENTRY;
+	e->type = LJ_REC_ALLOC;
 	e->tid = tid;
 	e->time = bpf_ktime_get_ns();
-	e->cookie = cookie;
-	e->sampled = smp;
+	e->cookie = q->cookie;
+	e->sampled = q->sampled;
 	e->lua_room = lroom;
-	e->pad = 0;
+	e->flags = o->flags;
+	e->a[0] = q->a0;
+	e->a[1] = q->a1;
+	e->a[2] = q->a2;
+	e->a[3] = q->a3;
+	e->ret = o->ret;
+	e->deref = o->deref;
+	e->entry_ip = q->ip;
 	copy_regs(&e->regs, ctx);
 	e->lua = *snap;
 	if (lroom) {
@@ -395,10 +407,11 @@ static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, __u64 cooki
  * the ring's footprint (and its cache misses) small. */
 #define LJ_SHORT_STACK 1024
 
-/* The ENTRY record of a tracked call: registers, Lua frames, stack copy,
- * in a record only as large as the copy needs (one of four sizes). */
-static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 sp, __u64 cookie, __u32 tid,
-				       bool smp)
+/* The ALLOC record of a tracked call, at its return: registers, Lua
+ * frames, stack copy, in a record only as large as the copy needs (one of
+ * four sizes). */
+static __always_inline bool emit_alloc(struct pt_regs *ctx, __u64 sp, const struct lj_pending *q,
+				       __u32 tid, const struct lj_alloc_out *o)
 {
 	const __u32 n = cfg.stack_bytes & ~7U;
 	struct lj_lua_snap snap;
@@ -408,9 +421,9 @@ static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 sp, __u64 cook
 		plan_stack(sp, tid, n, &pl);
 	bool lua = snap.lstack_len > 0 && (snap.flags & LJ_LUA_OK);
 	if (pl.len <= LJ_SHORT_STACK || n <= LJ_SHORT_STACK) {
-		int r = lua ? emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, LJ_LUA_STACK,
+		int r = lua ? emit_sized(ctx, sp, q, tid, o, &snap, &pl, LJ_LUA_STACK,
 					 LJ_SHORT_STACK) :
-			      emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, 0, LJ_SHORT_STACK);
+			      emit_sized(ctx, sp, q, tid, o, &snap, &pl, 0, LJ_SHORT_STACK);
 		if (r >= 0)
 			return r;
 		pl.slot = 0;
@@ -418,8 +431,8 @@ static __always_inline bool emit_entry(struct pt_regs *ctx, __u64 sp, __u64 cook
 	}
 	const __u32 room = n <= LJ_MAX_STACK ? n : 0;
 	if (lua)
-		return emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, LJ_LUA_STACK, room) > 0;
-	return emit_sized(ctx, sp, cookie, tid, smp, &snap, &pl, 0, room) > 0;
+		return emit_sized(ctx, sp, q, tid, o, &snap, &pl, LJ_LUA_STACK, room) > 0;
+	return emit_sized(ctx, sp, q, tid, o, &snap, &pl, 0, room) > 0;
 }
 
 static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid)
@@ -469,14 +482,15 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		smp = true;
 		count(LJ_C_SAMPLED, 1);
 	}
-	__u32 emitted = track ? emit_entry(ctx, sp, cookie, tid, smp) : 0;
 	if (p) {
 		p->a0 = ctx->rdi;
 		p->a1 = ctx->rsi;
 		p->a2 = ctx->rdx;
 		p->a3 = ctx->rcx;
 		p->cookie = cookie;
-		p->emitted = emitted;
+		p->ip = ctx->rip;
+		p->track = track;
+		p->sampled = smp;
 		p->sp = sp;
 	} else {
 		struct lj_pending np = {
@@ -486,7 +500,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 			.a2 = ctx->rdx,
 			.a3 = ctx->rcx,
 			.cookie = cookie,
-			.emitted = emitted,
+			.ip = ctx->rip,
+			.track = track,
+			.sampled = smp,
 		};
 		bpf_map_update_elem(&pending, &tid, &np, BPF_ANY);
 	}
@@ -542,46 +558,35 @@ static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
 		       f == LJ_F_LUA_ALLOCF	    ? q.a3 :
 						      q.a0;
 	}
-	if (!q.emitted && size == 0)
+	if (!q.track && size == 0)
 		return 0; /* a free-like call: handled at entry */
-	__u32 flags = 0;
 	if (ptr == 0) {
 		if (size > 0)
 			count(LJ_C_FAILED, 1);
-	} else {
-		forget_old(ctx, &q, tid, f);
-		if (!cfg.sample_bytes) {
-			count(LJ_C_ALLOCS, 1);
-			count(LJ_C_ALLOC_BYTES, size);
-		}
-		if (q.emitted) {
-			if (!live_add(ptr)) {
-				count(LJ_C_LIVE_FULL, 1);
-				flags |= LJ_RET_UNTRACKED;
-			}
-		} else {
-			/* Not tracked (ring full at entry): a block reusing
-			 * a tracked address means its free was missed. */
-			live_del(ptr);
-		}
-	}
-	if (!q.emitted)
-		return 0;
-	struct lj_rec_return *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count(LJ_C_LOST, 1);
 		return 0;
 	}
-	r->type = LJ_REC_RETURN;
-	r->tid = tid;
-	r->time = 0; /* only entries need a time */
-	r->cookie = q.cookie;
-	r->ret = ret;
-	r->deref = deref;
-	r->sp = ctx->rsp;
-	r->flags = flags;
-	r->pad = 0;
-	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
+	forget_old(ctx, &q, tid, f);
+	if (!cfg.sample_bytes) {
+		count(LJ_C_ALLOCS, 1);
+		count(LJ_C_ALLOC_BYTES, size);
+	}
+	if (!q.track) {
+		/* Not tracked: a block reusing a tracked address means its
+		 * free was missed. */
+		live_del(ptr);
+		return 0;
+	}
+	struct lj_alloc_out o = { .ret = ret, .deref = deref };
+	bool added = live_add(ptr);
+	if (!added) {
+		count(LJ_C_LIVE_FULL, 1);
+		o.flags |= LJ_RET_UNTRACKED;
+	}
+	/* sp as the call left it: the caller's frames are intact. */
+	__u64 sp = ctx->rsp;
+	asm volatile("" : "+r"(sp));
+	if (!emit_alloc(ctx, sp, &q, tid, &o) && added)
+		live_del(ptr);
 	return 0;
 }
 

@@ -8,8 +8,7 @@
 #include <linux/types.h>
 
 /* Record types (first u32 of every ring-buffer record). */
-#define LJ_REC_ENTRY 1 /* a tracked allocation call entered */
-#define LJ_REC_RETURN 2 /* that call returned */
+#define LJ_REC_ALLOC 1 /* a tracked allocation call returned */
 #define LJ_REC_FREE 3 /* a tracked pointer was freed */
 
 /* Function kinds: the low byte of each site's BPF cookie (the rest is the
@@ -98,7 +97,12 @@ struct lj_anchor {
 	__u64 top;
 };
 
-struct lj_rec_entry {
+/* One tracked allocation, written when its call returns: the caller's
+ * frames and callee-saved registers are as they were at the call, so the
+ * stack is copied and unwound from the return address (ljleak puts the
+ * allocation function, entry_ip, in front); the Lua state is unchanged by
+ * the allocator. */
+struct lj_rec_alloc {
 	__u32 type;
 	__u32 tid;
 	__u64 time; /* CLOCK_MONOTONIC ns */
@@ -108,24 +112,16 @@ struct lj_rec_entry {
 	__u64 anchor; /* the anchor slot the copy ends at (slot + 8); 0: none */
 	__u64 anchor_word; /* the word found there */
 	__u32 lua_room; /* bytes of data[] before the user stack */
-	__u32 pad;
-	struct lj_regs regs;
+	__u32 flags; /* LJ_RET_* */
+	__u64 a[4]; /* the call's first four arguments */
+	__u64 ret; /* rax */
+	__u64 deref; /* posix_memalign: *memptr read at return */
+	__u64 entry_ip; /* the allocation function's entry */
+	struct lj_regs regs; /* at the return */
 	struct lj_lua_snap lua;
 	/* lua_room bytes for the Lua stack (lua.lstack_len valid), then the
 	 * user stack from regs.sp (stack_len valid). */
 	__u8 data[];
-};
-
-struct lj_rec_return {
-	__u32 type;
-	__u32 tid;
-	__u64 time; /* 0: unused */
-	__u64 cookie;
-	__u64 ret; /* rax */
-	__u64 deref; /* posix_memalign: *memptr read at return */
-	__u64 sp;
-	__u32 flags;
-	__u32 pad;
 };
 
 struct lj_rec_free {
@@ -139,11 +135,12 @@ struct lj_rec_free {
 
 /* A pending outermost call on one thread (map `pending`, key tid). */
 struct lj_pending {
-	__u64 sp;
+	__u64 sp; /* 0: none */
 	__u64 a0, a1, a2, a3;
 	__u64 cookie;
-	__u32 emitted; /* an ENTRY record went out: a RETURN must follow */
-	__u32 pad;
+	__u64 ip; /* the function's entry */
+	__u32 track; /* 1: record the allocation at its return */
+	__u32 sampled;
 };
 
 /* LuaJIT layout for the in-kernel Lua walk, filled from ljleak's layout

@@ -6,10 +6,8 @@
 /// The compiled BPF object (built by build.rs from src/trace/bpf/).
 pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ljleak.bpf.o"));
 
-/// Record types.
-pub const REC_ENTRY: u32 = 1;
-/// A tracked call returned.
-pub const REC_RETURN: u32 = 2;
+/// Record types: a tracked allocation call returned.
+pub const REC_ALLOC: u32 = 1;
 /// A tracked pointer was freed.
 pub const REC_FREE: u32 = 3;
 
@@ -151,12 +149,12 @@ pub struct LjAnchor {
     pub top: u64,
 }
 
-/// `struct lj_rec_entry` (followed by `lua_room` bytes for the Lua stack,
-/// then the user stack).
+/// `struct lj_rec_alloc` (followed by `lua_room` bytes for the Lua stack,
+/// then the user stack): one tracked allocation, written at its return.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 #[allow(missing_docs)]
-pub struct LjRecEntry {
+pub struct LjRecAlloc {
     pub ty: u32,
     pub tid: u32,
     pub time: u64,
@@ -166,25 +164,13 @@ pub struct LjRecEntry {
     pub anchor: u64,
     pub anchor_word: u64,
     pub lua_room: u32,
-    pub pad: u32,
-    pub regs: LjRegs,
-    pub lua: LjLuaSnap,
-}
-
-/// `struct lj_rec_return`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-#[allow(missing_docs)]
-pub struct LjRecReturn {
-    pub ty: u32,
-    pub tid: u32,
-    pub time: u64,
-    pub cookie: u64,
+    pub flags: u32,
+    pub a: [u64; 4],
     pub ret: u64,
     pub deref: u64,
-    pub sp: u64,
-    pub flags: u32,
-    pub pad: u32,
+    pub entry_ip: u64,
+    pub regs: LjRegs,
+    pub lua: LjLuaSnap,
 }
 
 /// `struct lj_rec_free`.
@@ -236,11 +222,9 @@ pub struct LjConfig {
 /// padding.
 pub unsafe trait Pod: Copy {}
 // SAFETY: repr(C) integer structs with explicit padding (see the test).
-unsafe impl Pod for LjRecEntry {}
+unsafe impl Pod for LjRecAlloc {}
 // SAFETY: a u32.
 unsafe impl Pod for u32 {}
-// SAFETY: as above.
-unsafe impl Pod for LjRecReturn {}
 // SAFETY: as above.
 unsafe impl Pod for LjRecFree {}
 // SAFETY: as above.
@@ -362,8 +346,8 @@ mod tests {
         // The data bytes follow the fixed part.
         check!(
             btf,
-            "lj_rec_entry",
-            LjRecEntry,
+            "lj_rec_alloc",
+            LjRecAlloc,
             [
                 ("type", ty),
                 ("tid", tid),
@@ -374,27 +358,15 @@ mod tests {
                 ("anchor", anchor),
                 ("anchor_word", anchor_word),
                 ("lua_room", lua_room),
-                ("pad", pad),
+                ("flags", flags),
+                ("a", a),
+                ("ret", ret),
+                ("deref", deref),
+                ("entry_ip", entry_ip),
                 ("regs", regs),
                 ("lua", lua)
             ],
-            ("data".to_string(), size_of::<LjRecEntry>())
-        );
-        check!(
-            btf,
-            "lj_rec_return",
-            LjRecReturn,
-            [
-                ("type", ty),
-                ("tid", tid),
-                ("time", time),
-                ("cookie", cookie),
-                ("ret", ret),
-                ("deref", deref),
-                ("sp", sp),
-                ("flags", flags),
-                ("pad", pad)
-            ]
+            ("data".to_string(), size_of::<LjRecAlloc>())
         );
         check!(
             btf,

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libbpf_rs::{MapCore, MapFlags, ObjectBuilder, UprobeMultiOpts};
 
-use super::abi::{self, LjConfig, LjLuaCfg, LjRecEntry, LjRecFree, LjRecReturn};
+use super::abi::{self, LjConfig, LjLuaCfg, LjRecAlloc, LjRecFree};
 use super::ring::BpfRing;
 use crate::trace::probes::{Func, ProbeSpec};
 
@@ -57,11 +57,10 @@ pub struct BpfOpts {
 /// One record from the ring.
 #[derive(Debug)]
 pub enum Event<'a> {
-    /// A tracked allocation call entered, with the Lua stack bytes it
-    /// copied (below `lua.base`) and its user stack copy (from `regs.sp`).
-    Entry(Box<LjRecEntry>, &'a [u8], &'a [u8]),
-    /// It returned.
-    Return(LjRecReturn),
+    /// A tracked allocation call returned, with the Lua stack bytes the
+    /// kernel copied (below `lua.base`) and its user stack copy (from
+    /// `regs.sp`, at the return).
+    Alloc(Box<LjRecAlloc>, &'a [u8], &'a [u8]),
     /// A tracked pointer was freed.
     Free(LjRecFree),
 }
@@ -268,19 +267,16 @@ impl BpfSession {
                 return;
             };
             let ev = match ty {
-                abi::REC_ENTRY => abi::read::<LjRecEntry>(rec).map(|e| {
-                    let data = rec.get(std::mem::size_of::<LjRecEntry>()..).unwrap_or(&[]);
+                abi::REC_ALLOC => abi::read::<LjRecAlloc>(rec).map(|e| {
+                    let data = rec.get(std::mem::size_of::<LjRecAlloc>()..).unwrap_or(&[]);
                     let part = |from: usize, len: usize| {
                         let from = from.min(data.len());
                         &data[from..from + len.min(data.len() - from)]
                     };
                     let lstack = part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize));
                     let stack = part(e.lua_room as usize, e.stack_len as usize);
-                    (e.cookie, Event::Entry(Box::new(e), lstack, stack))
+                    (e.cookie, Event::Alloc(Box::new(e), lstack, stack))
                 }),
-                abi::REC_RETURN => {
-                    abi::read::<LjRecReturn>(rec).map(|r| (r.cookie, Event::Return(r)))
-                }
                 abi::REC_FREE => abi::read::<LjRecFree>(rec).map(|r| (r.cookie, Event::Free(r))),
                 _ => None,
             };
