@@ -13,6 +13,7 @@ pub mod cli;
 pub mod cmd;
 pub mod compare;
 pub mod error;
+pub mod inthash;
 pub mod leaks;
 pub mod luajit;
 pub mod mem;

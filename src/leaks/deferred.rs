@@ -192,12 +192,16 @@ impl DeferredStacks {
     /// [`Self::keep`] for a BPF record: its Lua state, and its copy that
     /// may end at the thread's anchor. Copies that do not are learned from.
     pub fn keep_bpf(&mut self, regs: &Regs, stack: &[u8], b: BpfCopy<'_>) -> u32 {
-        let lua = b.lua.map(|(snap, lstack)| {
-            Box::new(LuaCopy {
-                snap: *snap,
-                lstack: lstack.into(),
-            })
-        });
+        // A state that did not validate has no chain to splice: keep none.
+        let lua = b
+            .lua
+            .filter(|(snap, _)| snap.flags & crate::trace::ebpf::abi::lua_flags::OK != 0)
+            .map(|(snap, lstack)| {
+                Box::new(LuaCopy {
+                    snap: *snap,
+                    lstack: lstack.into(),
+                })
+            });
         let outer = if b.anchor != 0 {
             self.outer_ids.get(&(b.anchor, b.anchor_word)).copied()
         } else {

@@ -21,7 +21,7 @@ pub mod deferred;
 pub mod sample;
 pub mod stacks;
 
-use std::collections::HashMap;
+use crate::inthash::IntMap;
 
 use crate::trace::probes::Func;
 
@@ -110,8 +110,8 @@ pub struct Counts {
 /// The live set and per-thread call state.
 #[derive(Debug, Default)]
 pub struct Tracker {
-    live: HashMap<u64, Live>,
-    pending: HashMap<u32, Vec<Pending>>,
+    live: IntMap<u64, Live>,
+    pending: IntMap<u32, Vec<Pending>>,
     released: Vec<u32>,
     sampler: Option<sample::Sampler>,
     /// Counters.

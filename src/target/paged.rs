@@ -15,37 +15,20 @@
 //! used since the hand last passed).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use super::mem::{MemError, Memory};
+use crate::inthash::IntMap;
 
 /// Block size: one `process_vm_readv` per miss; big enough that a linear
 /// scan costs few syscalls, small enough that a random one wastes little.
 pub const BLOCK: usize = 4096;
 const SHIFT: u32 = BLOCK.trailing_zeros();
 
-/// Block numbers are already well spread: multiply and take the high bits.
-#[derive(Default)]
-struct BlockHasher(u64);
-
-impl Hasher for BlockHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
 struct Cache {
-    index: HashMap<u64, u32, BuildHasherDefault<BlockHasher>>,
+    index: IntMap<u64, u32>,
     /// Block number held by each slot (u64::MAX: free).
     block: Vec<u64>,
     used: Vec<bool>,
@@ -98,7 +81,7 @@ impl PagedMemory {
             mem: File::open(format!("/proc/{pid}/mem"))?,
             ranges,
             cache: RefCell::new(Cache {
-                index: HashMap::with_capacity_and_hasher(slots, Default::default()),
+                index: IntMap::with_capacity_and_hasher(slots, Default::default()),
                 block: vec![u64::MAX; slots],
                 used: vec![false; slots],
                 data: vec![0u8; slots * BLOCK],

@@ -242,6 +242,19 @@ pub fn read<T: Pod>(b: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(b.as_ptr() as *const T) })
 }
 
+/// A `T` at the start of `b` in place (None when too short or not
+/// aligned for `T`; ring-buffer records are 8-byte aligned).
+pub fn view<T: Pod>(b: &[u8]) -> Option<&T> {
+    if b.len() < std::mem::size_of::<T>() || (b.as_ptr() as usize) % std::mem::align_of::<T>() != 0
+    {
+        return None;
+    }
+    // SAFETY: `b` holds at least size_of::<T>() bytes at an address
+    // aligned for T; T is Pod (any bit pattern is valid); the reference
+    // borrows `b`, so the bytes outlive it.
+    Some(unsafe { &*(b.as_ptr() as *const T) })
+}
+
 /// The bytes of a `T`.
 pub fn bytes<T: Pod>(v: &T) -> Vec<u8> {
     // SAFETY: T is Pod without implicit padding, so all its bytes are
@@ -289,6 +302,17 @@ mod tests {
             $(want.push($extra);)?
             assert_eq!(fields, want, "fields of {}", $cname);
         }};
+    }
+
+    #[test]
+    fn views_need_the_length_and_the_alignment() {
+        let words = [0x0102_0304_0506_0708u64, 9, 10];
+        // SAFETY: reading the bytes of a live u64 array.
+        let b = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, 24) };
+        assert_eq!(view::<LjRecFree>(b).map(|_| ()), None, "too short");
+        assert_eq!(view::<u32>(b).copied(), Some(0x0506_0708));
+        assert_eq!(view::<u32>(&b[1..]), None, "misaligned");
+        assert_eq!(view::<u32>(&b[4..]).copied(), Some(0x0102_0304));
     }
 
     #[test]

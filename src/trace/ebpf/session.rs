@@ -60,7 +60,7 @@ pub enum Event<'a> {
     /// A tracked allocation call returned, with the Lua stack bytes the
     /// kernel copied (below `lua.base`) and its user stack copy (from
     /// `regs.sp`, at the return).
-    Alloc(Box<LjRecAlloc>, &'a [u8], &'a [u8]),
+    Alloc(&'a LjRecAlloc, &'a [u8], &'a [u8]),
     /// A tracked pointer was freed.
     Free(LjRecFree),
 }
@@ -267,7 +267,7 @@ impl BpfSession {
                 return;
             };
             let ev = match ty {
-                abi::REC_ALLOC => abi::read::<LjRecAlloc>(rec).map(|e| {
+                abi::REC_ALLOC => abi::view::<LjRecAlloc>(rec).map(|e| {
                     let data = rec.get(std::mem::size_of::<LjRecAlloc>()..).unwrap_or(&[]);
                     let part = |from: usize, len: usize| {
                         let from = from.min(data.len());
@@ -275,7 +275,7 @@ impl BpfSession {
                     };
                     let lstack = part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize));
                     let stack = part(e.lua_room as usize, e.stack_len as usize);
-                    (e.cookie, Event::Alloc(Box::new(e), lstack, stack))
+                    (e.cookie, Event::Alloc(e, lstack, stack))
                 }),
                 abi::REC_FREE => abi::read::<LjRecFree>(rec).map(|r| (r.cookie, Event::Free(r))),
                 _ => None,
