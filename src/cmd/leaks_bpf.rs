@@ -197,16 +197,10 @@ impl Tracer {
 
 fn regs_of(r: &LjRegs) -> Regs {
     Regs {
-        ax: r.ax,
-        cx: r.cx,
-        dx: r.dx,
-        si: r.si,
-        di: r.di,
-        bp: r.bp,
-        sp: r.sp,
         ip: r.ip,
-        bx: r.bx,
-        r: r.r,
+        sp: r.sp,
+        bp: r.bp,
+        ..Default::default()
     }
 }
 

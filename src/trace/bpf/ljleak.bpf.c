@@ -253,23 +253,9 @@ static __always_inline void do_free(__u64 sp, __u64 cookie, __u32 tid, __u64 ptr
 
 static __always_inline void copy_regs(struct lj_regs *d, struct pt_regs *s)
 {
-	d->ax = s->rax;
-	d->bx = s->rbx;
-	d->cx = s->rcx;
-	d->dx = s->rdx;
-	d->si = s->rsi;
-	d->di = s->rdi;
-	d->bp = s->rbp;
-	d->sp = s->rsp;
 	d->ip = s->rip;
-	d->r[0] = s->r8;
-	d->r[1] = s->r9;
-	d->r[2] = s->r10;
-	d->r[3] = s->r11;
-	d->r[4] = s->r12;
-	d->r[5] = s->r13;
-	d->r[6] = s->r14;
-	d->r[7] = s->r15;
+	d->sp = s->rsp;
+	d->bp = s->rbp;
 }
 
 /* How an entry copies the user stack: `len` bytes from sp; when the

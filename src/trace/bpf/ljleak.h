@@ -56,10 +56,10 @@
 /* Return-record flags. */
 #define LJ_RET_UNTRACKED 1 /* the live map was full: forget the allocation */
 
-/* Registers as ljleak's unwinder and USDT argument decoding read them. */
+/* The registers ljleak's unwinder starts from (framehop's x86-64 rules
+ * use no others). */
 struct lj_regs {
-	__u64 ax, bx, cx, dx, si, di, bp, sp, ip;
-	__u64 r[8]; /* r8..r15 */
+	__u64 ip, sp, bp;
 };
 
 /* 40 bytes of one interpreter C frame (SAVE_L, SAVE_PC, PREV, NRES). */

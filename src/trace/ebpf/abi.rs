@@ -93,21 +93,14 @@ pub mod lua_flags {
 /// Return flag: the live map was full, the allocation is not tracked.
 pub const RET_UNTRACKED: u32 = 1;
 
-/// `struct lj_regs`.
+/// `struct lj_regs`: where the unwinder starts.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 #[allow(missing_docs)]
 pub struct LjRegs {
-    pub ax: u64,
-    pub bx: u64,
-    pub cx: u64,
-    pub dx: u64,
-    pub si: u64,
-    pub di: u64,
-    pub bp: u64,
-    pub sp: u64,
     pub ip: u64,
-    pub r: [u64; 8],
+    pub sp: u64,
+    pub bp: u64,
 }
 
 /// `struct lj_cframe`: 40 bytes of an interpreter C frame.
@@ -320,23 +313,7 @@ mod tests {
         let btf = Btf::from_raw("ljleak", OBJECT)
             .unwrap()
             .expect("BTF in object");
-        check!(
-            btf,
-            "lj_regs",
-            LjRegs,
-            [
-                ("ax", ax),
-                ("bx", bx),
-                ("cx", cx),
-                ("dx", dx),
-                ("si", si),
-                ("di", di),
-                ("bp", bp),
-                ("sp", sp),
-                ("ip", ip),
-                ("r", r)
-            ]
-        );
+        check!(btf, "lj_regs", LjRegs, [("ip", ip), ("sp", sp), ("bp", bp)]);
         check!(btf, "lj_cframe", LjCframe, [("addr", addr), ("w", w)]);
         check!(
             btf,
