@@ -135,11 +135,15 @@ impl Tracer {
             }
             Tracer::Bpf(s) => {
                 let specs = s.specs().to_vec();
+                // Records carry no time (a clock read per allocation costs
+                // the target): they are stamped here, within one poll
+                // interval (20 ms) of the call, which ages only need.
+                let now = super::monotonic_ns();
                 s.drain(|i, ev| {
                     if discard {
                         w.samples += 1;
                     } else if let Some(spec) = specs.get(i) {
-                        w.on_bpf(i, spec, ev);
+                        w.on_bpf(i, spec, ev, now);
                     }
                 });
                 for (tid, a) in w.stacks.anchor_updates.drain(..) {
@@ -205,8 +209,8 @@ fn regs_of(r: &LjRegs) -> Regs {
 }
 
 impl Window {
-    /// One BPF record (from probe `i`, `spec`).
-    pub(super) fn on_bpf(&mut self, i: usize, spec: &ProbeSpec, ev: Event<'_>) {
+    /// One BPF record (from probe `i`, `spec`), drained at `now`.
+    pub(super) fn on_bpf(&mut self, i: usize, spec: &ProbeSpec, ev: Event<'_>, now: u64) {
         if let Some(h) = self.hits.get_mut(i) {
             *h += 1;
         }
@@ -233,7 +237,7 @@ impl Window {
                     spec.func,
                     regs.sp.wrapping_sub(8),
                     args,
-                    e.time,
+                    now,
                     weight,
                     || {
                         stacks.keep_bpf(

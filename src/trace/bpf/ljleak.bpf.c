@@ -319,7 +319,7 @@ static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, const struc
 	}
 	e->type = LJ_REC_ALLOC;
 	e->tid = tid;
-	e->time = bpf_ktime_get_ns();
+	e->time = 0; /* ljleak stamps records as it drains them */
 	e->cookie = q->cookie;
 	e->sampled = q->sampled;
 	e->lua_room = lroom;

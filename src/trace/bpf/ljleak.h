@@ -105,7 +105,7 @@ struct lj_anchor {
 struct lj_rec_alloc {
 	__u32 type;
 	__u32 tid;
-	__u64 time; /* CLOCK_MONOTONIC ns */
+	__u64 time; /* 0: ljleak stamps records as it drains them */
 	__u64 cookie;
 	__u32 stack_len; /* valid bytes of the stack copy */
 	__u32 sampled; /* 1: chosen by the in-kernel byte sampler */
