@@ -279,7 +279,9 @@ fn container_on_private_tmpfs_is_traced_from_outside() {
                 .map(String::from)
                 .collect(),
         );
-        wait_attached(&hint);
+        // This test's own tracer: the other test's runs `--source malloc`
+        // too, and may be attached already.
+        wait_attached(&format!("leaks -p {pid} --time 3 {hint}"));
         p.send("x\n");
         p.expect("grew");
         let (code, out, err) = t.join().unwrap();
