@@ -9,7 +9,8 @@
 # /ok mix. Prints one line per mode.
 #
 # Usage: scripts/bench-leaks.sh [SECONDS]   (run as root; builds release)
-# BENCH_BREAKDOWN=1 adds runs with ljleak's processing disabled (kernel cost).
+# BENCH_BREAKDOWN=1 adds the kernel's time per BPF program run and a run
+# with ljleak's processing disabled.
 set -eu
 SECS=${1:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -93,10 +94,26 @@ run_traced "ljleak exact (BPF):             "
 run_traced "ljleak --sample-bytes 1MB (BPF):" --sample-bytes 1048576
 run_traced "ljleak exact (perf fallback):   " --tracer perf
 if [ "${BENCH_BREAKDOWN:-}" ]; then
-    # Where the cost is: probes firing with the stack copy but ljleak
-    # dropping every record, and without the stack copy.
+    # Where the cost is: the kernel's time per BPF program run
+    # (kernel.bpf_stats_enabled; the stats add ~20 ns a run), then the
+    # probes firing with ljleak dropping every record.
+    prog_ns() {
+        label=$1; shift
+        sysctl -q kernel.bpf_stats_enabled=1
+        "$LJ" leaks -p "$WORKER" --time $((SECS + 2)) "$@" -o "$PREFIX/s.folded" 2>/dev/null &
+        LP=$!
+        sleep 1
+        wrk -t1 -c16 -d"${SECS}s" "$URL" >/dev/null
+        bpftool prog show 2>/dev/null | awk -v l="$label" '/name ljleak_(alloc|count) / {
+            for (i = 1; i <= NF; i++) { if ($i == "run_time_ns") t = $(i + 1); if ($i == "run_cnt") c = $(i + 1) }
+            if (c > 0 && !done) { printf "%s %.0f ns a program run (%d runs)\n", l, t / c, c; done = 1 } }'
+        wait $LP || true
+        sysctl -q kernel.bpf_stats_enabled=0
+    }
+    prog_ns "BPF program, floor:             " --debug-count-only
+    prog_ns "BPF program, exact:             "
+    prog_ns "BPF program, sampled 1MB:       " --sample-bytes 1048576
     run_traced "kernel only (records dropped):  " --debug-discard
-    run_traced "kernel only, no stack copy:     " --debug-discard --stack-bytes 0
 fi
 
 if command -v perf >/dev/null 2>&1; then
