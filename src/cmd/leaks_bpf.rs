@@ -216,7 +216,7 @@ impl Window {
         }
         self.samples += 1;
         match ev {
-            Event::Alloc(e, lstack, stack) => {
+            Event::Alloc(e, lstack, stack, freed_in_batch) => {
                 // The registers are those at the return: sp is one word
                 // above the call's (the return address popped).
                 let regs = regs_of(&e.regs);
@@ -240,6 +240,12 @@ impl Window {
                     now,
                     weight,
                     || {
+                        // Freed before this poll ended: its stack will
+                        // never be reported. (Copies that did not end at
+                        // an anchor are kept: they teach it.)
+                        if freed_in_batch && e.anchor != 0 {
+                            return crate::leaks::NO_STACK;
+                        }
                         stacks.keep_bpf(
                             &regs,
                             stack,

@@ -57,7 +57,20 @@ impl BpfRing {
 
     /// Hand every submitted record to `f` (in place), then release the
     /// space. Stops at the first record still being written.
-    pub fn drain(&self, mut f: impl FnMut(&[u8])) -> usize {
+    pub fn drain(&self, f: impl FnMut(&[u8])) -> usize {
+        let (n, cons) = self.visit(f);
+        Self::pos(&self.cons).store(cons, Ordering::Release);
+        n
+    }
+
+    /// Hand the submitted records to `f` without releasing them: a later
+    /// [`Self::drain`] sees them again, in the same order, first.
+    pub fn scan(&self, f: impl FnMut(&[u8])) -> usize {
+        self.visit(f).0
+    }
+
+    /// Visit the submitted records: (how many, the position after them).
+    fn visit(&self, mut f: impl FnMut(&[u8])) -> (usize, u64) {
         let cons_pos = Self::pos(&self.cons);
         let prod = Self::pos(&self.prod).load(Ordering::Acquire);
         let mut cons = cons_pos.load(Ordering::Acquire);
@@ -85,7 +98,6 @@ impl BpfRing {
             }
             cons += (len as u64 + HDR + 7) & !7;
         }
-        cons_pos.store(cons, Ordering::Release);
-        n
+        (n, cons)
     }
 }

@@ -58,9 +58,10 @@ pub struct BpfOpts {
 #[derive(Debug)]
 pub enum Event<'a> {
     /// A tracked allocation call returned, with the Lua stack bytes the
-    /// kernel copied (below `lua.base`) and its user stack copy (from
-    /// `regs.sp`, at the return).
-    Alloc(&'a LjRecAlloc, &'a [u8], &'a [u8]),
+    /// kernel copied (below `lua.base`), its user stack copy (from
+    /// `regs.sp`, at the return), and whether a later record of the same
+    /// batch frees its pointer (its stack will not be needed).
+    Alloc(&'a LjRecAlloc, &'a [u8], &'a [u8], bool),
     /// A tracked pointer was freed.
     Free(LjRecFree),
 }
@@ -93,6 +94,9 @@ pub struct BpfSession {
     sampling: bool,
     /// Threads seen (listed at a poll, or in a record).
     tids: std::collections::HashSet<u32>,
+    /// Per drain: the index of the last record freeing each pointer
+    /// (bounded by the ring's size).
+    freed: crate::inthash::IntMap<u64, usize>,
     /// How long loading and attaching took.
     pub attach_time: std::time::Duration,
 }
@@ -221,6 +225,7 @@ impl BpfSession {
             specs,
             sampling: o.sample_bytes.is_some(),
             tids: Default::default(),
+            freed: Default::default(),
             attach_time: t0.elapsed(),
         })
     }
@@ -256,9 +261,26 @@ impl BpfSession {
     /// Decode every record now in the ring; `f` gets each with the index
     /// of the probe (entry spec) it came from.
     pub fn drain(&mut self, mut f: impl FnMut(usize, Event<'_>)) -> usize {
+        // First pass: where each pointer is last freed in this batch, so
+        // that allocations freed within it (most of them) skip their stack.
+        let freed = &mut self.freed;
+        freed.clear();
+        let mut i = 0usize;
+        self.ring.scan(|rec| {
+            if abi::read::<u32>(rec) == Some(abi::REC_FREE) {
+                if let Some(r) = abi::read::<LjRecFree>(rec) {
+                    freed.insert(r.ptr, i);
+                }
+            }
+            i += 1;
+        });
+        let freed = &self.freed;
+        let mut i = 0usize;
         let mut bad = 0;
         let tids = &mut self.tids;
         let n = self.ring.drain(|rec| {
+            let at = i;
+            i += 1;
             if let Some(tid) = rec.get(4..8) {
                 tids.insert(u32::from_le_bytes(tid.try_into().unwrap_or([0; 4])));
             }
@@ -275,7 +297,12 @@ impl BpfSession {
                     };
                     let lstack = part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize));
                     let stack = part(e.lua_room as usize, e.stack_len as usize);
-                    (e.cookie, Event::Alloc(e, lstack, stack))
+                    let ptr = match e.deref {
+                        0 => e.ret,
+                        d => d,
+                    };
+                    let gone = freed.get(&ptr).is_some_and(|&j| j > at);
+                    (e.cookie, Event::Alloc(e, lstack, stack, gone))
                 }),
                 abi::REC_FREE => abi::read::<LjRecFree>(rec).map(|r| (r.cookie, Event::Free(r))),
                 _ => None,
