@@ -164,27 +164,33 @@ fn census_of_cores_equals_live(interp: &Path, name: &str) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The interpreter of a build ("gc64": Debian's luajit2; "nogc64": the
+/// variant) with gcore at hand; None (a CI failure) when either is missing.
+fn interp_with_gcore(build: &str) -> Option<PathBuf> {
+    let lj = if build == "gc64" {
+        common::luajit()
+    } else {
+        common::variant("luajit2-nogc64", false)
+    };
+    if lj.is_none() {
+        common::require(
+            &format!("the {build} LuaJIT (apt luajit2, scripts/build-luajit-variants.sh)"),
+            false,
+        );
+    }
+    lj.filter(|_| have_gcore())
+}
+
 #[test]
 fn core_census_equals_live_gc64() {
-    let Some(lj) = common::luajit() else {
-        common::require("/usr/bin/luajit", false);
-        return;
-    };
-    if have_gcore() {
+    if let Some(lj) = interp_with_gcore("gc64") {
         census_of_cores_equals_live(&lj, "gc64");
     }
 }
 
 #[test]
 fn core_census_equals_live_nogc64() {
-    let Some(lj) = common::variant("luajit2-nogc64", false) else {
-        common::require(
-            "luajit2-nogc64 variant (scripts/build-luajit-variants.sh)",
-            false,
-        );
-        return;
-    };
-    if have_gcore() {
+    if let Some(lj) = interp_with_gcore("nogc64") {
         census_of_cores_equals_live(&lj, "nogc64");
     }
 }
@@ -555,25 +561,14 @@ fn mem_of_cores_equals_live(interp: &Path, name: &str) {
 
 #[test]
 fn mem_core_equals_live_gc64() {
-    let Some(lj) = common::luajit() else {
-        common::require("/usr/bin/luajit", false);
-        return;
-    };
-    if have_gcore() {
+    if let Some(lj) = interp_with_gcore("gc64") {
         mem_of_cores_equals_live(&lj, "gc64");
     }
 }
 
 #[test]
 fn mem_core_equals_live_nogc64() {
-    let Some(lj) = common::variant("luajit2-nogc64", false) else {
-        common::require(
-            "luajit2-nogc64 variant (scripts/build-luajit-variants.sh)",
-            false,
-        );
-        return;
-    };
-    if have_gcore() {
+    if let Some(lj) = interp_with_gcore("nogc64") {
         mem_of_cores_equals_live(&lj, "nogc64");
     }
 }
