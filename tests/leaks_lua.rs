@@ -171,6 +171,22 @@ fn chain_frames(stack: &str) -> Vec<(String, u32)> {
     out
 }
 
+/// The `oracle SIZE\tTRACEBACK` lines a Lua fixture prints up to `done`:
+/// each allocation's size and the traceback's frames.
+fn read_oracle(p: &mut LuaProc) -> Vec<(u64, Vec<(String, u32)>)> {
+    let mut oracle = Vec::new();
+    loop {
+        let l = p.expect("");
+        if l == "done" {
+            return oracle;
+        }
+        if let Some(rest) = l.strip_prefix("oracle ") {
+            let (size, tb) = rest.split_once('\t').expect("oracle line");
+            oracle.push((size.parse::<u64>().unwrap(), traceback_frames(tb)));
+        }
+    }
+}
+
 /// Run the oracle fixture under `interp` and compare every case.
 fn oracle_cases(interp: &Path) {
     let script = common::testdata("lua/oracle.lua");
@@ -182,17 +198,7 @@ fn oracle_cases(interp: &Path) {
     ));
     let mut t = start_tracer(p.pid, 3, &folded);
     p.send("\n");
-    let mut oracle = Vec::new();
-    loop {
-        let l = p.expect("");
-        if l == "done" {
-            break;
-        }
-        if let Some(rest) = l.strip_prefix("oracle ") {
-            let (size, tb) = rest.split_once('\t').expect("oracle line");
-            oracle.push((size.parse::<u64>().unwrap(), traceback_frames(tb)));
-        }
-    }
+    let oracle = read_oracle(&mut p);
     assert_eq!(oracle.len(), 8, "{oracle:?}");
     t.finish_ok();
     p.close_stdin();
@@ -603,17 +609,7 @@ fn no_permission_for_bpf_falls_back_to_perf_with_one_warning() {
         deny_bpf(c);
     });
     p.send("\n");
-    let mut oracle = Vec::new();
-    loop {
-        let l = p.expect("");
-        if l == "done" {
-            break;
-        }
-        if let Some(rest) = l.strip_prefix("oracle ") {
-            let (size, tb) = rest.split_once('\t').expect("oracle line");
-            oracle.push((size.parse::<u64>().unwrap(), traceback_frames(tb)));
-        }
-    }
+    let oracle = read_oracle(&mut p);
     let (code, after) = t.finish();
     p.close_stdin();
     let err: Vec<&String> = before.iter().chain(&after).collect();

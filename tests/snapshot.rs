@@ -382,6 +382,18 @@ fn may_lower_oom_score() -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// `objs --snapshot fork` on `pid` with a 1 MiB snapshot cache (a slow
+/// walk, so the snapshot lives long enough to be seen), output dropped.
+fn slow_fork_capture(pid: i32) -> std::process::Child {
+    Command::new(common::ljleak())
+        .args(["objs", "-p", &pid.to_string(), "--snapshot", "fork"])
+        .args(["--snapshot-cache", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The snapshot helper keeps out of bulk kills: its own session and
 /// process group, a `comm` and command line without "ljleak", and the OOM
 /// killer's last choice.
@@ -391,13 +403,7 @@ fn snapshot_helper_is_out_of_bulk_kills() {
         return;
     };
     assert_eq!(p.ready(), "big");
-    let mut lj = Command::new(common::ljleak())
-        .args(["objs", "-p", &p.pid.to_string(), "--snapshot", "fork"])
-        .args(["--snapshot-cache", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut lj = slow_fork_capture(p.pid);
     let t = std::time::Instant::now();
     let h = loop {
         if let Some(&h) = helpers(p.pid).first() {
@@ -606,13 +612,7 @@ fn snapshot_is_held_silent_and_dies_with_its_helper() {
         return;
     };
     assert_eq!(p.ready(), "big");
-    let mut lj = Command::new(common::ljleak())
-        .args(["objs", "-p", &p.pid.to_string(), "--snapshot", "fork"])
-        .args(["--snapshot-cache", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut lj = slow_fork_capture(p.pid);
     // Wait for the snapshot (a child of the target) while ljleak walks it,
     // and for the target to be detached: the helper is then done with its
     // registers (the injected clone has returned and they are restored),

@@ -250,11 +250,6 @@ impl DeferredStacks {
             return;
         }
         let sp = regs.sp;
-        let word_at = |a: u64| -> Option<u64> {
-            let off = a.checked_sub(sp)? as usize;
-            let b = stack.get(off..off.checked_add(8)?)?;
-            Some(u64::from_le_bytes(b.try_into().ok()?))
-        };
         // Return-address slots of frames 1.. (each caller's sp - 8), outermost first.
         let mut chain: Vec<(u64, u64)> = self
             .sps
@@ -262,7 +257,7 @@ impl DeferredStacks {
             .skip(1)
             .filter_map(|&s| {
                 let slot = s.checked_sub(8)?;
-                Some((slot, word_at(slot)?))
+                Some((slot, crate::unwind::stack_word(stack, sp, slot)?))
             })
             .collect();
         chain.reverse();

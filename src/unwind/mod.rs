@@ -29,6 +29,13 @@ use crate::trace::record::Regs;
 /// Most frames kept per stack.
 pub const MAX_FRAMES: usize = 256;
 
+/// The word at `addr` of a stack copy taken from `sp` (None outside it).
+pub fn stack_word(stack: &[u8], sp: u64, addr: u64) -> Option<u64> {
+    let off = usize::try_from(addr.checked_sub(sp)?).ok()?;
+    let b = stack.get(off..off.checked_add(8)?)?;
+    Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
 /// How a stack walk ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -167,11 +174,7 @@ impl Unwinder {
         sps: &mut Vec<u64>,
     ) -> End {
         let sp = regs.sp;
-        let mut read = |addr: u64| -> Result<u64, ()> {
-            let off = addr.checked_sub(sp).ok_or(())? as usize;
-            let b = stack.get(off..off.checked_add(8).ok_or(())?).ok_or(())?;
-            Ok(u64::from_le_bytes(b.try_into().map_err(|_| ())?))
-        };
+        let mut read = |addr: u64| stack_word(stack, sp, addr).ok_or(());
         let mut refreshed = false;
         loop {
             out.clear();

@@ -258,19 +258,19 @@ static __always_inline void copy_regs(struct lj_regs *d, struct pt_regs *s)
 	d->bp = s->rbp;
 }
 
-/* How an entry copies the user stack: `len` bytes from sp; when the
- * thread's anchor is usable, the copy reaches its second slot and the two
- * return-address slots are checked in the copy itself (one read, no probe
- * reads of single words): if they still hold what ljleak learned, the
- * frames above repeat (ljleak has their bytes) and the record keeps only
- * [sp, slot + 8). Else `full` bytes are copied: up to the thread's top
- * when known, else cfg.stack_bytes. */
 /* What a return found: rax, posix_memalign's *memptr, LJ_RET_* flags. */
 struct lj_alloc_out {
 	__u64 ret, deref;
 	__u32 flags;
 };
 
+/* How a record copies the user stack: `len` bytes from sp; when the
+ * thread's anchor is usable, the copy reaches its second slot and the two
+ * return-address slots are checked in the copy itself (one read, no probe
+ * reads of single words): if they still hold what ljleak learned, the
+ * frames above repeat (ljleak has their bytes) and the record keeps only
+ * [sp, slot + 8). Else `full` bytes are copied: up to the thread's top
+ * when known, else cfg.stack_bytes. */
 struct stack_plan {
 	__u64 len, full;
 	__u64 slot, word, slot2, word2; /* slot 0: no anchor */
@@ -296,10 +296,11 @@ static __always_inline void plan_stack(__u64 sp, __u32 tid, __u64 n, struct stac
 	}
 }
 
-/* The word at `off` of a stack copy of room `room` (0 when outside). */
-static __always_inline __u64 word_at(const __u8 *copy, __u64 off, const __u32 room)
+/* The word at `off` of a stack copy of `len` valid bytes in a room of
+ * `room` (0 when outside the copy: a stale word of the ring never counts). */
+static __always_inline __u64 word_at(const __u8 *copy, __u64 off, __u64 len, const __u32 room)
 {
-	if (room < 8 || off > room - 8)
+	if (off + 8 > len || room < 8 || off > room - 8)
 		return 0;
 	return *(const __u64 *)(copy + (off & ~7ULL));
 }
@@ -354,8 +355,8 @@ static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, const struc
 		if (len > sroom)
 			len = sroom;
 		if (len && bpf_probe_read_user(copy, len, (void *)sp) == 0 &&
-		    word_at(copy, pl->slot - sp, sroom) == pl->word &&
-		    word_at(copy, pl->slot2 - sp, sroom) == pl->word2) {
+		    word_at(copy, pl->slot - sp, len, sroom) == pl->word &&
+		    word_at(copy, pl->slot2 - sp, len, sroom) == pl->word2) {
 			e->stack_len = pl->slot + 8 - sp;
 			e->anchor = pl->slot;
 			e->anchor_word = pl->word;
