@@ -296,6 +296,7 @@ impl DeferredStacks {
                 slot2: s2,
                 word2: w2,
                 top: l.top,
+                ..Default::default()
             };
         }
         if l.published == Some(a) {

@@ -102,8 +102,17 @@ static __always_inline bool live_del(__u64 ptr)
 	return true;
 }
 
-/* LRU: entries stay while their thread lives (sp 0 when idle); those of
- * threads gone are evicted first. */
+/* Calls in progress, per thread: a thread claims the slot of `pend` its
+ * tid maps to when it is free and keeps it (sp 0 while idle); a thread
+ * whose slot another thread holds uses `pending` (LRU: entries of threads
+ * gone are evicted first). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LJ_TSLOTS);
+	__type(key, __u32);
+	__type(value, struct lj_pending);
+} pend SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1 << 16);
@@ -111,10 +120,25 @@ struct {
 	__type(value, struct lj_pending);
 } pending SEC(".maps");
 
-/* Per-thread anchors (see struct lj_anchor), written by ljleak. */
+/* The calling thread's pending state; NULL when it has none yet and its
+ * slot belongs to another thread (*hashed then says to create it in
+ * `pending`). */
+static __always_inline struct lj_pending *pend_of(__u32 tid, bool *hashed)
+{
+	__u32 k = tid & (LJ_TSLOTS - 1);
+	struct lj_pending *p = bpf_map_lookup_elem(&pend, &k);
+	*hashed = false;
+	if (p && (p->tid == tid || (p->tid == 0 && __sync_val_compare_and_swap(&p->tid, 0, tid) == 0)))
+		return p;
+	*hashed = true;
+	return bpf_map_lookup_elem(&pending, &tid);
+}
+
+/* Per-thread anchors (see struct lj_anchor), written by ljleak into the
+ * slot of the thread's tid; a slot holding another tid is no anchor. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 16);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LJ_TSLOTS);
 	__type(key, __u32);
 	__type(value, struct lj_anchor);
 } anchors SEC(".maps");
@@ -278,11 +302,12 @@ struct stack_plan {
 
 static __always_inline void plan_stack(__u64 sp, __u32 tid, __u64 n, struct stack_plan *p)
 {
-	struct lj_anchor *a = bpf_map_lookup_elem(&anchors, &tid);
+	__u32 k = tid & (LJ_TSLOTS - 1);
+	struct lj_anchor *a = bpf_map_lookup_elem(&anchors, &k);
 	p->slot = 0;
 	p->full = n;
 	p->len = n;
-	if (!a)
+	if (!a || a->tid != tid)
 		return;
 	if (a->top > sp && a->top - sp < n)
 		p->full = (a->top - sp + 7) & ~7ULL;
@@ -428,7 +453,8 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 	__u64 sp = ctx->rsp;
 	/* A thread's entry stays in `pending` once made: sp 0 marks it idle
 	 * (an update and a delete per call cost more than the write). */
-	struct lj_pending *p = bpf_map_lookup_elem(&pending, &tid);
+	bool hashed;
+	struct lj_pending *p = pend_of(tid, &hashed);
 	if (p && p->sp) {
 		if (p->sp > sp) {
 			/* Called from inside a traced call on this thread
@@ -479,8 +505,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		p->track = track;
 		p->sampled = smp;
 		p->sp = sp;
-	} else {
+	} else if (hashed) {
 		struct lj_pending np = {
+			.tid = tid,
 			.sp = sp,
 			.a0 = ctx->rdi,
 			.a1 = ctx->rsi,
@@ -525,7 +552,8 @@ static __always_inline void forget_old(struct pt_regs *ctx, struct lj_pending *p
 
 static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
 {
-	struct lj_pending *p = bpf_map_lookup_elem(&pending, &tid);
+	bool hashed;
+	struct lj_pending *p = pend_of(tid, &hashed);
 	if (!p || !p->sp)
 		return 0;
 	struct lj_pending q = *p;

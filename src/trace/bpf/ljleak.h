@@ -47,6 +47,10 @@
  * (src/luajit/backtrace.rs) reads, copied while the probe runs. */
 #define LJ_LUA_STACK 2048 /* bytes of Lua stack copied below the base */
 #define LJ_MAX_CF 4 /* C frames of the chain copied */
+/* Per-thread state lives in arrays indexed by tid & (LJ_TSLOTS - 1) (an
+ * inlined lookup, where a hash map costs ~40 ns a run): a slot belongs to
+ * the thread whose tid it holds. */
+#define LJ_TSLOTS (1 << 15)
 
 /* Lua snapshot flags. */
 #define LJ_LUA_OK 1 /* cur_L validated against the interpreter's C frame */
@@ -92,6 +96,8 @@ struct lj_lua_snap {
  * `top`: the thread's outermost frame, the end of any useful copy (0:
  * unknown). */
 struct lj_anchor {
+	__u32 tid; /* the thread this slot of `anchors` is for (0: none) */
+	__u32 pad;
 	__u64 slot, word;
 	__u64 slot2, word2;
 	__u64 top;
@@ -135,6 +141,8 @@ struct lj_rec_free {
 
 /* A pending outermost call on one thread (map `pending`, key tid). */
 struct lj_pending {
+	__u32 tid; /* the thread owning this slot of `pend` (0: free) */
+	__u32 pad;
 	__u64 sp; /* 0: none */
 	__u64 a0, a1, a2, a3;
 	__u64 cookie;

@@ -79,6 +79,9 @@ pub const LUA_STACK: usize = 2048;
 pub const MAX_CF: usize = 4;
 /// Largest stack copy.
 pub const MAX_STACK: u32 = 65528;
+/// `LJ_TSLOTS`: slots of the per-thread arrays (`pend`, `anchors`),
+/// indexed by tid modulo this.
+pub const TSLOTS: u32 = 1 << 15;
 
 /// Lua snapshot flags.
 pub mod lua_flags {
@@ -135,6 +138,8 @@ pub struct LjLuaSnap {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct LjAnchor {
+    pub tid: u32,
+    pub pad: u32,
     pub slot: u64,
     pub word: u64,
     pub slot2: u64,
@@ -337,6 +342,8 @@ mod tests {
             "lj_anchor",
             LjAnchor,
             [
+                ("tid", tid),
+                ("pad", pad),
                 ("slot", slot),
                 ("word", word),
                 ("slot2", slot2),

@@ -97,6 +97,8 @@ pub struct BpfSession {
     /// Per drain: the index of the last record freeing each pointer
     /// (bounded by the ring's size).
     freed: crate::inthash::IntMap<u64, usize>,
+    /// Slot of `anchors` -> the thread anchored there.
+    anchored: crate::inthash::IntMap<u32, u32>,
     /// How long loading and attaching took.
     pub attach_time: std::time::Duration,
 }
@@ -226,6 +228,7 @@ impl BpfSession {
             sampling: o.sample_bytes.is_some(),
             tids: Default::default(),
             freed: Default::default(),
+            anchored: Default::default(),
             attach_time: t0.elapsed(),
         })
     }
@@ -318,13 +321,27 @@ impl BpfSession {
         n
     }
 
-    /// Set (or replace) the anchor of thread `tid`.
-    pub fn set_anchor(&self, tid: u32, a: &abi::LjAnchor) {
+    /// Set (or replace) the anchor of thread `tid`, in the slot of its
+    /// tid. A slot is kept by the first thread anchored there: a thread
+    /// whose tid shares it gets no anchor (its copies go to its top).
+    pub fn set_anchor(&mut self, tid: u32, a: &abi::LjAnchor) {
+        let slot = tid & (abi::TSLOTS - 1);
+        match self.anchored.get(&slot) {
+            Some(&owner) if owner != tid => {
+                log::debug!("thread {tid}: its anchor slot is thread {owner}'s");
+                return;
+            }
+            _ => {}
+        }
         let Some(m) = self.obj.maps().find(|m| m.name() == "anchors") else {
             return;
         };
-        if let Err(e) = m.update(&tid.to_ne_bytes(), &abi::bytes(a), MapFlags::ANY) {
-            log::debug!("setting the stack anchor of thread {tid}: {e}");
+        let a = abi::LjAnchor { tid, ..*a };
+        match m.update(&slot.to_ne_bytes(), &abi::bytes(&a), MapFlags::ANY) {
+            Ok(()) => {
+                self.anchored.insert(slot, tid);
+            }
+            Err(e) => log::debug!("setting the stack anchor of thread {tid}: {e}"),
         }
     }
 
@@ -345,5 +362,22 @@ impl BpfSession {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_thread_arrays_have_the_slots_user_space_indexes() {
+        let open = ObjectBuilder::default().open_memory(abi::OBJECT).unwrap();
+        for name in ["pend", "anchors"] {
+            let m = open
+                .maps()
+                .find(|m| m.name() == name)
+                .unwrap_or_else(|| panic!("map {name}"));
+            assert_eq!(m.max_entries(), abi::TSLOTS, "{name}");
+        }
     }
 }
