@@ -274,6 +274,45 @@ fn c_leak_through_ffi_malloc_is_requests_times_size() {
 }
 
 #[test]
+fn allocations_freed_polls_later_are_not_reported() {
+    // The BPF tracer reports no frees: ljleak checks what it holds against
+    // the kernel's live set. Frees 300 ms after the malloc come many polls
+    // after its record.
+    let Some(ng) = leaks_nginx(&["/cleak?size=1", "/cdelay?size=1&ms=1"]) else {
+        return;
+    };
+    let folded = tmp("cdelay.folded");
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 4 --source malloc --format folded -o {}",
+        ng.worker(),
+        folded.to_str().unwrap()
+    ));
+    const N: u64 = 5;
+    for _ in 0..N {
+        assert_eq!(ng.get("/cleak?size=12345").0, 200);
+    }
+    // All at once, so each has its own block, and last: no later
+    // allocation of the window reuses a freed block's address (which
+    // would replace its record).
+    std::thread::scope(|s| {
+        for _ in 0..N {
+            s.spawn(|| assert_eq!(ng.get("/cdelay?size=34567&ms=300").0, 200));
+        }
+    });
+    let (err, _) = t.finish_ok();
+    let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded file"));
+    let bytes = |size: u64| -> u64 {
+        f.iter()
+            .filter(|(s, b)| s.ends_with(";malloc") && *b % size == 0)
+            .map(|(_, b)| *b)
+            .sum()
+    };
+    assert_eq!(bytes(12345), N * 12345, "{f:#?}\n{err}");
+    assert_eq!(bytes(34567), 0, "freed 300 ms later: {f:#?}\n{err}");
+    assert!(summary_num(&err, "frees") >= N, "{err}");
+}
+
+#[test]
 fn luajit_allocator_leak_matches_heap_growth() {
     if !have_uprobes() {
         return;

@@ -149,6 +149,12 @@ impl Tracer {
                 for (tid, a) in w.stacks.anchor_updates.drain(..) {
                     s.set_anchor(tid, &a);
                 }
+                // Allocations freed after the poll that read them: the
+                // kernel reports no frees, its live set says. Checked
+                // every half second, or sooner when the held set doubled.
+                if !discard && s.sweep_due(w.tracker.live_count()) {
+                    sweep(s, w);
+                }
             }
         }
     }
@@ -159,6 +165,7 @@ impl Tracer {
         match self {
             Tracer::Perf(s) => s.stats,
             Tracer::Bpf(s) => {
+                sweep(s, w);
                 let c = s.counters();
                 let k = &mut w.tracker.counts;
                 k.allocs = c[counter::ALLOCS];
@@ -199,6 +206,15 @@ impl Tracer {
     }
 }
 
+/// Forget the held allocations the kernel's live set no longer has.
+fn sweep(s: &BpfSession, w: &mut Window) {
+    w.tracker.retain_live(|p| s.is_live(p));
+    for h in w.tracker.released() {
+        w.stacks.release(h);
+    }
+    s.swept(w.tracker.live_count());
+}
+
 fn regs_of(r: &LjRegs) -> Regs {
     Regs {
         ip: r.ip,
@@ -215,62 +231,60 @@ impl Window {
             *h += 1;
         }
         self.samples += 1;
-        match ev {
-            Event::Alloc(e, lstack, stack, freed_in_batch) => {
-                // The registers are those at the return: sp is one word
-                // above the call's (the return address popped).
-                let regs = regs_of(&e.regs);
-                let args = Args {
-                    a0: e.a[0],
-                    a1: e.a[1],
-                    a2: e.a[2],
-                    a3: e.a[3],
-                };
-                let size = crate::leaks::requested(spec.func, &args).unwrap_or(0);
-                let weight = match (&self.bpf_sampler, e.sampled) {
-                    (Some(sm), 1) => sm.weight(size).round() as u64,
-                    _ => size,
-                };
-                let stacks = &mut self.stacks;
-                self.tracker.on_entry_tracked(
-                    e.tid,
-                    spec.func,
-                    regs.sp.wrapping_sub(8),
-                    args,
-                    now,
-                    weight,
-                    || {
-                        // Freed before this poll ended: its stack will
-                        // never be reported. (Copies that did not end at
-                        // an anchor are kept: they teach it.)
-                        if freed_in_batch && e.anchor != 0 {
-                            return crate::leaks::NO_STACK;
-                        }
-                        stacks.keep_bpf(
-                            &regs,
-                            stack,
-                            crate::leaks::deferred::BpfCopy {
-                                tid: e.tid,
-                                leaf: e.entry_ip,
-                                anchor: e.anchor,
-                                anchor_word: e.anchor_word,
-                                lua: Some((&e.lua, lstack)),
-                            },
-                        )
+        let e = ev.rec;
+        // The registers are those at the return: sp is one word above the
+        // call's (the return address popped).
+        let regs = regs_of(&e.regs);
+        let args = Args {
+            a0: e.a[0],
+            a1: e.a[1],
+            a2: e.a[2],
+            a3: e.a[3],
+        };
+        let size = crate::leaks::requested(spec.func, &args).unwrap_or(0);
+        let weight = match (&self.bpf_sampler, e.sampled) {
+            (Some(sm), 1) => sm.weight(size).round() as u64,
+            _ => size,
+        };
+        let stacks = &mut self.stacks;
+        let (lstack, stack, freed) = (ev.lstack, ev.stack, ev.freed);
+        self.tracker.on_entry_tracked(
+            e.tid,
+            spec.func,
+            regs.sp.wrapping_sub(8),
+            args,
+            now,
+            weight,
+            || {
+                // Freed before this poll: its stack will never be
+                // reported. (Copies that did not end at an anchor are
+                // kept: they teach it.)
+                if freed && e.anchor != 0 {
+                    return crate::leaks::NO_STACK;
+                }
+                stacks.keep_bpf(
+                    &regs,
+                    stack,
+                    crate::leaks::deferred::BpfCopy {
+                        tid: e.tid,
+                        leaf: e.entry_ip,
+                        anchor: e.anchor,
+                        anchor_word: e.anchor_word,
+                        lua: Some((&e.lua, lstack)),
                     },
-                );
-                let ret = if e.flags & abi::RET_UNTRACKED != 0 {
-                    0
-                } else {
-                    e.ret
-                };
-                let deref = e.deref;
-                self.tracker
-                    .on_return(e.tid, spec.func, ret, |_| Some(deref));
-            }
-            Event::Free(r) => {
-                self.tracker.forget(r.ptr);
-            }
+                )
+            },
+        );
+        let ret = if e.flags & abi::RET_UNTRACKED != 0 {
+            0
+        } else {
+            e.ret
+        };
+        let deref = e.deref;
+        self.tracker
+            .on_return(e.tid, spec.func, ret, |_| Some(deref));
+        if freed {
+            self.tracker.forget(if deref != 0 { deref } else { ret });
         }
         for h in self.tracker.released() {
             self.stacks.release(h);

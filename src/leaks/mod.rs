@@ -283,9 +283,31 @@ impl Tracker {
         );
     }
 
-    /// A tracked pointer was freed (the kernel tracer reports only those).
+    /// A tracked pointer was freed (the kernel tracer's live set says so).
     pub fn forget(&mut self, ptr: u64) {
         self.free(ptr, None);
+    }
+
+    /// Live allocations held.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Forget every held allocation whose pointer `live` says is freed.
+    pub fn retain_live(&mut self, mut live: impl FnMut(u64) -> bool) {
+        let released = &mut self.released;
+        let mut gone = 0;
+        self.live.retain(|&ptr, l| {
+            let keep = live(ptr);
+            if !keep {
+                gone += 1;
+                if l.stack != NO_STACK {
+                    released.push(l.stack);
+                }
+            }
+            keep
+        });
+        self.counts.frees += gone;
     }
 
     /// A USDT allocation probe fired (no return to wait for).

@@ -44,4 +44,13 @@ function M.cleak_interp(size)
 end
 jit.off(M.cleak_interp)
 
+-- /cdelay: the same malloc, freed `ms` milliseconds later (after the
+-- tracer has read the allocation: its free must still be seen).
+function M.cdelay(size, ms)
+    local p = ffi.C.malloc(size)
+    ngx.sleep(ms / 1000)
+    ffi.C.free(p)
+    ngx.say("ok")
+end
+
 return M

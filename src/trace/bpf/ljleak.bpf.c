@@ -21,7 +21,6 @@ const volatile struct lj_config cfg = {};
 /* Keep the record types in the object's BTF (ljleak's layout test reads
  * them there); never used. */
 struct lj_rec_alloc *btf_rec_alloc __attribute__((unused));
-struct lj_rec_free *btf_rec_free __attribute__((unused));
 struct lj_lua_snap *btf_lua_snap __attribute__((unused));
 struct lj_cframe *btf_cframe __attribute__((unused));
 struct lj_regs *btf_regs __attribute__((unused));
@@ -40,47 +39,61 @@ struct {
 	__type(value, __u8);
 } live SEC(".maps");
 
-/* The live set's fast part: a direct-mapped table of pointers (one slot per
- * hash of the pointer, claimed and released with compare-and-swap: an
- * inlined array access instead of a hash map's locked update and delete).
- * A pointer whose slot is taken goes to `live`; `spilled` counts those, so
- * a free checks `live` only when something is there. */
-#define LJ_SLOTS (1 << 20)
+/* The live set, read by ljleak in place (it maps this array: a pointer
+ * is live while either of its two slots holds it, the kernel reports no
+ * frees). Two slots per pointer (each claimed and released with
+ * compare-and-swap: an inlined array access where a hash map takes a
+ * locked update and delete); a pointer finding both taken goes to `live`,
+ * and the last word, LJ_SLOTS, counts those, so that a free (and ljleak)
+ * looks in `live` only when something is there. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LJ_SLOTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, LJ_SLOTS + 1);
 	__type(key, __u32);
 	__type(value, __u64);
 } slots SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __s64);
-} spilled SEC(".maps");
-
-static __always_inline __u64 *slot_of(__u64 ptr)
+/* Slot `which` (0 or 1) of a pointer: Fibonacci hashing of the pointer
+ * without its alignment bits, by two multipliers (ljleak computes the
+ * same: src/trace/ebpf/session.rs). */
+static __always_inline __u64 *slot_of(__u64 ptr, int which)
 {
-	/* Fibonacci hashing of the pointer without its alignment bits. */
-	__u32 k = (__u32)(((ptr >> 4) * 0x9E3779B97F4A7C15ULL) >> 44) & (LJ_SLOTS - 1);
+	__u64 m = which ? LJ_SLOT_MUL1 : LJ_SLOT_MUL0;
+	__u32 k = (__u32)(((ptr >> 4) * m) >> (64 - LJ_SLOTS_LOG2));
 	return bpf_map_lookup_elem(&slots, &k);
+}
+
+static __always_inline __s64 *spilled(void)
+{
+	__u32 k = LJ_SLOTS;
+	return (__s64 *)bpf_map_lookup_elem(&slots, &k);
+}
+
+static __always_inline bool slot_claim(__u64 ptr, int which)
+{
+	__u64 *s = slot_of(ptr, which);
+	if (!s)
+		return false;
+	__u64 was = __sync_val_compare_and_swap(s, 0, ptr);
+	return was == 0 || was == ptr;
+}
+
+static __always_inline bool slot_release(__u64 ptr, int which)
+{
+	__u64 *s = slot_of(ptr, which);
+	return s && *s == ptr && __sync_val_compare_and_swap(s, ptr, 0) == ptr;
 }
 
 /* Track `ptr`; false when the set is full. */
 static __always_inline bool live_add(__u64 ptr)
 {
-	__u64 *s = slot_of(ptr);
-	if (s) {
-		__u64 was = __sync_val_compare_and_swap(s, 0, ptr);
-		if (was == 0 || was == ptr)
-			return true;
-	}
+	if (slot_claim(ptr, 0) || slot_claim(ptr, 1))
+		return true;
 	__u8 one = 1;
 	if (bpf_map_update_elem(&live, &ptr, &one, BPF_NOEXIST) != 0)
 		return bpf_map_lookup_elem(&live, &ptr) != 0;
-	__u32 z = 0;
-	__s64 *n = bpf_map_lookup_elem(&spilled, &z);
+	__s64 *n = spilled();
 	if (n)
 		__sync_fetch_and_add(n, 1);
 	return true;
@@ -89,11 +102,9 @@ static __always_inline bool live_add(__u64 ptr)
 /* Stop tracking `ptr`; true when it was tracked. */
 static __always_inline bool live_del(__u64 ptr)
 {
-	__u64 *s = slot_of(ptr);
-	if (s && __sync_val_compare_and_swap(s, ptr, 0) == ptr)
+	if (slot_release(ptr, 0) || slot_release(ptr, 1))
 		return true;
-	__u32 z = 0;
-	__s64 *n = bpf_map_lookup_elem(&spilled, &z);
+	__s64 *n = spilled();
 	if (!n || *n <= 0)
 		return false;
 	if (bpf_map_delete_elem(&live, &ptr) != 0)
@@ -243,9 +254,9 @@ static __always_inline __u64 requested(__u32 f, struct pt_regs *ctx)
 	return 0;
 }
 
-/* A free of `ptr` (osize bytes when the allocator says): a record only when
- * the pointer is tracked. */
-static __always_inline void do_free(__u64 sp, __u64 cookie, __u32 tid, __u64 ptr, __u64 osize)
+/* A free of `ptr` (osize bytes when the allocator says): counted; ljleak
+ * learns it from the live set. */
+static __always_inline void do_free(__u64 ptr, __u64 osize)
 {
 	if (!ptr)
 		return;
@@ -259,18 +270,6 @@ static __always_inline void do_free(__u64 sp, __u64 cookie, __u32 tid, __u64 ptr
 		return;
 	}
 	count(LJ_C_FREES, 1);
-	struct lj_rec_free *r = bpf_ringbuf_reserve(&events, sizeof(*r), 0);
-	if (!r) {
-		count(LJ_C_LOST, 1);
-		return;
-	}
-	r->type = LJ_REC_FREE;
-	r->tid = tid;
-	r->time = 0; /* only entries need a time */
-	r->cookie = cookie;
-	r->ptr = ptr;
-	r->sp = sp;
-	bpf_ringbuf_submit(r, BPF_RB_NO_WAKEUP);
 }
 
 #include "lua_walk.h"
@@ -467,7 +466,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		p->sp = 0;
 	}
 	if (f == LJ_F_FREE) {
-		do_free(sp, cookie, tid, ctx->rdi, 0);
+		do_free(ctx->rdi, 0);
 		return 1;
 	}
 	__u64 size = requested(f, ctx);
@@ -476,9 +475,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		/* realloc(p, 0), allocf(.., nsize 0): a free. Still pending, so
 		 * the free it calls inside is nested. */
 		if (f == LJ_F_REALLOC)
-			do_free(sp, cookie, tid, ctx->rdi, 0);
+			do_free(ctx->rdi, 0);
 		else if (f == LJ_F_LUA_ALLOCF)
-			do_free(sp, cookie, tid, ctx->rsi, ctx->rdx);
+			do_free(ctx->rsi, ctx->rdx);
 		track = false;
 	} else if (cfg.sample_bytes) {
 		if (!sampled(size)) {
@@ -487,9 +486,9 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 			count(LJ_C_ALLOCS, 1);
 			count(LJ_C_ALLOC_BYTES, size);
 			if (f == LJ_F_REALLOC || f == LJ_F_REALLOCARRAY)
-				do_free(sp, cookie, tid, ctx->rdi, 0);
+				do_free(ctx->rdi, 0);
 			else if (f == LJ_F_LUA_ALLOCF)
-				do_free(sp, cookie, tid, ctx->rsi, ctx->rdx);
+				do_free(ctx->rsi, ctx->rdx);
 			return 1;
 		}
 		smp = true;

@@ -9,7 +9,6 @@
 
 /* Record types (first u32 of every ring-buffer record). */
 #define LJ_REC_ALLOC 1 /* a tracked allocation call returned */
-#define LJ_REC_FREE 3 /* a tracked pointer was freed */
 
 /* Function kinds: the low byte of each site's BPF cookie (the rest is the
  * index of the probe in ljleak's probe set). */
@@ -51,6 +50,13 @@
  * inlined lookup, where a hash map costs ~40 ns a run): a slot belongs to
  * the thread whose tid it holds. */
 #define LJ_TSLOTS (1 << 15)
+/* The live set's array (map `slots`): LJ_SLOTS pointers, two slots per
+ * pointer from the top LJ_SLOTS_LOG2 bits of (ptr >> 4) times each
+ * multiplier; word LJ_SLOTS counts the pointers spilled to `live`. */
+#define LJ_SLOTS_LOG2 20
+#define LJ_SLOTS (1 << LJ_SLOTS_LOG2)
+#define LJ_SLOT_MUL0 0x9E3779B97F4A7C15ULL
+#define LJ_SLOT_MUL1 0xC2B2AE3D27D4EB4FULL
 
 /* Lua snapshot flags. */
 #define LJ_LUA_OK 1 /* cur_L validated against the interpreter's C frame */
@@ -128,15 +134,6 @@ struct lj_rec_alloc {
 	/* lua_room bytes for the Lua stack (lua.lstack_len valid), then the
 	 * user stack from regs.sp (stack_len valid). */
 	__u8 data[];
-};
-
-struct lj_rec_free {
-	__u32 type;
-	__u32 tid;
-	__u64 time; /* 0: unused */
-	__u64 cookie;
-	__u64 ptr;
-	__u64 sp;
 };
 
 /* A pending outermost call on one thread (map `pending`, key tid). */

@@ -8,8 +8,6 @@ pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/ljleak.bpf.
 
 /// Record types: a tracked allocation call returned.
 pub const REC_ALLOC: u32 = 1;
-/// A tracked pointer was freed.
-pub const REC_FREE: u32 = 3;
 
 /// Function kinds (low byte of a site's cookie).
 pub mod func {
@@ -82,6 +80,16 @@ pub const MAX_STACK: u32 = 65528;
 /// `LJ_TSLOTS`: slots of the per-thread arrays (`pend`, `anchors`),
 /// indexed by tid modulo this.
 pub const TSLOTS: u32 = 1 << 15;
+/// `LJ_SLOTS_LOG2`: the live set's array holds 2^this pointers.
+pub const SLOTS_LOG2: u32 = 20;
+/// `LJ_SLOT_MUL0`, `LJ_SLOT_MUL1`: a pointer's two slots are the top
+/// SLOTS_LOG2 bits of `(ptr >> 4) * MUL`.
+pub const SLOT_MUL: [u64; 2] = [0x9E37_79B9_7F4A_7C15, 0xC2B2_AE3D_27D4_EB4F];
+
+/// The two slots of `ptr` in the live set's array.
+pub fn slots_of(ptr: u64) -> [usize; 2] {
+    SLOT_MUL.map(|m| ((ptr >> 4).wrapping_mul(m) >> (64 - SLOTS_LOG2)) as usize)
+}
 
 /// Lua snapshot flags.
 pub mod lua_flags {
@@ -171,19 +179,6 @@ pub struct LjRecAlloc {
     pub lua: LjLuaSnap,
 }
 
-/// `struct lj_rec_free`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-#[allow(missing_docs)]
-pub struct LjRecFree {
-    pub ty: u32,
-    pub tid: u32,
-    pub time: u64,
-    pub cookie: u64,
-    pub ptr: u64,
-    pub sp: u64,
-}
-
 /// `struct lj_lua_cfg`: LuaJIT layout for the in-kernel walk.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -224,7 +219,6 @@ unsafe impl Pod for LjRecAlloc {}
 // SAFETY: a u32.
 unsafe impl Pod for u32 {}
 // SAFETY: as above.
-unsafe impl Pod for LjRecFree {}
 // SAFETY: as above.
 unsafe impl Pod for LjConfig {}
 // SAFETY: as above.
@@ -307,7 +301,7 @@ mod tests {
         let words = [0x0102_0304_0506_0708u64, 9, 10];
         // SAFETY: reading the bytes of a live u64 array.
         let b = unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, 24) };
-        assert_eq!(view::<LjRecFree>(b).map(|_| ()), None, "too short");
+        assert_eq!(view::<LjAnchor>(b).map(|_| ()), None, "too short");
         assert_eq!(view::<u32>(b).copied(), Some(0x0506_0708));
         assert_eq!(view::<u32>(&b[1..]), None, "misaligned");
         assert_eq!(view::<u32>(&b[4..]).copied(), Some(0x0102_0304));
@@ -375,19 +369,6 @@ mod tests {
                 ("lua", lua)
             ],
             ("data".to_string(), size_of::<LjRecAlloc>())
-        );
-        check!(
-            btf,
-            "lj_rec_free",
-            LjRecFree,
-            [
-                ("type", ty),
-                ("tid", tid),
-                ("time", time),
-                ("cookie", cookie),
-                ("ptr", ptr),
-                ("sp", sp)
-            ]
         );
         check!(
             btf,

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use libbpf_rs::{MapCore, MapFlags, ObjectBuilder, UprobeMultiOpts};
 
-use super::abi::{self, LjConfig, LjLuaCfg, LjRecAlloc, LjRecFree};
+use super::abi::{self, LjConfig, LjLuaCfg, LjRecAlloc};
 use super::ring::BpfRing;
 use crate::trace::probes::{Func, ProbeSpec};
 
@@ -22,8 +22,8 @@ pub enum BpfError {
         /// libbpf's error.
         source: libbpf_rs::Error,
     },
-    /// Mapping the ring buffer failed.
-    #[error("mapping the BPF ring buffer: {0}")]
+    /// Mapping the ring buffer or the live set failed.
+    #[error("mapping a BPF map: {0}")]
     Ring(std::io::Error),
 }
 
@@ -54,16 +54,56 @@ pub struct BpfOpts {
     pub count_only: bool,
 }
 
-/// One record from the ring.
+/// One record from the ring: a tracked allocation call returned.
 #[derive(Debug)]
-pub enum Event<'a> {
-    /// A tracked allocation call returned, with the Lua stack bytes the
-    /// kernel copied (below `lua.base`), its user stack copy (from
-    /// `regs.sp`, at the return), and whether a later record of the same
-    /// batch frees its pointer (its stack will not be needed).
-    Alloc(&'a LjRecAlloc, &'a [u8], &'a [u8], bool),
-    /// A tracked pointer was freed.
-    Free(LjRecFree),
+pub struct Event<'a> {
+    /// The record's fixed part.
+    pub rec: &'a LjRecAlloc,
+    /// The Lua stack bytes the kernel copied (below `lua.base`).
+    pub lstack: &'a [u8],
+    /// The user stack copy (from `regs.sp`, at the return).
+    pub stack: &'a [u8],
+    /// The pointer was no longer in the live set when the record was
+    /// read: freed already (its stack will not be needed).
+    pub freed: bool,
+}
+
+/// The kernel's live set, mapped read-only: `LJ_SLOTS` words, then the
+/// count of pointers spilled to the `live` hash.
+struct LiveSlots {
+    map: memmap2::Mmap,
+}
+
+impl LiveSlots {
+    fn word(&self, i: usize) -> u64 {
+        let Some(b) = self.map.get(i * 8..i * 8 + 8) else {
+            return 0;
+        };
+        // The kernel updates words with compare-and-swap while this reads:
+        // one aligned 8-byte load sees either value whole.
+        // SAFETY: `b` is 8 bytes of the mapping, 8-aligned (the mapping
+        // is page-aligned); AtomicU64 has u64's layout.
+        let a = unsafe { &*(b.as_ptr() as *const std::sync::atomic::AtomicU64) };
+        a.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `ptr` is in the live set (`obj` holds the spill hash).
+    fn holds(&self, obj: &libbpf_rs::Object, ptr: u64) -> bool {
+        if ptr == 0 {
+            return false;
+        }
+        if abi::slots_of(ptr).iter().any(|&i| self.word(i) == ptr) {
+            return true;
+        }
+        // Spilled pointers (both slots taken) are in the hash.
+        if self.word(1 << abi::SLOTS_LOG2) as i64 <= 0 {
+            return false;
+        }
+        let Some(m) = obj.maps().find(|m| m.name() == "live") else {
+            return true;
+        };
+        !matches!(m.lookup(&ptr.to_ne_bytes(), MapFlags::ANY), Ok(None))
+    }
 }
 
 /// The function kind the BPF program knows `f` as.
@@ -94,9 +134,11 @@ pub struct BpfSession {
     sampling: bool,
     /// Threads seen (listed at a poll, or in a record).
     tids: std::collections::HashSet<u32>,
-    /// Per drain: the index of the last record freeing each pointer
-    /// (bounded by the ring's size).
-    freed: crate::inthash::IntMap<u64, usize>,
+    /// The live set's array, mapped.
+    slots: LiveSlots,
+    /// When held allocations were last checked against it, and how many
+    /// were left.
+    swept: std::cell::Cell<(std::time::Instant, usize)>,
     /// Slot of `anchors` -> the thread anchored there.
     anchored: crate::inthash::IntMap<u32, u32>,
     /// How long loading and attaching took.
@@ -220,6 +262,21 @@ impl BpfSession {
             m.as_fd().try_clone_to_owned().map_err(BpfError::Ring)?
         };
         let ring = BpfRing::map(ring_fd, ring_bytes).map_err(BpfError::Ring)?;
+        let slots = {
+            let m = obj
+                .maps()
+                .find(|m| m.name() == "slots")
+                .ok_or_else(|| BpfError::Unsupported("map slots missing".into()))?;
+            // SAFETY: a read-only shared mapping of a BPF array the kernel
+            // keeps as long as the map; read only through atomic loads.
+            let map = unsafe {
+                memmap2::MmapOptions::new()
+                    .len(((1usize << abi::SLOTS_LOG2) + 1) * 8)
+                    .map(&m.as_fd())
+            }
+            .map_err(BpfError::Ring)?;
+            LiveSlots { map }
+        };
         Ok(BpfSession {
             ring,
             links,
@@ -227,7 +284,8 @@ impl BpfSession {
             specs,
             sampling: o.sample_bytes.is_some(),
             tids: Default::default(),
-            freed: Default::default(),
+            slots,
+            swept: std::cell::Cell::new((std::time::Instant::now(), 0)),
             anchored: Default::default(),
             attach_time: t0.elapsed(),
         })
@@ -261,57 +319,57 @@ impl BpfSession {
         self.links.len()
     }
 
+    /// Whether ljleak should check its held allocations against the live
+    /// set, holding `held`: half a second since the last check, or twice
+    /// as many held as after it.
+    pub fn sweep_due(&self, held: usize) -> bool {
+        let (at, after) = self.swept.get();
+        held > 2 * after + 4096 || at.elapsed() > std::time::Duration::from_millis(500)
+    }
+
+    /// A check left `held` allocations.
+    pub fn swept(&self, held: usize) {
+        self.swept.set((std::time::Instant::now(), held));
+    }
+
+    /// Whether `ptr` is in the kernel's live set now (allocated by a
+    /// traced call and not freed since).
+    pub fn is_live(&self, ptr: u64) -> bool {
+        self.slots.holds(&self.obj, ptr)
+    }
+
     /// Decode every record now in the ring; `f` gets each with the index
     /// of the probe (entry spec) it came from.
     pub fn drain(&mut self, mut f: impl FnMut(usize, Event<'_>)) -> usize {
-        // First pass: where each pointer is last freed in this batch, so
-        // that allocations freed within it (most of them) skip their stack.
-        let freed = &mut self.freed;
-        freed.clear();
-        let mut i = 0usize;
-        self.ring.scan(|rec| {
-            if abi::read::<u32>(rec) == Some(abi::REC_FREE) {
-                if let Some(r) = abi::read::<LjRecFree>(rec) {
-                    freed.insert(r.ptr, i);
-                }
-            }
-            i += 1;
-        });
-        let freed = &self.freed;
-        let mut i = 0usize;
         let mut bad = 0;
         let tids = &mut self.tids;
+        let (slots, obj) = (&self.slots, &self.obj);
         let n = self.ring.drain(|rec| {
-            let at = i;
-            i += 1;
             if let Some(tid) = rec.get(4..8) {
                 tids.insert(u32::from_le_bytes(tid.try_into().unwrap_or([0; 4])));
             }
-            let Some(ty) = abi::read::<u32>(rec) else {
-                bad += 1;
-                return;
-            };
-            let ev = match ty {
-                abi::REC_ALLOC => abi::view::<LjRecAlloc>(rec).map(|e| {
+            let ev = match abi::read::<u32>(rec) {
+                Some(abi::REC_ALLOC) => abi::view::<LjRecAlloc>(rec).map(|e| {
                     let data = rec.get(std::mem::size_of::<LjRecAlloc>()..).unwrap_or(&[]);
                     let part = |from: usize, len: usize| {
                         let from = from.min(data.len());
                         &data[from..from + len.min(data.len() - from)]
                     };
-                    let lstack = part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize));
-                    let stack = part(e.lua_room as usize, e.stack_len as usize);
                     let ptr = match e.deref {
                         0 => e.ret,
                         d => d,
                     };
-                    let gone = freed.get(&ptr).is_some_and(|&j| j > at);
-                    (e.cookie, Event::Alloc(e, lstack, stack, gone))
+                    Event {
+                        rec: e,
+                        lstack: part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize)),
+                        stack: part(e.lua_room as usize, e.stack_len as usize),
+                        freed: !slots.holds(obj, ptr),
+                    }
                 }),
-                abi::REC_FREE => abi::read::<LjRecFree>(rec).map(|r| (r.cookie, Event::Free(r))),
                 _ => None,
             };
             match ev {
-                Some((cookie, ev)) => f((cookie >> 8) as usize, ev),
+                Some(ev) => f((ev.rec.cookie >> 8) as usize, ev),
                 None => bad += 1,
             }
         });
