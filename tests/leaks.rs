@@ -4,13 +4,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{LuaProc, Nginx};
+use common::{LuaProc, Nginx, Tracer};
 
 /// `/lua/leaks.lua:LINE` for the first line of testdata/lua/leaks.lua
 /// containing `text` (the end of the Lua frame's name `@…/lua/leaks.lua:LINE`).
@@ -30,76 +28,6 @@ fn have_uprobes() -> bool {
         "the uprobe PMU (/sys/bus/event_source/devices/uprobe)",
         Path::new("/sys/bus/event_source/devices/uprobe/type").exists(),
     )
-}
-
-/// A running `ljleak leaks`, killed on drop.
-struct Tracer {
-    child: Child,
-    stderr: Receiver<String>,
-}
-
-impl Tracer {
-    /// Start ljleak with `args` (split at spaces) and wait until its probes
-    /// are attached.
-    fn start(args: &str) -> Tracer {
-        let mut child = Command::new(common::ljleak())
-            .args(args.split(' '))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ljleak");
-        let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut t = Tracer { child, stderr: rx };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match t.stderr.recv_timeout(left) {
-                Ok(l) if l.starts_with("ljleak: tracing") => break,
-                Ok(_) => continue,
-                Err(_) => {
-                    let out = t.finish();
-                    panic!("ljleak did not start tracing: {}", out.1);
-                }
-            }
-        }
-        t
-    }
-
-    /// Wait for a successful exit: (stderr after the start line, stdout).
-    fn finish_ok(&mut self) -> (String, String) {
-        let (code, err, out) = self.finish();
-        assert_eq!(code, 0, "ljleak failed: {err}");
-        (err, out)
-    }
-
-    /// Wait for exit: (exit code, stderr after the start line, stdout).
-    fn finish(&mut self) -> (i32, String, String) {
-        use std::io::Read;
-        let mut out = String::new();
-        if let Some(mut o) = self.child.stdout.take() {
-            o.read_to_string(&mut out).expect("stdout");
-        }
-        let st = self.child.wait().expect("wait");
-        // The reader thread ends at EOF, once ljleak has exited.
-        let err: Vec<String> = self.stderr.iter().collect();
-        (st.code().unwrap_or(-1), err.join("\n"), out)
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A process killed on drop.
@@ -482,7 +410,7 @@ fn sigkill_mid_window_leaves_no_probe() {
     for _ in 0..20 {
         assert_eq!(ng.get("/cleak?size=100").0, 200);
     }
-    common::unsafe_kill(t.child.id() as i32, 9);
+    common::unsafe_kill(t.pid(), 9);
     drop(t);
     // perf-created uprobes never appear in tracefs, before or after.
     if let Some(b) = before {
@@ -647,7 +575,7 @@ fn ctrl_c_stops_early_and_still_reports() {
     let mut t = Tracer::start(&format!("leaks -p {} --time 60 --source malloc", p.pid));
     p.send("go\n");
     p.expect("done");
-    common::unsafe_kill(t.child.id() as i32, 2);
+    common::unsafe_kill(t.pid(), 2);
     let (err, out) = t.finish_ok();
     assert!(
         started.elapsed() < Duration::from_secs(30),

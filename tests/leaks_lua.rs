@@ -10,13 +10,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{channel, Receiver};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{LuaProc, Nginx};
+use common::{LuaProc, Nginx, Tracer};
 
 fn have_bpf() -> bool {
     common::require(
@@ -29,35 +27,6 @@ fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("ljleak-leaks-lua-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("tmp dir");
     d.join(name)
-}
-
-/// A running `ljleak leaks`, killed on drop; its stderr lines (after the
-/// start line) are collected by a thread.
-struct Tracer {
-    child: Child,
-    stderr: Receiver<String>,
-}
-
-impl Tracer {
-    /// Wait for ljleak to exit: (exit code, stderr lines after the start line).
-    fn finish(&mut self) -> (Option<i32>, Vec<String>) {
-        let st = self.child.wait().expect("wait ljleak");
-        // The reader thread ends at EOF, once ljleak has exited.
-        (st.code(), self.stderr.iter().collect())
-    }
-
-    /// Wait for a successful exit.
-    fn finish_ok(&mut self) {
-        let (code, err) = self.finish();
-        assert_eq!(code, Some(0), "ljleak failed: {}", err.join("\n"));
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `ljleak leaks` on `pid` for `secs` (folded stacks to `folded`), with
@@ -73,40 +42,9 @@ fn spawn_tracer(
     c.args(["leaks", "-p", &pid.to_string(), "--time", &secs.to_string()])
         .arg("--folded")
         .arg(folded)
-        .args(["-o", "/dev/null"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .args(["-o", "/dev/null"]);
     cmd(&mut c);
-    let mut child = c.spawn().expect("spawn ljleak");
-    let err = child.stderr.take().expect("stderr");
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut t = Tracer { child, stderr: rx };
-    let mut before = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match t.stderr.recv_timeout(left) {
-            Ok(l) if l.starts_with("ljleak: tracing") => break,
-            Ok(l) => before.push(l),
-            Err(_) => {
-                let (code, err) = t.finish();
-                panic!(
-                    "ljleak did not start tracing in time (exit {code:?}): {}\n{}",
-                    before.join("\n"),
-                    err.join("\n")
-                );
-            }
-        }
-    }
-    (t, before)
+    Tracer::spawn(c)
 }
 
 /// `ljleak leaks` on `pid` with the BPF tracer (a fallback fails the test).
@@ -200,7 +138,7 @@ fn oracle_cases(interp: &Path) {
     p.send("\n");
     let oracle = read_oracle(&mut p);
     assert_eq!(oracle.len(), 8, "{oracle:?}");
-    t.finish_ok();
+    let _ = t.finish_ok();
     p.close_stdin();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
     assert_chains(&f, &oracle, &interp.display().to_string());
@@ -284,7 +222,7 @@ fn kong_pattern_bytes_sit_under_the_apps_lrucache_new_line_and_its_caller() {
     let mut t = start_tracer(p.pid, 3, &folded);
     p.send("\n");
     p.expect("done");
-    t.finish_ok();
+    let _ = t.finish_ok();
     p.close_stdin();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
     let (new_line, caller_line) = (kong_line("APP NEW LINE"), kong_line("APP CALLER LINE"));
@@ -500,7 +438,7 @@ fn ngx_oracle(perf: bool) -> Option<(BTreeMap<String, u64>, Oracle)> {
     // handler, reader (and leaf).
     let depths: Vec<usize> = oracle.iter().map(|(_, w)| w.len()).collect();
     assert_eq!(depths, [3, 3, 4], "{oracle:#?}");
-    t.finish_ok();
+    let _ = t.finish_ok();
     let f = parse_folded(&std::fs::read_to_string(&folded).expect("folded"));
     Some((f, oracle))
 }
@@ -610,7 +548,7 @@ fn no_permission_for_bpf_falls_back_to_perf_with_one_warning() {
     });
     p.send("\n");
     let oracle = read_oracle(&mut p);
-    let (code, after) = t.finish();
+    let (code, after, _) = t.finish();
     p.close_stdin();
     let err: Vec<&String> = before.iter().chain(&after).collect();
     assert_eq!(code, Some(0), "{err:#?}");

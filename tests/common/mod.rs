@@ -433,3 +433,92 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
 pub fn ty(c: &serde_json::Value, name: &str, field: &str) -> i64 {
     c["types"][name][field].as_i64().unwrap_or(0)
 }
+
+/// A running `ljleak leaks`, killed on drop; a thread collects its stderr
+/// lines.
+pub struct Tracer {
+    child: Child,
+    stderr: Receiver<String>,
+}
+
+impl Tracer {
+    /// Spawn `c` (stdout and stderr piped here) and wait until its probes
+    /// are attached (its `ljleak: tracing` line): the tracer, and the
+    /// stderr lines before that one.
+    pub fn spawn(mut c: Command) -> (Tracer, Vec<String>) {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ljleak");
+        let err = child.stderr.take().expect("stderr");
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut t = Tracer { child, stderr: rx };
+        let mut before = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match t.stderr.recv_timeout(left) {
+                Ok(l) if l.starts_with("ljleak: tracing") => break,
+                Ok(l) => before.push(l),
+                Err(_) => {
+                    let (code, err, _) = t.finish();
+                    panic!(
+                        "ljleak did not start tracing in time (exit {code:?}): {}\n{}",
+                        before.join("\n"),
+                        err.join("\n")
+                    );
+                }
+            }
+        }
+        (t, before)
+    }
+
+    /// ljleak's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// ljleak with `args` (split at spaces), started as [`Tracer::spawn`].
+    pub fn start(args: &str) -> Tracer {
+        let mut c = Command::new(ljleak());
+        c.args(args.split(' '));
+        Tracer::spawn(c).0
+    }
+
+    /// Wait for exit: (exit code, stderr lines after the start line,
+    /// stdout).
+    pub fn finish(&mut self) -> (Option<i32>, Vec<String>, String) {
+        use std::io::Read;
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out).expect("stdout");
+        }
+        let st = self.child.wait().expect("wait ljleak");
+        // The reader thread ends at EOF, once ljleak has exited.
+        (st.code(), self.stderr.iter().collect(), out)
+    }
+
+    /// Wait for a successful exit: (stderr after the start line, stdout).
+    pub fn finish_ok(&mut self) -> (String, String) {
+        let (code, err, out) = self.finish();
+        let err = err.join("\n");
+        assert_eq!(code, Some(0), "ljleak failed: {err}");
+        (err, out)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
