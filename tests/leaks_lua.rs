@@ -417,7 +417,10 @@ time.sleep(600)
             .unwrap_or_else(|| panic!("no time after `{what}` in {err}"))
     };
     let (attach, detach) = (ms("links attached in "), ms("probes detached in "));
-    assert!(attach + detach < 2000, "attach {attach} ms + detach {detach} ms\n{err}");
+    assert!(
+        attach + detach < 2000,
+        "attach {attach} ms + detach {detach} ms\n{err}"
+    );
     // The threads were traced: their blocks were allocated and freed.
     let allocs: u64 = err
         .split("allocations ")
@@ -428,7 +431,12 @@ time.sleep(600)
     assert!(allocs >= 200, "{allocs} allocations seen\n{err}");
     // Every thread still runs (none left stopped).
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let tid: i32 = t.expect("task").file_name().to_string_lossy().parse().expect("tid");
+        let tid: i32 = t
+            .expect("task")
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("tid");
         assert!(
             matches!(common::proc_state(tid), Some('S') | Some('R') | None),
             "thread {tid} state {:?}",
