@@ -161,12 +161,17 @@ if command -v perf >/dev/null 2>&1; then
     # no stack, no reader) at the sites ljleak picks, on free alone and on
     # malloc + its return + free (one allocation's life). perf stat counts
     # in the kernel; nothing is written per hit.
-    SITE=$("$LJ" leaks -p "$WORKER" --time 0.1 --source malloc -v --format folded -o "$PREFIX/x.folded" 2>&1 |
-        sed -n 's/.*probe free at [^ ]*+\(0x[0-9a-f]*\) (entry \(0x[0-9a-f]*\):.*/\1 \2/p' | head -1)
-    FREE_AT=$(echo "$SITE" | { read -r at entry && echo $((at - entry)); } || echo 0)
+    "$LJ" leaks -p "$WORKER" --time 0.1 --source malloc -v --format folded -o "$PREFIX/x.folded" 2>"$PREFIX/sites" || true
+    # Offset of ljleak's site for function $1 from its entry.
+    site_at() {
+        sed -n "s/.*probe $1 at [^ ]*+\(0x[0-9a-f]*\) (entry \(0x[0-9a-f]*\):.*/\1 \2/p" "$PREFIX/sites" | head -1 |
+            { read -r at entry && echo $((at - entry)); } || echo 0
+    }
+    FREE_AT=$(site_at free)
+    PM_AT=$(site_at posix_memalign)
     perf probe -q -d 'probe_libc:*' 2>/dev/null || true
     perf probe -q -x "$LIBC" "ff=free+${FREE_AT:-0}" && perf probe -q -x "$LIBC" mm=malloc &&
-        perf probe -q -x "$LIBC" 'mr=malloc%return'
+        perf probe -q -x "$LIBC" 'mr=malloc%return' && perf probe -q -x "$LIBC" "pm=posix_memalign+${PM_AT:-0}"
     floor() {
         perf stat -e "$1" -p "$WORKER" -o "$PREFIX/stat" 2>/dev/null &
         PS=$!
@@ -181,6 +186,9 @@ if command -v perf >/dev/null 2>&1; then
     }
     floor probe_libc:ff "floor, counting free only:       "
     floor probe_libc:mm,probe_libc:mr__return,probe_libc:ff "floor, counting malloc+ret+free: "
+    # What --sample-bytes cannot avoid: every entry traps (its return is
+    # skipped): malloc (also inside posix_memalign), posix_memalign, free.
+    floor probe_libc:mm,probe_libc:pm,probe_libc:ff "floor, counting entries only:    "
     perf probe -q -d 'probe_libc:*' 2>/dev/null || true
 
     perf probe -q -d 'probe_libc:*' 2>/dev/null || true
