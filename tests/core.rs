@@ -556,6 +556,20 @@ fn mem_of_cores_equals_live(interp: &Path, name: &str) {
     // What a core cannot do is refused, not faked.
     let (c, e) = code(&["mem", "--core", ours.to_str().unwrap(), "--count", "2"]);
     assert_eq!(c, Some(2), "{e}");
+    // Two core reports compare; a core report and a live one do not (the
+    // kernel's figures would all read as changes).
+    let (lj, cj) = (dir.join("live.json"), dir.join("core.json"));
+    std::fs::write(&lj, live.to_string()).unwrap();
+    let o = run(&["mem", "--core", ours.to_str().unwrap(), "--format", "json"]);
+    std::fs::write(&cj, &o.stdout).unwrap();
+    let (c, e) = code(&["diff", cj.to_str().unwrap(), cj.to_str().unwrap()]);
+    assert_eq!(c, Some(0), "{e}");
+    for (a, b) in [(&lj, &cj), (&cj, &lj)] {
+        let (c, e) = code(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
+        assert_eq!(c, Some(9), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "{e}");
+        assert!(e.contains("read from a core file"), "{e}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -117,6 +117,19 @@ pub(crate) fn diff(a: &crate::cli::DiffArgs, gates: &[crate::compare::gate::Gate
             )));
         }
     };
+    // A core has no kernel figures (Rss, fds...): against a live report
+    // every one of them would read as a change.
+    if ra.core.is_some() != rb.core.is_some() {
+        let (c, l) = if ra.core.is_some() {
+            (&fa, &fb)
+        } else {
+            (&fb, &fa)
+        };
+        return Err(bad(format!(
+            "cannot compare {c} (read from a core file) with {l} (a live process): a core \
+             lacks the kernel's figures; compare two core reports or two live ones"
+        )));
+    }
     let d = mem_diff::diff(&fa, &ra, &fb, &rb);
     let mut results = Vec::new();
     for g in gates {
