@@ -118,16 +118,7 @@ impl LuaProc {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(child.stdout.take().expect("stdout"));
         LuaProc {
             pid: child.id() as i32,
             stdin: child.stdin.take(),
@@ -434,6 +425,21 @@ pub fn ty(c: &serde_json::Value, name: &str, field: &str) -> i64 {
     c["types"][name][field].as_i64().unwrap_or(0)
 }
 
+/// The lines of `r`, read by a thread until EOF (or until the receiver is
+/// gone).
+fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// A running `ljleak leaks`, killed on drop; a thread collects its stderr
 /// lines.
 pub struct Tracer {
@@ -451,16 +457,7 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ljleak");
-        let err = child.stderr.take().expect("stderr");
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = lines_of(child.stderr.take().expect("stderr"));
         let mut t = Tracer { child, stderr: rx };
         let mut before = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
