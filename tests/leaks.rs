@@ -5,10 +5,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{LuaProc, Nginx, Tracer};
+use common::{summary_num, Guard, LuaProc, Nginx, Tracer};
 
 /// `/lua/leaks.lua:LINE` for the first line of testdata/lua/leaks.lua
 /// containing `text` (the end of the Lua frame's name `@…/lua/leaks.lua:LINE`).
@@ -28,16 +28,6 @@ fn have_uprobes() -> bool {
         "the uprobe PMU (/sys/bus/event_source/devices/uprobe)",
         Path::new("/sys/bus/event_source/devices/uprobe/type").exists(),
     )
-}
-
-/// A process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -73,19 +63,6 @@ fn collapse_stap(text: &str) -> BTreeMap<String, u64> {
         }
     }
     m
-}
-
-/// A summary figure from the stderr summary, e.g. `outstanding N allocations`.
-fn summary_num(err: &str, before: &str) -> u64 {
-    let i = err
-        .find(before)
-        .unwrap_or_else(|| panic!("no `{before}` in summary:\n{err}"));
-    err[i + before.len()..]
-        .trim_start()
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no number after `{before}`"))
 }
 
 /// The leaks app on one worker with `paths` requested once (loads the

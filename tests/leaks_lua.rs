@@ -377,15 +377,8 @@ time.sleep(600)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn python3");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let out = py.stdout.take().expect("stdout");
-    let py = Kill(py);
+    let py = common::Guard(py);
     let pid = py.0.id() as i32;
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("ready");
@@ -406,28 +399,14 @@ time.sleep(600)
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
-    let ms = |what: &str| -> u64 {
-        let at = err
-            .find(what)
-            .unwrap_or_else(|| panic!("no `{what}` in {err}"));
-        err[at + what.len()..]
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no time after `{what}` in {err}"))
-    };
-    let (attach, detach) = (ms("links attached in "), ms("probes detached in "));
+    let attach = common::summary_num(&err, "links attached in ");
+    let detach = common::summary_num(&err, "probes detached in ");
     assert!(
         attach + detach < 2000,
         "attach {attach} ms + detach {detach} ms\n{err}"
     );
     // The threads were traced: their blocks were allocated and freed.
-    let allocs: u64 = err
-        .split("allocations ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let allocs = common::summary_num(&err, "\n  allocations ");
     assert!(allocs >= 200, "{allocs} allocations seen\n{err}");
     // Every thread still runs (none left stopped).
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {

@@ -284,7 +284,7 @@ impl Window {
         self.tracker
             .on_return(e.tid, spec.func, ret, |_| Some(deref));
         if freed {
-            self.tracker.forget(if deref != 0 { deref } else { ret });
+            self.tracker.forget(ev.ptr);
         }
         for h in self.tracker.released() {
             self.stacks.release(h);

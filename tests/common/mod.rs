@@ -519,3 +519,26 @@ impl Drop for Tracer {
         let _ = self.child.wait();
     }
 }
+
+/// A summary figure from the stderr summary, e.g. `outstanding N allocations`.
+pub fn summary_num(err: &str, before: &str) -> u64 {
+    let i = err
+        .find(before)
+        .unwrap_or_else(|| panic!("no `{before}` in summary:\n{err}"));
+    err[i + before.len()..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no number after `{before}`"))
+}
+
+/// A process killed on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -131,17 +131,15 @@ struct {
 	__type(value, struct lj_pending);
 } pending SEC(".maps");
 
-/* The calling thread's pending state; NULL when it has none yet and its
- * slot belongs to another thread (*hashed then says to create it in
- * `pending`). */
-static __always_inline struct lj_pending *pend_of(__u32 tid, bool *hashed)
+/* The calling thread's pending state: its slot of `pend` (claimed when
+ * free), else its entry in `pending`; NULL only when another thread holds
+ * the slot and the thread has no entry in `pending` yet. */
+static __always_inline struct lj_pending *pend_of(__u32 tid)
 {
 	__u32 k = tid & (LJ_TSLOTS - 1);
 	struct lj_pending *p = bpf_map_lookup_elem(&pend, &k);
-	*hashed = false;
 	if (p && (p->tid == tid || (p->tid == 0 && __sync_val_compare_and_swap(&p->tid, 0, tid) == 0)))
 		return p;
-	*hashed = true;
 	return bpf_map_lookup_elem(&pending, &tid);
 }
 
@@ -452,8 +450,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 	__u64 sp = ctx->rsp;
 	/* A thread's entry stays in `pending` once made: sp 0 marks it idle
 	 * (an update and a delete per call cost more than the write). */
-	bool hashed;
-	struct lj_pending *p = pend_of(tid, &hashed);
+	struct lj_pending *p = pend_of(tid);
 	if (p && p->sp) {
 		if (p->sp > sp) {
 			/* Called from inside a traced call on this thread
@@ -504,7 +501,7 @@ static __always_inline int on_entry(struct pt_regs *ctx, __u64 cookie, __u32 tid
 		p->track = track;
 		p->sampled = smp;
 		p->sp = sp;
-	} else if (hashed) {
+	} else {
 		struct lj_pending np = {
 			.tid = tid,
 			.sp = sp,
@@ -551,8 +548,7 @@ static __always_inline void forget_old(struct pt_regs *ctx, struct lj_pending *p
 
 static __always_inline int on_return(struct pt_regs *ctx, __u32 tid)
 {
-	bool hashed;
-	struct lj_pending *p = pend_of(tid, &hashed);
+	struct lj_pending *p = pend_of(tid);
 	if (!p || !p->sp)
 		return 0;
 	struct lj_pending q = *p;

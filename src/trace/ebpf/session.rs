@@ -63,6 +63,9 @@ pub struct Event<'a> {
     pub lstack: &'a [u8],
     /// The user stack copy (from `regs.sp`, at the return).
     pub stack: &'a [u8],
+    /// The allocated pointer (posix_memalign's `*memptr`, else the
+    /// return value).
+    pub ptr: u64,
     /// The pointer was no longer in the live set when the record was
     /// read: freed already (its stack will not be needed).
     pub freed: bool,
@@ -363,6 +366,7 @@ impl BpfSession {
                         rec: e,
                         lstack: part(0, (e.lua.lstack_len as usize).min(e.lua_room as usize)),
                         stack: part(e.lua_room as usize, e.stack_len as usize),
+                        ptr,
                         freed: !slots.holds(obj, ptr),
                     }
                 }),
@@ -428,14 +432,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn per_thread_arrays_have_the_slots_user_space_indexes() {
+    fn arrays_have_the_slots_user_space_indexes() {
         let open = ObjectBuilder::default().open_memory(abi::OBJECT).unwrap();
-        for name in ["pend", "anchors"] {
-            let m = open
-                .maps()
+        let max = |name: &str| {
+            open.maps()
                 .find(|m| m.name() == name)
-                .unwrap_or_else(|| panic!("map {name}"));
-            assert_eq!(m.max_entries(), abi::TSLOTS, "{name}");
-        }
+                .unwrap_or_else(|| panic!("map {name}"))
+                .max_entries()
+        };
+        assert_eq!(max("pend"), abi::TSLOTS);
+        assert_eq!(max("anchors"), abi::TSLOTS);
+        // ljleak maps the live set's slots and the spill count after them.
+        assert_eq!(max("slots"), (1 << abi::SLOTS_LOG2) + 1);
     }
 }
