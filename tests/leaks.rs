@@ -597,6 +597,41 @@ fn threads_created_during_the_window_are_traced() {
     );
 }
 
+/// A stack near the end of its mapping: the first copy of a thread's
+/// stack (its top not learned yet) faults there, and must still reach the
+/// thread's outer frames, not stop pages short of them.
+#[test]
+fn stack_copy_ending_at_its_mapping_still_reaches_the_outer_frames() {
+    let Some(mut p) = running_fixture() else {
+        return;
+    };
+    let mut t = Tracer::start(&format!(
+        "leaks -p {} --time 2 --source malloc --stack-bytes 16K",
+        p.pid
+    ));
+    p.send("edge\n");
+    p.expect("edge done");
+    let (err, out) = t.finish_ok();
+    let stack = out
+        .lines()
+        .find(|l| l.contains("edge_alloc;malloc") && l.ends_with(" 4321"))
+        .unwrap_or_else(|| panic!("no edge_alloc stack: {out}\n{err}"));
+    // Above the thread's function: glibc's start_thread and clone3 (by
+    // name or as libc offsets, with Debian's libc stripped).
+    let outer: Vec<&str> = stack
+        .split(';')
+        .take_while(|f| *f != "edge_thread")
+        .collect();
+    assert!(
+        outer.len() >= 2
+            && outer
+                .iter()
+                .all(|f| f.contains("libc") || f.contains("clone") || f.contains("start_thread")),
+        "{stack}\n{err}"
+    );
+    assert_eq!(summary_num(&err, "truncated stacks"), 0, "{err}");
+}
+
 /// Lines `first..=last` of testdata/lua/app.lua, from the first line
 /// containing `from` to the first one after it containing `to`.
 fn app_lines(from: &str, to: &str) -> std::ops::RangeInclusive<u32> {
@@ -777,7 +812,7 @@ fn anchored_stack_copies_still_reach_main() {
     for (s, _) in &leak {
         assert!(
             s.split(';').any(|fr| fr == "main") && s.contains("ngx_process_events_and_timers"),
-            "a leak stack lost its outer frames: {s}"
+            "a leak stack lost its outer frames: {s}\n{err}"
         );
     }
     let anchored = summary_num(&err, "copies ended at their thread's anchor:");

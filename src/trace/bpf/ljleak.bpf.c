@@ -395,8 +395,10 @@ static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, const struc
 			return -1;
 		}
 	}
-	/* Near the top of a stack a long copy faults: halve it. */
-	for (int i = 0; i < 7; i++) {
+	/* Near the top of a stack a long copy faults where the mapping ends,
+	 * at a page boundary: end the copy a page lower each time (halving
+	 * could stop it pages short of the outer frames), then halve. */
+	for (int i = 0; i < 8; i++) {
 		if (len > sroom)
 			len = sroom;
 		if (len == 0)
@@ -406,7 +408,8 @@ static __always_inline int emit_sized(struct pt_regs *ctx, __u64 sp, const struc
 			count(LJ_C_STACK_BYTES, len);
 			break;
 		}
-		len = (len >> 1) & ~7ULL;
+		__u64 lower = ((sp + len - 1) & ~4095ULL) - sp;
+		len = i < 5 && lower < len ? lower : (len >> 1) & ~7ULL;
 	}
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 	return 1;
