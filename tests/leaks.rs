@@ -578,15 +578,26 @@ fn ctrl_c_stops_early_and_still_reports() {
     );
 }
 
-/// A thread started mid-window (the tracer picks it up while it sleeps) is
+/// A fixture thread just started (its `started TID` line): wait until the
+/// tracer says it has it (the perf fallback picks threads up by polling,
+/// and under load that took longer than the half second the fixture once
+/// slept), then let the thread go on.
+fn started_and_traced(p: &mut LuaProc, t: &mut Tracer) {
+    let tid = p.expect("started ");
+    t.wait_for(&format!("thread {tid} started during the window"));
+    p.send("release\n");
+}
+
+/// A thread started mid-window (the tracer picks it up while it waits) is
 /// traced: its malloc shows with the thread's own stack.
 #[test]
 fn threads_created_during_the_window_are_traced() {
     let Some(mut p) = running_fixture() else {
         return;
     };
-    let mut t = Tracer::start(&format!("leaks -p {} --time 2 --source malloc", p.pid));
+    let mut t = Tracer::start(&format!("-v leaks -p {} --time 2 --source malloc", p.pid));
     p.send("thread\n");
+    started_and_traced(&mut p, &mut t);
     p.expect("thread done");
     let (err, out) = t.finish_ok();
     assert!(err.contains("on 2 thread(s)"), "{err}");
@@ -606,10 +617,11 @@ fn stack_copy_ending_at_its_mapping_still_reaches_the_outer_frames() {
         return;
     };
     let mut t = Tracer::start(&format!(
-        "leaks -p {} --time 2 --source malloc --stack-bytes 16K",
+        "-v leaks -p {} --time 2 --source malloc --stack-bytes 16K",
         p.pid
     ));
     p.send("edge\n");
+    started_and_traced(&mut p, &mut t);
     p.expect("edge done");
     let (err, out) = t.finish_ok();
     let stack = out
@@ -657,7 +669,11 @@ fn jit_compiled_leak_is_unwound_through_the_trace() {
     // JIT's random back-off, and sometimes never compiled it). The trace
     // is then found by re-reading the trace list; later calls enter it at
     // their loop's first back-edge.
-    let mut t = Tracer::start(&format!("leaks -p {w} --time 5 --source luajit"));
+    // A larger ring for the perf fallback (the BPF tracer's is 64 MB):
+    // with a CPU hog beside it, 8 MB lost events before ljleak drained it.
+    let mut t = Tracer::start(&format!(
+        "leaks -p {w} --time 5 --source luajit --ring-pages 8192"
+    ));
     for _ in 0..3 {
         assert_eq!(ng.get("/leak?n=100").0, 200);
     }

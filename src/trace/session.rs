@@ -127,6 +127,7 @@ impl Session {
             Err(_) if !self.threads.is_empty() => return Ok(self.threads.len()),
             Err(_) => return Err(TraceError::Exited(self.pid)),
         };
+        let initial = self.threads.is_empty();
         for tid in tids {
             if self.threads.contains_key(&tid) {
                 continue;
@@ -144,7 +145,11 @@ impl Session {
             }
             match self.attach_thread(tid) {
                 Ok(t) => {
-                    log::debug!("tracing thread {tid}");
+                    if initial {
+                        log::debug!("tracing thread {tid}");
+                    } else {
+                        log::info!("thread {tid} started during the window: traced from now on");
+                    }
                     self.threads.insert(tid, t);
                     self.stats.threads += 1;
                 }

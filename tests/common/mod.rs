@@ -445,6 +445,8 @@ fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
 pub struct Tracer {
     child: Child,
     stderr: Receiver<String>,
+    /// Lines [`Tracer::wait_for`] read, kept for [`Tracer::finish`].
+    seen: Vec<String>,
 }
 
 impl Tracer {
@@ -458,7 +460,11 @@ impl Tracer {
             .spawn()
             .expect("spawn ljleak");
         let rx = lines_of(child.stderr.take().expect("stderr"));
-        let mut t = Tracer { child, stderr: rx };
+        let mut t = Tracer {
+            child,
+            stderr: rx,
+            seen: Vec::new(),
+        };
         let mut before = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -477,6 +483,18 @@ impl Tracer {
             }
         }
         (t, before)
+    }
+
+    /// Wait (60 s at most) for a stderr line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.seen.iter().any(|l| l.contains(needle)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("ljleak did not print `{needle}`:\n{}", self.seen.join("\n")),
+            }
+        }
     }
 
     /// ljleak's pid.
@@ -501,7 +519,9 @@ impl Tracer {
         }
         let st = self.child.wait().expect("wait ljleak");
         // The reader thread ends at EOF, once ljleak has exited.
-        (st.code(), self.stderr.iter().collect(), out)
+        let mut err = std::mem::take(&mut self.seen);
+        err.extend(self.stderr.iter());
+        (st.code(), err, out)
     }
 
     /// Wait for a successful exit: (stderr after the start line, stdout).

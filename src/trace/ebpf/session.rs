@@ -307,8 +307,14 @@ impl BpfSession {
     /// Note the threads `pid` has now (the links cover them already: this
     /// only counts them for the summary).
     pub fn note_threads(&mut self, pid: i32) {
-        if let Ok(t) = crate::target::threads(pid) {
-            self.tids.extend(t.into_iter().map(|t| t as u32));
+        let Ok(t) = crate::target::threads(pid) else {
+            return;
+        };
+        let first = self.tids.is_empty();
+        for tid in t {
+            if self.tids.insert(tid as u32) && !first {
+                log_new_thread(tid as u32);
+            }
         }
     }
 
@@ -349,7 +355,10 @@ impl BpfSession {
         let (slots, obj) = (&self.slots, &self.obj);
         let n = self.ring.drain(|rec| {
             if let Some(tid) = rec.get(4..8) {
-                tids.insert(u32::from_le_bytes(tid.try_into().unwrap_or([0; 4])));
+                let tid = u32::from_le_bytes(tid.try_into().unwrap_or([0; 4]));
+                if tids.insert(tid) {
+                    log_new_thread(tid);
+                }
             }
             let ev = match abi::read::<u32>(rec) {
                 Some(abi::REC_ALLOC) => abi::view::<LjRecAlloc>(rec).map(|e| {
@@ -425,6 +434,12 @@ impl BpfSession {
         }
         out
     }
+}
+
+/// A thread first seen after the start (in the log at `-v`: when it was
+/// noticed, for anyone timing a short-lived thread against the window).
+fn log_new_thread(tid: u32) {
+    log::info!("thread {tid} started during the window");
 }
 
 #[cfg(test)]
