@@ -22,6 +22,18 @@ fn threads_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
+/// The worker of thread_pool.conf once its pool is up (the worker starts
+/// its 4 pool threads during its init, which may still be running when
+/// nginx answers): (pid, threads).
+fn pool_worker(n: &Nginx) -> (i32, usize) {
+    let w = n.worker();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while threads_of(w) < 5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (w, threads_of(w))
+}
+
 #[test]
 fn too_many_events_are_refused_before_any_probe() {
     if !have_uprobes() {
@@ -30,8 +42,7 @@ fn too_many_events_are_refused_before_any_probe() {
     let Some(n) = Nginx::start("thread_pool.conf", 1) else {
         return;
     };
-    let w = n.worker();
-    let nt = threads_of(w);
+    let (w, nt) = pool_worker(&n);
     assert!(nt >= 5, "the thread pool's threads: {nt}");
     let t = Instant::now();
     let o = common::run(&[
@@ -80,7 +91,7 @@ fn sigkill_during_teardown_leaves_target_running_and_nothing_behind() {
     let Some(n) = Nginx::start("thread_pool.conf", 1) else {
         return;
     };
-    let w = n.worker();
+    let (w, _) = pool_worker(&n);
     let mut c = Command::new(ljleak())
         .args([
             "leaks",
