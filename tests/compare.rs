@@ -720,15 +720,29 @@ fn watch_csv_ctrl_c_and_bad_status_url() {
         stderr(&o)
     );
 
-    // Without --count, Ctrl-C ends the run with a summary and exit 0.
-    let child = std::process::Command::new(ljleak())
+    // Without --count, Ctrl-C ends the run with a summary and exit 0: sent
+    // once 5 samples are out (a fixed sleep gave too few under load).
+    let is_row = |l: &str| l.split_whitespace().nth(1) == Some(pid.as_str());
+    let mut child = std::process::Command::new(ljleak())
         .args(["watch", "-p", &pid, "--interval", "100ms"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(900));
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let mut out = String::new();
+    let mut rows = 0;
+    while rows < 5 {
+        let Some(Ok(l)) = lines.next() else {
+            break;
+        };
+        rows += usize::from(is_row(&l));
+        out += &l;
+        out.push('\n');
+    }
+    assert_eq!(rows, 5, "samples before Ctrl-C:\n{out}");
     unsafe_kill(child.id() as i32, 2);
+    out.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
     let o = child.wait_with_output().unwrap();
     assert!(
         o.status.success(),
@@ -736,12 +750,6 @@ fn watch_csv_ctrl_c_and_bad_status_url() {
         o.status,
         stderr(&o)
     );
-    let out = stdout(&o);
-    let rows = out
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1) == Some(pid.as_str()))
-        .count();
-    assert!(rows >= 5, "samples before Ctrl-C:\n{out}");
     assert!(out.contains("verdict: stable"), "{out}");
 
     let o = run(&[
@@ -779,29 +787,28 @@ fn leaks_on_every_worker_of_a_master() {
     let dir = std::env::temp_dir().join(format!("ljleak-leaks-master-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let total = dir.join("all.folded");
-    let child = std::process::Command::new(ljleak())
-        .args([
-            "leaks",
-            "--master",
-            &n.master.to_string(),
-            "--time",
-            "3",
-            "--source",
-            "luajit",
-            "--folded",
-        ])
-        .arg(&total)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut c = std::process::Command::new(ljleak());
+    c.args([
+        "leaks",
+        "--master",
+        &n.master.to_string(),
+        "--time",
+        "3",
+        "--source",
+        "luajit",
+        "--folded",
+    ])
+    .arg(&total);
+    // The master's start line, then each worker's own once it is attached
+    // (a fixed sleep here let requests go untraced under load).
+    let (mut t, _) = Tracer::spawn(c);
+    for w in &workers {
+        t.wait_for(&format!("ljleak: tracing pid {w} "));
+    }
     for _ in 0..60 {
         assert_eq!(n.get("/leak?n=1").0, 200);
     }
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (err, _) = t.finish_ok();
     let sum = |p: &std::path::Path| -> u64 {
         std::fs::read_to_string(p)
             .unwrap_or_else(|e| panic!("{}: {e}\n{err}", p.display()))
