@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ljleak, require, Nginx};
+use common::{ljleak, require, Nginx, Tracer};
 
 fn have_uprobes() -> bool {
     require(
@@ -164,31 +164,29 @@ fn lost_events_over_the_bound_fail_after_the_report() {
     let w = n.worker().to_string();
     // A one-page ring cannot hold an 8 KB stack sample: every allocation
     // record is lost.
-    let c = Command::new(ljleak())
-        .args([
-            "leaks",
-            "--tracer",
-            "perf",
-            "-p",
-            &w,
-            "--time",
-            "2",
-            "--ring-pages",
-            "1",
-            "--max-lost",
-            "0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    let mut c = Command::new(ljleak());
+    c.args([
+        "leaks",
+        "--tracer",
+        "perf",
+        "-p",
+        &w,
+        "--time",
+        "2",
+        "--ring-pages",
+        "1",
+        "--max-lost",
+        "0",
+    ]);
+    // Requests once the probes are attached (a fixed 1 s sleep could be
+    // too short on a loaded machine).
+    let (mut t, _) = Tracer::spawn(c);
     for _ in 0..20 {
         assert_eq!(n.get("/cleak?size=100").0, 200);
     }
-    let o = c.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(23), "{err}");
+    let (code, err, _) = t.finish();
+    let err = err.join("\n");
+    assert_eq!(code, Some(23), "{err}");
     assert!(
         err.contains("lost events") && err.contains("over --max-lost 0"),
         "{err}"
