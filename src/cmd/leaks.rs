@@ -368,8 +368,10 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
         bpf_sampled: None,
         bpf_hits: 0,
     };
-    eprintln!(
-        "ljleak: tracing pid {pid} for {} with {} probes{}",
+    // One write: `--master` runs its workers' tracers on one stderr, and
+    // eprintln! writes a line in pieces that could interleave.
+    let start_line = format!(
+        "ljleak: tracing pid {pid} for {} with {} probes{}\n",
         crate::units::duration(a.time),
         session.specs().len(),
         if bar.is_hidden() {
@@ -378,6 +380,10 @@ pub fn leaks(a: LeaksArgs) -> Result<()> {
             " (Ctrl-C to stop early)"
         }
     );
+    {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(start_line.as_bytes());
+    }
     let specs_copy = session.specs().to_vec();
     let mut last_threads = Instant::now();
     let mut exited = false;

@@ -137,6 +137,9 @@ pub struct BpfSession {
     sampling: bool,
     /// Threads seen (listed at a poll, or in a record).
     tids: std::collections::HashSet<u32>,
+    /// Whether `tids` holds the threads listed at the start (those seen
+    /// after are logged as new).
+    threads_listed: bool,
     /// The live set's array, mapped.
     slots: LiveSlots,
     /// When held allocations were last checked against it, and how many
@@ -287,6 +290,7 @@ impl BpfSession {
             specs,
             sampling: o.sample_bytes.is_some(),
             tids: Default::default(),
+            threads_listed: false,
             slots,
             swept: std::cell::Cell::new((std::time::Instant::now(), 0)),
             anchored: Default::default(),
@@ -310,12 +314,12 @@ impl BpfSession {
         let Ok(t) = crate::target::threads(pid) else {
             return;
         };
-        let first = self.tids.is_empty();
         for tid in t {
-            if self.tids.insert(tid as u32) && !first {
+            if self.tids.insert(tid as u32) && self.threads_listed {
                 log_new_thread(tid as u32);
             }
         }
+        self.threads_listed = true;
     }
 
     /// Threads seen so far.
@@ -352,11 +356,12 @@ impl BpfSession {
     pub fn drain(&mut self, mut f: impl FnMut(usize, Event<'_>)) -> usize {
         let mut bad = 0;
         let tids = &mut self.tids;
+        let listed = self.threads_listed;
         let (slots, obj) = (&self.slots, &self.obj);
         let n = self.ring.drain(|rec| {
             if let Some(tid) = rec.get(4..8) {
                 let tid = u32::from_le_bytes(tid.try_into().unwrap_or([0; 4]));
-                if tids.insert(tid) {
+                if tids.insert(tid) && listed {
                     log_new_thread(tid);
                 }
             }
