@@ -729,21 +729,27 @@ fn watch_csv_ctrl_c_and_bad_status_url() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let lines = lines_of(child.stdout.take().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut out = String::new();
     let mut rows = 0;
     while rows < 5 {
-        let Some(Ok(l)) = lines.next() else {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(l) = lines.recv_timeout(left) else {
             break;
         };
         rows += usize::from(is_row(&l));
         out += &l;
         out.push('\n');
     }
+    if rows < 5 {
+        let _ = child.kill();
+    }
     assert_eq!(rows, 5, "samples before Ctrl-C:\n{out}");
     unsafe_kill(child.id() as i32, 2);
-    out.extend(lines.map_while(Result::ok).map(|l| l + "\n"));
     let o = child.wait_with_output().unwrap();
+    // The reader ends at EOF, once watch has exited.
+    out.extend(lines.iter().map(|l| l + "\n"));
     assert!(
         o.status.success(),
         "exit after SIGINT: {:?} {}",
@@ -793,7 +799,7 @@ fn leaks_on_every_worker_of_a_master() {
         "--master",
         &n.master.to_string(),
         "--time",
-        "3",
+        "60",
         "--source",
         "luajit",
         "--folded",
@@ -807,6 +813,11 @@ fn leaks_on_every_worker_of_a_master() {
     }
     for _ in 0..60 {
         assert_eq!(n.get("/leak?n=1").0, 200);
+    }
+    // Each worker's window ends with Ctrl-C (a fixed window could end
+    // before the requests did, if one worker attached late).
+    for c in common::children(t.pid()) {
+        unsafe_kill(c, 2);
     }
     let (err, _) = t.finish_ok();
     let sum = |p: &std::path::Path| -> u64 {

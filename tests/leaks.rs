@@ -581,7 +581,8 @@ fn ctrl_c_stops_early_and_still_reports() {
 /// A fixture thread just started (its `started TID` line): wait until the
 /// tracer says it has it (the perf fallback picks threads up by polling,
 /// and under load that took longer than the half second the fixture once
-/// slept), then let the thread go on.
+/// slept), then let the thread go on. The tests' windows are long, and
+/// end with Ctrl-C once the thread is done.
 fn started_and_traced(p: &mut LuaProc, t: &mut Tracer) {
     let tid = p.expect("started ");
     t.wait_for(&format!("thread {tid} started during the window"));
@@ -595,10 +596,11 @@ fn threads_created_during_the_window_are_traced() {
     let Some(mut p) = running_fixture() else {
         return;
     };
-    let mut t = Tracer::start(&format!("-v leaks -p {} --time 2 --source malloc", p.pid));
+    let mut t = Tracer::start(&format!("-v leaks -p {} --time 30 --source malloc", p.pid));
     p.send("thread\n");
     started_and_traced(&mut p, &mut t);
     p.expect("thread done");
+    common::unsafe_kill(t.pid(), 2);
     let (err, out) = t.finish_ok();
     assert!(err.contains("on 2 thread(s)"), "{err}");
     assert!(
@@ -617,12 +619,13 @@ fn stack_copy_ending_at_its_mapping_still_reaches_the_outer_frames() {
         return;
     };
     let mut t = Tracer::start(&format!(
-        "-v leaks -p {} --time 2 --source malloc --stack-bytes 16K",
+        "-v leaks -p {} --time 30 --source malloc --stack-bytes 16K",
         p.pid
     ));
     p.send("edge\n");
     started_and_traced(&mut p, &mut t);
     p.expect("edge done");
+    common::unsafe_kill(t.pid(), 2);
     let (err, out) = t.finish_ok();
     let stack = out
         .lines()

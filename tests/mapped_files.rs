@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ljleak, require};
+use common::{ljleak, require, Tracer};
 
 fn have_uprobes() -> bool {
     require(
@@ -99,52 +99,18 @@ impl Drop for Proc {
     }
 }
 
-/// `ljleak leaks` in the background; (exit code, stdout, stderr) on join.
-fn leaks_bg(args: Vec<String>) -> std::thread::JoinHandle<(i32, String, String)> {
-    let child = Command::new(ljleak())
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+/// `ljleak leaks ARGS` (split at spaces) in the background, returned once
+/// its probes are attached (its `ljleak: tracing` line); (exit code,
+/// stdout, stderr) on join.
+fn leaks_bg(args: &str) -> std::thread::JoinHandle<(i32, String, String)> {
+    let mut c = Command::new(ljleak());
+    c.args(args.split(' '));
+    let (mut t, mut err) = Tracer::spawn(c);
     std::thread::spawn(move || {
-        let o = child.wait_with_output().unwrap();
-        (
-            o.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
+        let (code, after, out) = t.finish();
+        err.extend(after);
+        (code.unwrap_or(-1), out, err.join("\n"))
     })
-}
-
-/// Wait until a `leaks` run has opened its probes (its stderr is piped, so
-/// watch for the probe fds instead: `anon_inode:[perf_event]` for the perf
-/// tracer, `anon_inode:bpf_link` for the eBPF one).
-fn wait_attached(tracer_hint: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        let attached = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                return false;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            cmd.contains(tracer_hint)
-                && std::fs::read_dir(e.path().join("fd")).is_ok_and(|d| {
-                    d.flatten().any(|f| {
-                        std::fs::read_link(f.path()).is_ok_and(|l| {
-                            let l = l.to_string_lossy();
-                            l.contains("perf_event") || l.contains("bpf_link")
-                        })
-                    })
-                })
-        });
-        if attached {
-            std::thread::sleep(Duration::from_millis(200));
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("ljleak never attached");
 }
 
 #[test]
@@ -179,14 +145,7 @@ fn library_replaced_on_disk_is_probed_through_the_mapped_inode() {
     std::fs::rename(lib.join("libc.so.6.new"), lib.join("libc.so.6")).unwrap();
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     assert!(maps.contains("libc.so.6 (deleted)"), "{maps}");
-    let hint = format!("leaks -p {pid} ");
-    let t = leaks_bg(
-        format!("-v leaks -p {pid} --time 3 --source malloc")
-            .split(' ')
-            .map(String::from)
-            .collect(),
-    );
-    wait_attached(&hint);
+    let t = leaks_bg(&format!("-v leaks -p {pid} --time 3 --source malloc"));
     p.send("go\n");
     p.expect("done");
     let (code, out, err) = t.join().unwrap();
@@ -272,16 +231,7 @@ fn container_on_private_tmpfs_is_traced_from_outside() {
     let o = common::run(&["objs", "-p", &pid.to_string(), "--format", "json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for source in ["malloc", "luajit"] {
-        let hint = format!("--source {source}");
-        let t = leaks_bg(
-            format!("leaks -p {pid} --time 3 {hint}")
-                .split(' ')
-                .map(String::from)
-                .collect(),
-        );
-        // This test's own tracer: the other test's runs `--source malloc`
-        // too, and may be attached already.
-        wait_attached(&format!("leaks -p {pid} --time 3 {hint}"));
+        let t = leaks_bg(&format!("leaks -p {pid} --time 3 --source {source}"));
         p.send("x\n");
         p.expect("grew");
         let (code, out, err) = t.join().unwrap();

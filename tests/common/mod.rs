@@ -427,7 +427,7 @@ pub fn ty(c: &serde_json::Value, name: &str, field: &str) -> i64 {
 
 /// The lines of `r`, read by a thread until EOF (or until the receiver is
 /// gone).
-fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+pub fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
@@ -454,7 +454,9 @@ impl Tracer {
     /// are attached (its `ljleak: tracing` line): the tracer, and the
     /// stderr lines before that one.
     pub fn spawn(mut c: Command) -> (Tracer, Vec<String>) {
+        // The tests' `-v` decides the log level (RUST_LOG would override it).
         let mut child = c
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
