@@ -161,7 +161,7 @@ impl Tracer {
 
     /// Counters for the summary; with BPF the kernel's counts replace the
     /// tracker's (it sees every call, ljleak only the tracked ones).
-    pub(super) fn finish(&self, w: &mut Window) -> SessionStats {
+    pub(super) fn finish(&mut self, w: &mut Window) -> SessionStats {
         match self {
             Tracer::Perf(s) => s.stats,
             Tracer::Bpf(s) => {
@@ -207,7 +207,7 @@ impl Tracer {
 }
 
 /// Forget the held allocations the kernel's live set no longer has.
-fn sweep(s: &BpfSession, w: &mut Window) {
+fn sweep(s: &mut BpfSession, w: &mut Window) {
     w.tracker.retain_live(|p| s.is_live(p));
     for h in w.tracker.released() {
         w.stacks.release(h);

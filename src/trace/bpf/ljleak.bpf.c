@@ -56,7 +56,7 @@ struct {
 
 /* Slot `which` (0 or 1) of a pointer: Fibonacci hashing of the pointer
  * without its alignment bits, by two multipliers (ljleak computes the
- * same: src/trace/ebpf/session.rs). */
+ * same: slots_of in src/trace/ebpf/abi.rs). */
 static __always_inline __u64 *slot_of(__u64 ptr, int which)
 {
 	__u64 m = which ? LJ_SLOT_MUL1 : LJ_SLOT_MUL0;

@@ -216,13 +216,12 @@ pub struct LjConfig {
 pub unsafe trait Pod: Copy {}
 // SAFETY: repr(C) integer structs with explicit padding (see the test).
 unsafe impl Pod for LjRecAlloc {}
-// SAFETY: a u32.
-unsafe impl Pod for u32 {}
-// SAFETY: as above.
 // SAFETY: as above.
 unsafe impl Pod for LjConfig {}
 // SAFETY: as above.
 unsafe impl Pod for LjAnchor {}
+// SAFETY: a u32.
+unsafe impl Pod for u32 {}
 
 /// Read a `T` from the start of `b` (None when too short).
 pub fn read<T: Pod>(b: &[u8]) -> Option<T> {

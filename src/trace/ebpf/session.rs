@@ -144,7 +144,7 @@ pub struct BpfSession {
     slots: LiveSlots,
     /// When held allocations were last checked against it, and how many
     /// were left.
-    swept: std::cell::Cell<(std::time::Instant, usize)>,
+    swept: (std::time::Instant, usize),
     /// Slot of `anchors` -> the thread anchored there.
     anchored: crate::inthash::IntMap<u32, u32>,
     /// How long loading and attaching took.
@@ -292,7 +292,7 @@ impl BpfSession {
             tids: Default::default(),
             threads_listed: false,
             slots,
-            swept: std::cell::Cell::new((std::time::Instant::now(), 0)),
+            swept: (std::time::Instant::now(), 0),
             anchored: Default::default(),
             attach_time: t0.elapsed(),
         })
@@ -336,13 +336,13 @@ impl BpfSession {
     /// set, holding `held`: half a second since the last check, or twice
     /// as many held as after it.
     pub fn sweep_due(&self, held: usize) -> bool {
-        let (at, after) = self.swept.get();
+        let (at, after) = self.swept;
         held > 2 * after + 4096 || at.elapsed() > std::time::Duration::from_millis(500)
     }
 
     /// A check left `held` allocations.
-    pub fn swept(&self, held: usize) {
-        self.swept.set((std::time::Instant::now(), held));
+    pub fn swept(&mut self, held: usize) {
+        self.swept = (std::time::Instant::now(), held);
     }
 
     /// Whether `ptr` is in the kernel's live set now (allocated by a
